@@ -1,0 +1,52 @@
+# ggufprune build. llama.cpp and ggml come from the ollama Go module (cgo);
+# third_party/ holds links to their headers in the module cache.
+
+GO       ?= go
+BIN      := bin/ggufprune
+FUZZTIME ?= 10s
+
+# SIMD: ggml builds scalar code without -march, 5-9x slower. Native by
+# default; PORTABLE=1 builds for a baseline every x86-64 machine of the last
+# decade runs (x86-64-v3: AVX2, FMA, F16C), or
+# set MARCH yourself (e.g. MARCH=x86-64-v3, MARCH=armv8.2-a).
+ifeq ($(PORTABLE),1)
+  ifeq ($(shell uname -m),x86_64)
+    MARCH ?= x86-64-v3
+  else
+    MARCH ?= armv8-a
+  endif
+else
+  MARCH ?= native
+endif
+SIMD_FLAGS := -O3 -march=$(MARCH)
+export CGO_ENABLED  := 1
+export CGO_CFLAGS   := $(SIMD_FLAGS)
+export CGO_CXXFLAGS := $(SIMD_FLAGS)
+
+.PHONY: all build third_party test fuzz vet bench demo clean
+
+all: build
+
+third_party:
+	@sh scripts/link-third-party.sh
+
+build: third_party
+	$(GO) build -o $(BIN) ./cmd/ggufprune
+
+vet: third_party
+	$(GO) vet ./...
+
+# Every test, then each fuzz target for a bounded time (the seed corpus runs in go test too).
+test: third_party vet
+	$(GO) test -count=1 -timeout 25m ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzNewFile$$' -fuzztime $(FUZZTIME) ./gguf
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBlockList$$' -fuzztime $(FUZZTIME) ./gguf
+
+bench: third_party
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./gguf ./llamacpp ./bi
+
+demo: build
+	sh scripts/demo.sh
+
+clean:
+	rm -rf bin third_party/llama.cpp third_party/ggml

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/urfave/cli/v2"
+)
+
+func inspectCommand() *cli.Command {
+	return commandUsageErrors(&cli.Command{
+		Name:      "inspect",
+		Usage:     "summarise a GGUF model (or split set, or imatrix file)",
+		ArgsUsage: "MODEL.gguf",
+		Description: "Prints the GGUF version, architecture, block count, tensor count, alignment, file size,\n" +
+			"parameter count, a histogram of tensor types and a per-block table. Reads only the header.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print a JSON object instead of tables"},
+		},
+		Action: runInspect,
+	})
+}
+
+type inspectReport struct {
+	Path         string            `json:"path"`
+	GGUFVersion  uint32            `json:"gguf_version"`
+	Architecture string            `json:"architecture"`
+	BlockCount   int               `json:"block_count"`
+	TensorCount  int               `json:"tensor_count"`
+	Alignment    uint64            `json:"alignment"`
+	FileSize     int64             `json:"file_size"`
+	Files        int               `json:"files"`
+	Params       uint64            `json:"params"`
+	Types        []gguf.TypeStats  `json:"types"`
+	Blocks       []gguf.BlockStats `json:"blocks"`
+}
+
+func runInspect(c *cli.Context) error {
+	path, err := oneArg(c, "MODEL.gguf")
+	if err != nil {
+		return err
+	}
+	m, err := gguf.OpenModel(path)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	arch, err := m.Architecture()
+	if err != nil {
+		return err
+	}
+	n, err := m.BlockCount()
+	if err != nil {
+		return err
+	}
+	st := m.Stats()
+	r := inspectReport{
+		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: arch, BlockCount: n,
+		TensorCount: len(m.Tensors), Alignment: m.Shards[0].Alignment, FileSize: m.Size(),
+		Files: len(m.Shards), Params: st.Params, Types: st.Types, Blocks: st.Blocks,
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, r)
+	}
+	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "file\t%s (%d file(s), %s)\n", path, r.Files, humanBytes(r.FileSize))
+	fmt.Fprintf(w, "gguf version\t%d\n", r.GGUFVersion)
+	fmt.Fprintf(w, "architecture\t%s\n", r.Architecture)
+	fmt.Fprintf(w, "blocks\t%d\n", r.BlockCount)
+	fmt.Fprintf(w, "tensors\t%d\n", r.TensorCount)
+	fmt.Fprintf(w, "alignment\t%d\n", r.Alignment)
+	fmt.Fprintf(w, "parameters\t%d (%s)\n", r.Params, humanCount(r.Params))
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "type\ttensors\tbytes\tparams")
+	for _, t := range r.Types {
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\n", t.Type, t.Tensors, t.Bytes, t.Params)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "block\ttensors\tbytes\tparams")
+	for _, b := range r.Blocks {
+		fmt.Fprintf(w, "%d\t%d\t%d\t%d\n", b.Index, b.Tensors, b.Bytes, b.Params)
+	}
+	return w.Flush()
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.2f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func humanCount(n uint64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.2fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fK", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/urfave/cli/v2"
+)
+
+func scoreCommand() *cli.Command {
+	return commandUsageErrors(&cli.Command{
+		Name:  "score",
+		Usage: "score every block's Block Influence on calibration text",
+		Description: "Runs the model in llama.cpp on the text, captures the hidden state before and after every\n" +
+			"block, and prints BI = 1 - mean cos(h_in, h_out) and the angular distance per block (low = redundant).",
+		Flags: append(runFlags(256),
+			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`", Required: true},
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8)", Required: true},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
+			&cli.BoolFlag{Name: "json", Usage: "print the scores as JSON instead of a table"},
+		),
+		Action: runScore,
+	})
+}
+
+// scoreReport is the JSON of score, also read back by prune --scores.
+type scoreReport struct {
+	Model       string          `json:"model"`
+	Fingerprint string          `json:"fingerprint"`
+	Metric      string          `json:"metric"`
+	Calibration string          `json:"calibration"`
+	Tokens      int64           `json:"tokens"`
+	Ctx         int             `json:"ctx"`
+	Chunks      int             `json:"chunks"`
+	Blocks      []bi.BlockScore `json:"blocks"`
+}
+
+func runScore(c *cli.Context) error {
+	o, err := runOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	path := c.String("model")
+	text, err := readText(c.String("file"))
+	if err != nil {
+		return err
+	}
+	rep, err := scoreModel(path, o, textSource{name: c.String("file"), text: text}, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	if out := c.String("output"); out != "" {
+		if err := writeJSONFile(out, rep); err != nil {
+			return err
+		}
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, rep)
+	}
+	printScores(c.App.Writer, rep, nil)
+	return nil
+}
+
+// textSource is calibration text, or nil text for self-generated calibration.
+type textSource struct {
+	name string
+	text string
+}
+
+// scoreModel loads a model and scores every block on the calibration text.
+func scoreModel(path string, o runOptions, src textSource, stderr io.Writer) (*scoreReport, error) {
+	fp, err := fingerprint(path)
+	if err != nil {
+		return nil, err
+	}
+	m, err := loadModel(path, o)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	tokens, err := m.Tokenize(src.text, true)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", src.name, err)
+	}
+	chunks, err := m.Chunks(tokens, o.nCtx, o.chunks)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", src.name, err)
+	}
+	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads, Capture: true})
+	if err != nil {
+		return nil, err
+	}
+	defer ctx.Close()
+	acc := bi.NewAccumulator(m.Info().NLayer)
+	if err := ctx.CaptureHidden(acc.Observe); err != nil {
+		return nil, err
+	}
+	bar := newProgress(stderr, "scoring", o.nCtx)
+	if err := llamacpp.Scan(ctx, chunks, bar.update); err != nil {
+		return nil, err
+	}
+	if err := acc.Err(); err != nil {
+		return nil, err
+	}
+	return &scoreReport{
+		Model: path, Fingerprint: fp, Metric: "bi", Calibration: src.name,
+		Tokens: acc.Tokens(), Ctx: o.nCtx, Chunks: len(chunks), Blocks: acc.Scores(),
+	}, nil
+}
+
+func fingerprint(path string) (string, error) {
+	gm, err := gguf.OpenModel(path)
+	if err != nil {
+		return "", err
+	}
+	defer gm.Close()
+	return gm.Fingerprint()
+}
+
+// printScores prints the block table; removed blocks are marked.
+func printScores(w io.Writer, rep *scoreReport, removed []int) {
+	rank := ranks(rep.Blocks)
+	gone := map[int]bool{}
+	for _, b := range removed {
+		gone[b] = true
+	}
+	fmt.Fprintf(w, "model %s, calibration %s: %d tokens in %d chunks of %d\n", rep.Model, rep.Calibration, rep.Tokens, rep.Chunks, rep.Ctx)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "block\tBI\tangular\trank\t")
+	for _, b := range rep.Blocks {
+		mark := ""
+		if gone[b.Index] {
+			mark = "removed"
+		}
+		fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, rank[b.Index], mark)
+	}
+	tw.Flush()
+}
+
+// ranks gives each block its rank by BI, 1 for the lowest (most redundant).
+func ranks(blocks []bi.BlockScore) map[int]int {
+	order := append([]bi.BlockScore(nil), blocks...)
+	sort.SliceStable(order, func(i, j int) bool { return order[i].BI < order[j].BI })
+	r := make(map[int]int, len(order))
+	for i, b := range order {
+		r[b.Index] = i + 1
+	}
+	return r
+}
+
+func writeJSONFile(path string, v any) error {
+	return gguf.CreateAtomic(path, func(f *os.File) error { return printJSON(f, v) })
+}

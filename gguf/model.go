@@ -1,0 +1,192 @@
+package gguf
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+)
+
+// Split metadata keys (llama.cpp's gguf-split).
+const (
+	KeySplitNo           = "split.no"
+	KeySplitCount        = "split.count"
+	KeySplitTensorsCount = "split.tensors.count"
+)
+
+var splitName = regexp.MustCompile(`^(.*)-(\d{5})-of-(\d{5})\.gguf$`)
+
+// SplitPath is the name of shard i (0-based) of n for a split set with the given prefix.
+func SplitPath(prefix string, i, n int) string {
+	return fmt.Sprintf("%s-%05d-of-%05d.gguf", prefix, i+1, n)
+}
+
+// Model is the logical model of a GGUF file or of a split set.
+type Model struct {
+	Shards  []*File
+	Tensors []ModelTensor // in file order, shard by shard
+}
+
+// ModelTensor is a tensor of a model and the shard its data is in.
+type ModelTensor struct {
+	TensorInfo
+	Shard int
+}
+
+// OpenModel opens a GGUF file; a path named NAME-0000i-of-0000n.gguf opens
+// the whole split set (any shard's name may be given).
+func OpenModel(path string) (*Model, error) {
+	m := &Model{}
+	paths := []string{path}
+	if sm := splitName.FindStringSubmatch(filepath.Base(path)); sm != nil {
+		n, _ := strconv.Atoi(sm[3])
+		if n < 1 {
+			return nil, fmt.Errorf("%s: split count 0 in the file name", path)
+		}
+		prefix := filepath.Join(filepath.Dir(path), sm[1])
+		paths = paths[:0]
+		for i := 0; i < n; i++ {
+			paths = append(paths, SplitPath(prefix, i, n))
+		}
+	}
+	for _, p := range paths {
+		f, err := Open(p)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		m.Shards = append(m.Shards, f)
+	}
+	if err := m.init(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// NewModel makes a model of already opened shards, in order.
+func NewModel(shards ...*File) (*Model, error) {
+	m := &Model{Shards: shards}
+	return m, m.init()
+}
+
+func (m *Model) init() error {
+	n := len(m.Shards)
+	total := 0
+	for i, f := range m.Shards {
+		total += len(f.Tensors)
+		for j := range f.Tensors {
+			m.Tensors = append(m.Tensors, ModelTensor{f.Tensors[j], i})
+		}
+		if n == 1 {
+			if v, ok := f.Get(KeySplitCount); ok {
+				if c, _ := v.Int(); c > 1 {
+					return fmt.Errorf("%s: shard of a %d-file split set; open it by its NAME-0000i-of-%05d.gguf name", f.name, c, c)
+				}
+			}
+			continue
+		}
+		no, okNo := intKey(f, KeySplitNo)
+		cnt, okCnt := intKey(f, KeySplitCount)
+		if !okNo || !okCnt || no != int64(i) || cnt != int64(n) {
+			return fmt.Errorf("%s: split keys say shard %d of %d, the name says %d of %d", f.name, no, cnt, i+1, n)
+		}
+	}
+	if n > 1 {
+		want, ok := intKey(m.Shards[0], KeySplitTensorsCount)
+		if !ok || want != int64(total) {
+			return fmt.Errorf("%s: split.tensors.count is %d but the %d shards hold %d tensors", m.Shards[0].name, want, n, total)
+		}
+		seen := make(map[string]bool)
+		for _, t := range m.Tensors {
+			if seen[t.Name] {
+				return fmt.Errorf("%s: tensor %q is in two shards", m.Shards[t.Shard].name, t.Name)
+			}
+			seen[t.Name] = true
+		}
+	}
+	return nil
+}
+
+func intKey(f *File, key string) (int64, bool) {
+	v, ok := f.Get(key)
+	if !ok {
+		return 0, false
+	}
+	return v.Int()
+}
+
+// Close closes every shard.
+func (m *Model) Close() error {
+	var first error
+	for _, f := range m.Shards {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Name is the path of the first shard.
+func (m *Model) Name() string { return m.Shards[0].name }
+
+// KV is the model's metadata: the first shard's.
+func (m *Model) KV() []KV { return m.Shards[0].KV }
+
+// Get returns a metadata value of the first shard.
+func (m *Model) Get(key string) (Value, bool) { return m.Shards[0].Get(key) }
+
+// Size is the total size of the model's files.
+func (m *Model) Size() int64 {
+	var n int64
+	for _, f := range m.Shards {
+		n += f.Size
+	}
+	return n
+}
+
+// TensorData returns a view of a tensor's bytes.
+func (m *Model) TensorData(t *ModelTensor) *io.SectionReader {
+	return m.Shards[t.Shard].TensorData(&t.TensorInfo)
+}
+
+// Architecture is general.architecture.
+func (m *Model) Architecture() (string, error) {
+	v, ok := m.Get("general.architecture")
+	s, isStr := v.Str()
+	if !ok || !isStr || s == "" {
+		return "", fmt.Errorf("%s: general.architecture is missing or not a string", m.Name())
+	}
+	return s, nil
+}
+
+// BlockCount is {arch}.block_count.
+func (m *Model) BlockCount() (int, error) {
+	arch, err := m.Architecture()
+	if err != nil {
+		return 0, err
+	}
+	key := arch + ".block_count"
+	v, ok := m.Get(key)
+	n, isInt := v.Int()
+	if !ok || !isInt || n < 0 || n > 1<<20 {
+		return 0, fmt.Errorf("%s: %s is missing or not a valid count (%v)", m.Name(), key, v)
+	}
+	return int(n), nil
+}
+
+// SameFile reports whether path names one of the model's files.
+func (m *Model) SameFile(path string) bool {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	for _, f := range m.Shards {
+		if fi, err := os.Stat(f.name); err == nil && os.SameFile(fi, st) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,443 @@
+package gguf
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// indexPattern describes an architecture whose layer kind (sliding-window or
+// global attention, MoE or dense, recurrent or attention, RoPE or not) follows
+// from the block index with no per-layer metadata array. Removing blocks then
+// changes the kind of every later block unless whole periods are removed.
+type indexPattern struct {
+	what   string             // what the index decides
+	period func(m *Model) int // blocks per period; 0 when a per-layer array makes removal safe
+}
+
+// indexPatterns is the one table of such architectures. To add one, give the
+// period llama.cpp derives (llama-model.cpp, load_hparams) and, where a
+// per-layer array can replace it, return 0 when that array is present.
+var indexPatterns = map[string]indexPattern{
+	"gemma2":  {"sliding-window vs global attention (every 2nd block is global)", fixedPeriod(2)},
+	"gemma3":  {"sliding-window vs global attention (every 6th block is global)", unlessArray("attention.sliding_window_pattern", 6)},
+	"gemma3n": {"sliding-window vs global attention (every 5th block) and KV sharing", fixedPeriod(5)},
+	"cohere2": {"sliding-window vs global attention (every 4th block is global)", fixedPeriod(4)},
+	"gpt-oss": {"sliding-window vs full attention (alternating blocks)", fixedPeriod(2)},
+	"exaone4": {"sliding-window vs global attention (every 4th block is global)", unlessArray("attention.sliding_window_pattern", 4)},
+	"llama4":  {"NoPE blocks (every 4th) and MoE interleaving", llama4Period},
+	"qwen3next": {"linear vs full attention (every full_attention_interval-th block is full)",
+		func(m *Model) int { return archInt(m, "full_attention_interval", 4) }},
+}
+
+func fixedPeriod(p int) func(*Model) int { return func(*Model) int { return p } }
+
+func unlessArray(key string, p int) func(*Model) int {
+	return func(m *Model) int {
+		arch, _ := m.Architecture()
+		if v, ok := m.Get(arch + "." + key); ok && v.Type() == TypeArray {
+			return 0
+		}
+		return p
+	}
+}
+
+func archInt(m *Model, key string, def int) int {
+	arch, _ := m.Architecture()
+	if v, ok := m.Get(arch + "." + key); ok {
+		if n, ok := v.Int(); ok && n > 0 {
+			return int(n)
+		}
+	}
+	return def
+}
+
+func llama4Period(m *Model) int {
+	step := archInt(m, "interleave_moe_layer_step", 1)
+	return lcm(4, step)
+}
+
+func lcm(a, b int) int {
+	x, y := a, b
+	for y != 0 {
+		x, y = y, x%y
+	}
+	return a / x * b
+}
+
+// notPerLayer lists arrays under the architecture prefix that are not
+// per-layer even when their length happens to equal the block count.
+var notPerLayer = map[string]bool{
+	"rope.dimension_sections":   true,
+	"classifier.output_labels":  true,
+	"rope.scaling.short_factor": true,
+	"rope.scaling.long_factor":  true,
+}
+
+// Plan is block surgery worked out and checked, ready to write.
+type Plan struct {
+	Model            *Model
+	Removed          []int // old block indices, ascending
+	BlockCountBefore int
+	BlockCountAfter  int
+	KV               []KV          // the first shard's metadata after surgery
+	Tensors          []ModelTensor // kept tensors, renamed, in source order
+	sources          []*ModelTensor
+}
+
+// PlanRemoval works out the removal of the given blocks: which tensors go,
+// how the rest are renamed, and the new metadata. It refuses removing every
+// block, indices out of range, multi-token-prediction blocks, and (unless
+// force) removals that break an architecture's index-derived layer pattern.
+func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
+	arch, err := m.Architecture()
+	if err != nil {
+		return nil, err
+	}
+	n, err := m.BlockCount()
+	if err != nil {
+		return nil, err
+	}
+	removed := make([]bool, n)
+	for _, b := range remove {
+		if b < 0 || b >= n {
+			return nil, fmt.Errorf("%s: block %d is out of range (the model has blocks 0-%d)", m.Name(), b, n-1)
+		}
+		removed[b] = true
+	}
+	p := &Plan{Model: m, BlockCountBefore: n}
+	var kept []int
+	newIndex := make([]int, n)
+	for b := 0; b < n; b++ {
+		if removed[b] {
+			p.Removed = append(p.Removed, b)
+			newIndex[b] = -1
+			continue
+		}
+		newIndex[b] = len(kept)
+		kept = append(kept, b)
+	}
+	if len(p.Removed) == 0 {
+		return nil, fmt.Errorf("%s: no blocks to remove", m.Name())
+	}
+	if len(kept) == 0 {
+		return nil, fmt.Errorf("%s: removing all %d blocks would leave no model", m.Name(), n)
+	}
+	p.BlockCountAfter = len(kept)
+
+	mtp := archInt(m, "nextn_predict_layers", 0)
+	if mtp > 0 {
+		for _, b := range p.Removed {
+			if b >= n-mtp {
+				return nil, fmt.Errorf("%s: block %d is a multi-token-prediction block (%s.nextn_predict_layers = %d: blocks %d-%d) and cannot be removed", m.Name(), b, arch, mtp, n-mtp, n-1)
+			}
+		}
+	}
+	if pat, ok := indexPatterns[arch]; ok && !force {
+		if period := pat.period(m); period > 1 {
+			for _, b := range kept {
+				if (b-newIndex[b])%period != 0 {
+					return nil, fmt.Errorf("%s: %s derives %s from the block index; removing %s moves block %d to index %d and changes its kind. Remove whole runs of %d consecutive blocks (a multiple of %d before every kept block) to keep the pattern, or pass --force to remove them anyway",
+						m.Name(), arch, pat.what, FormatBlockList(p.Removed), b, newIndex[b], period, period)
+				}
+			}
+		}
+	}
+
+	// Metadata: block_count and every per-layer array under the arch prefix.
+	prefix := arch + "."
+	for _, kv := range m.KV() {
+		switch {
+		case kv.Key == prefix+"block_count":
+			kv.Value = withCount(kv.Value, len(kept))
+		case strings.HasPrefix(kv.Key, prefix) && !notPerLayer[strings.TrimPrefix(kv.Key, prefix)]:
+			if a, ok := kv.Value.Array(); ok && a.Len() == n {
+				kv.Value = a.Slice(kept)
+			}
+		}
+		p.KV = append(p.KV, kv)
+	}
+
+	// Tensors: drop removed blocks, renumber the rest.
+	for i := range m.Tensors {
+		t := &m.Tensors[i]
+		b, rest, isBlock, err := parseBlockName(t.Name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.Name(), err)
+		}
+		if !isBlock {
+			p.Tensors = append(p.Tensors, *t)
+			p.sources = append(p.sources, t)
+			continue
+		}
+		if b >= n {
+			return nil, fmt.Errorf("%s: tensor %q belongs to block %d but %s is %d", m.Name(), t.Name, b, prefix+"block_count", n)
+		}
+		if removed[b] {
+			continue
+		}
+		nt := *t
+		nt.Name = "blk." + strconv.Itoa(newIndex[b]) + "." + rest
+		p.Tensors = append(p.Tensors, nt)
+		p.sources = append(p.sources, t)
+	}
+	return p, nil
+}
+
+// withCount returns an integer value of the same type holding n.
+func withCount(v Value, n int) Value {
+	v.bits = uint64(n)
+	if sz := v.typ.scalarSize(); sz < 8 {
+		v.bits &= 1<<(8*sz) - 1
+	}
+	return v
+}
+
+// parseBlockName splits "blk.N.rest". Names outside blocks return isBlock false.
+func parseBlockName(name string) (block int, rest string, isBlock bool, err error) {
+	s, ok := strings.CutPrefix(name, "blk.")
+	if !ok {
+		return 0, "", false, nil
+	}
+	num, rest, ok := strings.Cut(s, ".")
+	b, perr := strconv.Atoi(num)
+	if !ok || perr != nil || b < 0 || strconv.Itoa(b) != num {
+		return 0, "", false, fmt.Errorf("tensor %q: cannot read its block number", name)
+	}
+	return b, rest, true, nil
+}
+
+// BlockOf returns the block index of a tensor name, or -1 outside blocks.
+func BlockOf(name string) int {
+	b, _, ok, err := parseBlockName(name)
+	if !ok || err != nil {
+		return -1
+	}
+	return b
+}
+
+// Outputs are the files a plan writes: one, or one per source shard with keepSplit.
+func (p *Plan) Outputs(out string, keepSplit bool) []string {
+	n := len(p.Model.Shards)
+	if !keepSplit || n == 1 {
+		return []string{out}
+	}
+	prefix := strings.TrimSuffix(out, ".gguf")
+	if sm := splitName.FindStringSubmatch(filepath.Base(out)); sm != nil {
+		prefix = filepath.Join(filepath.Dir(out), sm[1])
+	}
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i] = SplitPath(prefix, i, n)
+	}
+	return paths
+}
+
+// fileParts is what goes into one output file.
+type fileParts struct {
+	kvs     []KV
+	tensors []WriterTensor
+}
+
+func (p *Plan) parts(keepSplit bool) []fileParts {
+	m := p.Model
+	if !keepSplit || len(m.Shards) == 1 {
+		var fp fileParts
+		for _, kv := range p.KV {
+			if len(m.Shards) > 1 && strings.HasPrefix(kv.Key, "split.") {
+				continue
+			}
+			fp.kvs = append(fp.kvs, kv)
+		}
+		for i, t := range p.Tensors {
+			fp.tensors = append(fp.tensors, WriterTensor{t.TensorInfo, m.TensorData(p.sources[i])})
+		}
+		return []fileParts{fp}
+	}
+	parts := make([]fileParts, len(m.Shards))
+	for i, t := range p.Tensors {
+		s := t.Shard
+		parts[s].tensors = append(parts[s].tensors, WriterTensor{t.TensorInfo, m.TensorData(p.sources[i])})
+	}
+	for i := range parts {
+		kvs := p.KV
+		if i > 0 {
+			kvs = m.Shards[i].KV
+		}
+		for _, kv := range kvs {
+			if kv.Key == KeySplitTensorsCount {
+				kv.Value = withCount(kv.Value, len(p.Tensors))
+			}
+			parts[i].kvs = append(parts[i].kvs, kv)
+		}
+	}
+	return parts
+}
+
+// Size is the total size of the files the plan writes.
+func (p *Plan) Size(keepSplit bool) (int64, error) {
+	var total int64
+	for _, fp := range p.parts(keepSplit) {
+		infos := make([]TensorInfo, len(fp.tensors))
+		for i, t := range fp.tensors {
+			infos[i] = t.Info
+		}
+		l, err := ComputeLayout(fp.kvs, infos)
+		if err != nil {
+			return 0, err
+		}
+		total += l.Size
+	}
+	return total, nil
+}
+
+// Write writes the pruned model to out (or to its shards with keepSplit).
+// Every file goes through a temporary file in the output's folder, is re-read
+// and checked against the plan, synced, and only then renamed into place;
+// nothing is written over an input file.
+func (p *Plan) Write(out string, keepSplit bool) ([]string, error) {
+	paths := p.Outputs(out, keepSplit)
+	for _, path := range paths {
+		if p.Model.SameFile(path) {
+			return nil, fmt.Errorf("%s: output would overwrite an input file", path)
+		}
+	}
+	parts := p.parts(keepSplit)
+	version := p.Model.Shards[0].Version
+	return paths, CreateAtomicSet(paths, func(i int, f *os.File) error {
+		l, err := Write(f, version, parts[i].kvs, parts[i].tensors)
+		if err != nil {
+			return fmt.Errorf("%s: %w", paths[i], err)
+		}
+		return verifyWritten(paths[i], f, l, parts[i])
+	})
+}
+
+// verifyWritten re-reads a written file and checks it holds what was planned.
+func verifyWritten(path string, f *os.File, l *Layout, fp fileParts) error {
+	got, err := NewFile(f, l.Size)
+	if err != nil {
+		return fmt.Errorf("%s: written file does not read back: %w", path, err)
+	}
+	if len(got.KV) != len(fp.kvs) || len(got.Tensors) != len(fp.tensors) {
+		return fmt.Errorf("%s: written file has %d keys and %d tensors, want %d and %d", path, len(got.KV), len(got.Tensors), len(fp.kvs), len(fp.tensors))
+	}
+	for i, t := range got.Tensors {
+		want := fp.tensors[i].Info
+		if t.Name != want.Name || t.Type != want.Type || t.Size != want.Size || t.Offset != l.Offsets[i] {
+			return fmt.Errorf("%s: written tensor %d is %q (%v, %d bytes at %d), want %q", path, i, t.Name, t.Type, t.Size, t.Offset, want.Name)
+		}
+	}
+	return nil
+}
+
+// CreateAtomicSet writes several files, each through a temporary file in its
+// folder; all are renamed into place only when every one was written.
+func CreateAtomicSet(paths []string, write func(i int, f *os.File) error) (err error) {
+	tmps := make([]*os.File, 0, len(paths))
+	defer func() {
+		if err != nil {
+			for _, t := range tmps {
+				t.Close()
+				os.Remove(t.Name())
+			}
+		}
+	}()
+	for i, path := range paths {
+		tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+		if err != nil {
+			return err
+		}
+		tmps = append(tmps, tmp)
+		if err := write(i, tmp); err != nil {
+			return err
+		}
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+		if err := tmp.Chmod(0o644); err != nil {
+			return err
+		}
+	}
+	for i, t := range tmps {
+		if err := t.Close(); err != nil {
+			return err
+		}
+		if err := os.Rename(t.Name(), paths[i]); err != nil {
+			return err
+		}
+	}
+	for _, dir := range uniqueDirs(paths) {
+		if d, derr := os.Open(dir); derr == nil {
+			d.Sync()
+			d.Close()
+		}
+	}
+	return nil
+}
+
+func uniqueDirs(paths []string) []string {
+	seen := map[string]bool{}
+	var dirs []string
+	for _, p := range paths {
+		if d := filepath.Dir(p); !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// ParseBlockList parses "3,5-7" into sorted, unique block indices.
+func ParseBlockList(s string) ([]int, error) {
+	set := map[int]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			return nil, fmt.Errorf("block list %q: empty item", s)
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+		b := a
+		var err2 error
+		if isRange {
+			b, err2 = strconv.Atoi(strings.TrimSpace(hi))
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a {
+			return nil, fmt.Errorf("block list %q: %q is not an index or an ascending range like 5-7", s, part)
+		}
+		if b-a > 1<<20 {
+			return nil, fmt.Errorf("block list %q: range %q is too long", s, part)
+		}
+		for i := a; i <= b; i++ {
+			set[i] = true
+		}
+	}
+	out := make([]int, 0, len(set))
+	for i := range set {
+		out = append(out, i)
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+// FormatBlockList writes sorted indices compactly: [3 5 6 7] is "3,5-7".
+func FormatBlockList(blocks []int) string {
+	var parts []string
+	for i := 0; i < len(blocks); {
+		j := i
+		for j+1 < len(blocks) && blocks[j+1] == blocks[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", blocks[i], blocks[j]))
+		} else {
+			parts = append(parts, strconv.Itoa(blocks[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
+}

@@ -1,0 +1,360 @@
+// Package llamacpp runs GGUF models in llama.cpp (linked through cgo from the
+// ollama module): loading, tokenizing, decoding with capture of the hidden
+// state at every block boundary, perplexity, and quantization. It is the only
+// package of the project that uses cgo; its API hides C.
+package llamacpp
+
+/*
+#cgo CXXFLAGS: -std=c++17
+#cgo CPPFLAGS: -I${SRCDIR}/../third_party/llama.cpp/include -I${SRCDIR}/../third_party/ggml/include
+#include <stdlib.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"unsafe"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	// llama.cpp, ggml and ggml's CPU backend, as cgo packages.
+	_ "github.com/ollama/ollama/llama/llama.cpp/src"
+)
+
+//go:generate sh ../scripts/link-third-party.sh
+
+var initOnce sync.Once
+
+func initBackend() { initOnce.Do(func() { C.gp_init() }) }
+
+// logOutput receives llama.cpp's log when verbose; nil drops it.
+var (
+	logMu     sync.Mutex
+	logOutput io.Writer
+)
+
+// SetLog sends llama.cpp's and ggml's log to w (nil: keep them quiet, the default).
+func SetLog(w io.Writer) {
+	initBackend()
+	logMu.Lock()
+	logOutput = w
+	logMu.Unlock()
+	C.gp_set_verbose(C.bool(w != nil))
+}
+
+// Error is a failure reported by llama.cpp.
+type Error struct {
+	Op   string // what was being done
+	Path string // the model file, if any
+	Msg  string // llama.cpp's message
+}
+
+func (e *Error) Error() string {
+	if e.Path != "" {
+		return fmt.Sprintf("%s: %s: %s", e.Path, e.Op, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Op, e.Msg)
+}
+
+// errBuf is C memory for an error message.
+type errBuf struct{ p *C.char }
+
+func newErrBuf() errBuf      { return errBuf{(*C.char)(C.calloc(C.GP_ERRLEN, 1))} }
+func (b errBuf) free()       { C.free(unsafe.Pointer(b.p)) }
+func (b errBuf) msg() string { return C.GoString(b.p) }
+
+// ModelParams are the options of LoadModel.
+type ModelParams struct {
+	GPULayers int  // layers to offload to a GPU backend (-ngl); 0 on a CPU build
+	NoMmap    bool // read the file instead of mapping it
+}
+
+// Model is a model loaded in llama.cpp. Close frees it.
+type Model struct {
+	c    *C.struct_llama_model
+	path string
+	info Info
+}
+
+// Info holds facts about a loaded model.
+type Info struct {
+	Architecture string
+	NLayer       int
+	NEmbd        int
+	NVocab       int
+	NCtxTrain    int
+	BOS, EOS     int32
+	AddBOS       bool // the tokenizer adds BOS to a text
+}
+
+// LoadModel loads a GGUF model. The file is first read by this project's gguf
+// reader, so that a malformed file is refused with a clear error before
+// llama.cpp opens it.
+func LoadModel(path string, p ModelParams) (*Model, error) {
+	initBackend()
+	gm, err := gguf.OpenModel(path)
+	if err != nil {
+		return nil, err
+	}
+	arch, err := gm.Architecture()
+	gm.Close()
+	if err != nil {
+		return nil, err
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	eb := newErrBuf()
+	defer eb.free()
+	m := &Model{path: path}
+	if C.gp_model_load(cpath, C.int(p.GPULayers), C.bool(!p.NoMmap), &m.c, eb.p) != 0 {
+		return nil, &Error{"loading model", path, eb.msg()}
+	}
+	vocab := C.llama_model_get_vocab(m.c)
+	m.info = Info{
+		Architecture: arch,
+		NLayer:       int(C.llama_model_n_layer(m.c)),
+		NEmbd:        int(C.llama_model_n_embd(m.c)),
+		NVocab:       int(C.llama_vocab_n_tokens(vocab)),
+		NCtxTrain:    int(C.llama_model_n_ctx_train(m.c)),
+		BOS:          int32(C.llama_vocab_bos(vocab)),
+		EOS:          int32(C.llama_vocab_eos(vocab)),
+		AddBOS:       bool(C.llama_vocab_get_add_bos(vocab)),
+	}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Close frees the model. It is safe to call twice.
+func (m *Model) Close() error {
+	if m.c != nil {
+		C.gp_model_free(m.c)
+		m.c = nil
+		runtime.SetFinalizer(m, nil)
+	}
+	return nil
+}
+
+// Path is the file the model was loaded from.
+func (m *Model) Path() string { return m.path }
+
+// Info returns facts about the model.
+func (m *Model) Info() Info { return m.info }
+
+// Tokenize turns text into tokens, with the tokenizer's BOS when addBOS and
+// the tokenizer adds one. Text the vocabulary cannot represent is an error
+// naming the character and its byte offset.
+func (m *Model) Tokenize(text string, addBOS bool) ([]int32, error) {
+	if m.c == nil {
+		return nil, errors.New("llamacpp: model is closed")
+	}
+	if len(text) > 1<<31-1 {
+		return nil, &Error{"tokenizing", m.path, "text is longer than 2 GiB"}
+	}
+	ctext := C.CString(text)
+	defer C.free(unsafe.Pointer(ctext))
+	eb := newErrBuf()
+	defer eb.free()
+	n := len(text) + 2
+	for {
+		buf := (*C.int32_t)(C.malloc(C.size_t(n) * 4))
+		var got C.int32_t
+		rc := C.gp_tokenize(m.c, ctext, C.int32_t(len(text)), C.bool(addBOS), buf, C.int32_t(n), &got, eb.p)
+		if rc != 0 {
+			C.free(unsafe.Pointer(buf))
+			return nil, m.tokenizeError(text, eb.msg())
+		}
+		if int(got) <= n {
+			out := make([]int32, int(got))
+			copy(out, unsafe.Slice((*int32)(unsafe.Pointer(buf)), int(got)))
+			C.free(unsafe.Pointer(buf))
+			return out, nil
+		}
+		C.free(unsafe.Pointer(buf))
+		n = int(got)
+	}
+}
+
+// tokenizeError finds the first character the vocabulary cannot tokenize on
+// its own, so that the error says what and where.
+func (m *Model) tokenizeError(text, msg string) error {
+	eb := newErrBuf()
+	defer eb.free()
+	var buf [64]C.int32_t
+	for off, r := range text {
+		s := string(r)
+		cs := C.CString(s)
+		var got C.int32_t
+		rc := C.gp_tokenize(m.c, cs, C.int32_t(len(s)), false, &buf[0], C.int32_t(len(buf)), &got, eb.p)
+		C.free(unsafe.Pointer(cs))
+		if rc != 0 {
+			return &Error{"tokenizing", m.path, fmt.Sprintf("the vocabulary cannot represent the character %q (U+%04X) at byte %d of the text (%s)", r, r, off, msg)}
+		}
+	}
+	return &Error{"tokenizing", m.path, msg}
+}
+
+// TokenPiece is the text of one token.
+func (m *Model) TokenPiece(tok int32) string {
+	eb := newErrBuf()
+	defer eb.free()
+	buf := make([]byte, 64)
+	for {
+		var n C.int32_t
+		if C.gp_token_piece(m.c, C.int32_t(tok), (*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), &n, eb.p) != 0 {
+			return ""
+		}
+		if int(n) <= len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, int(n))
+	}
+}
+
+// HiddenFunc receives one block boundary's hidden state during a decode:
+// block -1 is the input of block 0 (the token embeddings, graph tensor
+// inp_embd) and block i the output of block i (l_out-i), before the final
+// norm. h holds nTokens rows of nEmbd floats and is valid only during the call.
+type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
+
+// MatmulFunc receives the input of one weight matrix multiplication: x holds
+// nTokens rows of nIn floats (times nSlots for expert matmuls, whose expert
+// ids has nSlots entries per token). Valid only during the call.
+type MatmulFunc func(weight string, x []float32, nIn, nSlots, nTokens int, ids []int32, nExpertUsed, nExperts int)
+
+// ContextParams are the options of NewContext.
+type ContextParams struct {
+	NCtx    int  // tokens per decode; also the batch and micro-batch size
+	Threads int  // CPU threads; 0 means runtime.NumCPU()
+	Capture bool // install the eval callback (needed for CaptureHidden and CaptureMatmul)
+}
+
+// Context is a llama.cpp context of one model. Close frees it.
+type Context struct {
+	c       *C.gp_ctx
+	model   *Model
+	nCtx    int
+	handle  cgo.Handle
+	hidden  HiddenFunc
+	matmul  MatmulFunc
+	blocks  int // block boundaries seen in the last decode
+	capture bool
+}
+
+// NewContext makes a context for decoding chunks of up to p.NCtx tokens.
+func (m *Model) NewContext(p ContextParams) (*Context, error) {
+	if m.c == nil {
+		return nil, errors.New("llamacpp: model is closed")
+	}
+	if p.NCtx <= 0 {
+		return nil, fmt.Errorf("llamacpp: context size %d must be positive", p.NCtx)
+	}
+	if p.NCtx > m.info.NCtxTrain && m.info.NCtxTrain > 0 {
+		return nil, &Error{"creating context", m.path, fmt.Sprintf("context size %d is larger than the model's training context %d", p.NCtx, m.info.NCtxTrain)}
+	}
+	threads := p.Threads
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	c := &Context{model: m, nCtx: p.NCtx, capture: p.Capture}
+	c.handle = cgo.NewHandle(c)
+	eb := newErrBuf()
+	defer eb.free()
+	if C.gp_ctx_new(m.c, C.int32_t(p.NCtx), C.int32_t(threads), C.bool(p.Capture), C.uintptr_t(c.handle), &c.c, eb.p) != 0 {
+		c.handle.Delete()
+		return nil, &Error{"creating context", m.path, eb.msg()}
+	}
+	runtime.SetFinalizer(c, (*Context).Close)
+	return c, nil
+}
+
+// Close frees the context. It is safe to call twice.
+func (c *Context) Close() error {
+	if c.c != nil {
+		C.gp_ctx_free(c.c)
+		c.c = nil
+		c.handle.Delete()
+		runtime.SetFinalizer(c, nil)
+	}
+	return nil
+}
+
+// NCtx is the context size.
+func (c *Context) NCtx() int { return c.nCtx }
+
+// Model is the context's model.
+func (c *Context) Model() *Model { return c.model }
+
+// CaptureHidden sets the function that receives block-boundary hidden states
+// in the following decodes (nil stops capturing). The context must have been
+// made with Capture.
+func (c *Context) CaptureHidden(fn HiddenFunc) error { c.hidden = fn; return c.setCapture() }
+
+// CaptureMatmul sets the function that receives the inputs of every block
+// weight's matrix multiplication (for importance matrices), or nil.
+func (c *Context) CaptureMatmul(fn MatmulFunc) error { c.matmul = fn; return c.setCapture() }
+
+func (c *Context) setCapture() error {
+	if !c.capture && (c.hidden != nil || c.matmul != nil) {
+		return errors.New("llamacpp: capture needs a context made with ContextParams.Capture")
+	}
+	C.gp_ctx_set_capture(c.c, C.bool(c.hidden != nil), C.bool(c.matmul != nil))
+	return nil
+}
+
+// ClearMemory empties the KV cache, so that the next decode starts a new sequence.
+func (c *Context) ClearMemory() { C.gp_memory_clear(c.c) }
+
+// Decode runs tokens at positions pos, pos+1, … of the sequence, keeping
+// logits for the tokens from index logitsFrom on. With hidden-state capture
+// every token's logits are needed (or the last block keeps only the output
+// rows), so logitsFrom must then be 0.
+func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
+	if c.c == nil {
+		return errors.New("llamacpp: context is closed")
+	}
+	if len(tokens) == 0 || pos+len(tokens) > c.nCtx {
+		return fmt.Errorf("llamacpp: %d tokens at position %d do not fit a context of %d", len(tokens), pos, c.nCtx)
+	}
+	if c.hidden != nil && logitsFrom != 0 {
+		return errors.New("llamacpp: hidden-state capture needs logits for every token (logitsFrom 0)")
+	}
+	eb := newErrBuf()
+	defer eb.free()
+	ctoks := (*C.int32_t)(C.malloc(C.size_t(len(tokens)) * 4))
+	defer C.free(unsafe.Pointer(ctoks))
+	copy(unsafe.Slice((*int32)(unsafe.Pointer(ctoks)), len(tokens)), tokens)
+	c.blocks = 0
+	if C.gp_decode(c.c, ctoks, C.int32_t(len(tokens)), C.int32_t(pos), C.int32_t(logitsFrom), eb.p) != 0 {
+		return &Error{"decoding", c.model.path, eb.msg()}
+	}
+	if c.hidden != nil && c.blocks != c.model.info.NLayer+1 {
+		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (inp_embd and l_out-0…l_out-%d); this architecture does not name its block outputs l_out-N", c.model.info.Architecture, c.blocks, c.model.info.NLayer+1, c.model.info.NLayer-1)}
+	}
+	return nil
+}
+
+// Logits returns the logits of the token at index i of the last decode,
+// as a view valid until the next decode.
+func (c *Context) Logits(i int) ([]float32, error) {
+	p := C.gp_logits(c.c, C.int32_t(i))
+	if p == nil {
+		return nil, fmt.Errorf("llamacpp: no logits for token %d of the last decode", i)
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(p)), c.model.info.NVocab), nil
+}
+
+// TypeInfo is ggml's own layout of a tensor type, for checking other tables.
+func TypeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
+	var bs C.int64_t
+	buf := make([]byte, 64)
+	ts := C.gp_type_size(C.int32_t(t), &bs, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
+	if ts <= 0 {
+		return "", 0, 0, false
+	}
+	return C.GoString((*C.char)(unsafe.Pointer(&buf[0]))), int64(bs), int64(ts), true
+}

@@ -1,0 +1,294 @@
+#include "shim.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include "_cgo_export.h"
+
+struct gp_ctx {
+    struct llama_context *ctx;
+    const struct llama_model *model;
+    uintptr_t handle;
+    int32_t n_embd;
+    bool want_hidden;
+    bool want_imatrix;
+    std::vector<float> buf;
+    std::string cb_error;
+};
+
+static void set_err(char *err, const char *msg) {
+    snprintf(err, GP_ERRLEN, "%s", msg);
+}
+
+// GUARD runs body and turns any C++ exception into an error return.
+#define GUARD(err, ...)                                                    \
+    try {                                                                  \
+        __VA_ARGS__                                                        \
+    } catch (const std::exception &e) {                                    \
+        snprintf(err, GP_ERRLEN, "llama.cpp threw %s", e.what());          \
+        return -1;                                                         \
+    } catch (...) {                                                        \
+        set_err(err, "llama.cpp threw an unknown C++ exception");          \
+        return -1;                                                         \
+    }
+
+static bool g_verbose = false;
+
+static void gp_log(enum ggml_log_level level, const char *text, void *) {
+    if (g_verbose) {
+        goLog((int)level, (char *)text);
+    }
+}
+
+void gp_init(void) {
+    llama_log_set(gp_log, nullptr);
+    llama_backend_init();
+}
+
+void gp_set_verbose(bool verbose) { g_verbose = verbose; }
+
+int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, struct llama_model **out, char *err) {
+    GUARD(err, {
+        llama_model_params p = llama_model_default_params();
+        p.n_gpu_layers = n_gpu_layers;
+        p.use_mmap = use_mmap;
+        *out = llama_model_load_from_file(path, p);
+        if (*out == nullptr) {
+            set_err(err, "llama.cpp could not load the model (run with -v for its log)");
+            return -1;
+        }
+        return 0;
+    })
+}
+
+void gp_model_free(struct llama_model *model) {
+    try {
+        llama_model_free(model);
+    } catch (...) {
+    }
+}
+
+int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_len, bool add_special,
+                int32_t *tokens, int32_t n_max, int32_t *n_out, char *err) {
+    GUARD(err, {
+        const llama_vocab *vocab = llama_model_get_vocab(model);
+        int32_t n = llama_tokenize(vocab, text, text_len, tokens, n_max, add_special, false);
+        if (n == INT32_MIN) {
+            set_err(err, "text is too long to tokenize");
+            return -1;
+        }
+        *n_out = n < 0 ? -n : n;
+        return 0;
+    })
+}
+
+int gp_token_piece(const struct llama_model *model, int32_t token, char *buf, int32_t len, int32_t *n_out, char *err) {
+    GUARD(err, {
+        const llama_vocab *vocab = llama_model_get_vocab(model);
+        int32_t n = llama_token_to_piece(vocab, token, buf, len, 0, true);
+        *n_out = n < 0 ? -n : n;
+        return 0;
+    })
+}
+
+// block_of reads "l_out-N" (N >= 0) or "inp_embd" (-1); other names give -2.
+static int block_of(const char *name) {
+    if (strcmp(name, "inp_embd") == 0) {
+        return -1;
+    }
+    if (strncmp(name, "l_out-", 6) == 0) {
+        char *end = nullptr;
+        long n = strtol(name + 6, &end, 10);
+        if (end != name + 6 && *end == '\0' && n >= 0) {
+            return (int)n;
+        }
+    }
+    return -2;
+}
+
+// eval_cb is ggml's scheduler callback: asked about every graph node, it
+// requests only the block boundaries (and matmuls when an imatrix is
+// collected), then copies each requested tensor and hands it to Go.
+static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
+    gp_ctx *c = (gp_ctx *)user_data;
+    bool is_matmul = c->want_imatrix && (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID);
+    int block = c->want_hidden ? block_of(t->name) : -2;
+    if (ask) {
+        return block != -2 || is_matmul;
+    }
+    if (!c->cb_error.empty()) {
+        return false;
+    }
+    if (block != -2) {
+        if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || t->ne[0] != c->n_embd) {
+            c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 [n_embd, n_tokens] tensor";
+            return false;
+        }
+        size_t n = (size_t)ggml_nelements(t);
+        if (c->buf.size() < n) {
+            c->buf.resize(n);
+        }
+        ggml_backend_tensor_get(t, c->buf.data(), 0, n * sizeof(float));
+        goHiddenState(c->handle, block, c->buf.data(), (int)t->ne[0], (int)(n / t->ne[0]));
+        return true;
+    }
+    if (is_matmul) {
+        // src[0] is the weight, src[1] the activations [n_in, n_tokens(, n_expert_used)].
+        const struct ggml_tensor *w = t->src[0];
+        const struct ggml_tensor *x = t->src[1];
+        // Only model weights (blk.*) count, as in llama.cpp's imatrix tool; KQ and KQV products do not.
+        if (w == nullptr || x == nullptr || x->type != GGML_TYPE_F32 || strncmp(w->name, "blk.", 4) != 0) {
+            return true;
+        }
+        size_t n = (size_t)ggml_nelements(x);
+        if (c->buf.size() < n) {
+            c->buf.resize(n);
+        }
+        if (!ggml_is_contiguous(x)) {
+            return true;
+        }
+        ggml_backend_tensor_get(x, c->buf.data(), 0, n * sizeof(float));
+        const struct ggml_tensor *ids = t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr;
+        std::vector<int32_t> idv;
+        if (ids != nullptr) {
+            idv.resize(ggml_nelements(ids));
+            ggml_backend_tensor_get(ids, idv.data(), 0, idv.size() * sizeof(int32_t));
+        }
+        goMatmulInput(c->handle, (char *)w->name, c->buf.data(), (int)x->ne[0], (int)x->ne[1], (int)x->ne[2],
+                      idv.empty() ? nullptr : idv.data(), ids ? (int)ids->ne[0] : 0, (int)w->ne[2]);
+        return true;
+    }
+    return true;
+}
+
+int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool capture, uintptr_t handle,
+               gp_ctx **out, char *err) {
+    GUARD(err, {
+        gp_ctx *c = new gp_ctx();
+        c->model = model;
+        c->handle = handle;
+        c->n_embd = llama_model_n_embd(model);
+        llama_context_params p = llama_context_default_params();
+        p.n_ctx = n_ctx;
+        p.n_batch = n_ctx;
+        p.n_ubatch = n_ctx;
+        p.n_seq_max = 1;
+        p.n_threads = n_threads;
+        p.n_threads_batch = n_threads;
+        p.no_perf = true;
+        if (capture) {
+            p.cb_eval = eval_cb;
+            p.cb_eval_user_data = c;
+        }
+        c->ctx = llama_init_from_model(model, p);
+        if (c->ctx == nullptr) {
+            delete c;
+            set_err(err, "llama.cpp could not create a context (run with -v for its log)");
+            return -1;
+        }
+        *out = c;
+        return 0;
+    })
+}
+
+void gp_ctx_free(gp_ctx *c) {
+    try {
+        llama_free(c->ctx);
+    } catch (...) {
+    }
+    delete c;
+}
+
+void gp_ctx_set_capture(gp_ctx *c, bool hidden, bool imatrix) {
+    c->want_hidden = hidden;
+    c->want_imatrix = imatrix;
+}
+
+void gp_memory_clear(gp_ctx *c) {
+    try {
+        llama_memory_clear(llama_get_memory(c->ctx), true);
+    } catch (...) {
+    }
+}
+
+int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t logits_from, char *err) {
+    GUARD(err, {
+        llama_batch b = llama_batch_init(n, 0, 1);
+        for (int32_t i = 0; i < n; i++) {
+            b.token[i] = tokens[i];
+            b.pos[i] = pos + i;
+            b.n_seq_id[i] = 1;
+            b.seq_id[i][0] = 0;
+            b.logits[i] = i >= logits_from;
+        }
+        b.n_tokens = n;
+        c->cb_error.clear();
+        int32_t rc;
+        try {
+            rc = llama_decode(c->ctx, b);
+        } catch (...) {
+            llama_batch_free(b);
+            throw;
+        }
+        llama_batch_free(b);
+        if (!c->cb_error.empty()) {
+            snprintf(err, GP_ERRLEN, "%s", c->cb_error.c_str());
+            return -1;
+        }
+        if (rc != 0) {
+            snprintf(err, GP_ERRLEN, "llama_decode failed with status %d", rc);
+            return -1;
+        }
+        return 0;
+    })
+}
+
+const float *gp_logits(gp_ctx *c, int32_t i) {
+    try {
+        return llama_get_logits_ith(c->ctx, i);
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads, bool only_copy,
+                const char *const *imatrix_names, const float *const *imatrix_values,
+                const int64_t *imatrix_lens, int32_t n_imatrix, char *err) {
+    GUARD(err, {
+        std::unordered_map<std::string, std::vector<float>> imatrix;
+        for (int32_t i = 0; i < n_imatrix; i++) {
+            imatrix[imatrix_names[i]] = std::vector<float>(imatrix_values[i], imatrix_values[i] + imatrix_lens[i]);
+        }
+        llama_model_quantize_params p = llama_model_quantize_default_params();
+        p.ftype = (enum llama_ftype)ftype;
+        p.nthread = n_threads;
+        p.allow_requantize = true;
+        p.only_copy = only_copy;
+        if (n_imatrix > 0) {
+            p.imatrix = &imatrix;
+        }
+        uint32_t rc = llama_model_quantize(in, out, &p);
+        if (rc != 0) {
+            set_err(err, "llama_model_quantize failed (run with -v for its log)");
+            return -1;
+        }
+        return 0;
+    })
+}
+
+int32_t gp_type_size(int32_t type, int64_t *block_size, char *name, size_t name_len) {
+    if (type < 0 || type >= GGML_TYPE_COUNT) {
+        return -1;
+    }
+    *block_size = ggml_blck_size((enum ggml_type)type);
+    snprintf(name, name_len, "%s", ggml_type_name((enum ggml_type)type));
+    return (int32_t)ggml_type_size((enum ggml_type)type);
+}

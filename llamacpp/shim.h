@@ -1,0 +1,57 @@
+// Small C interface over llama.cpp for the Go package. Every function
+// catches C++ exceptions and reports them as an error message, so that no
+// exception crosses into Go (which would abort the process).
+#ifndef GGUFPRUNE_SHIM_H
+#define GGUFPRUNE_SHIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GP_ERRLEN 512
+
+typedef struct gp_ctx gp_ctx;
+
+void gp_init(void);
+void gp_set_verbose(bool verbose);
+
+int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, struct llama_model **out, char *err);
+void gp_model_free(struct llama_model *model);
+
+// gp_tokenize writes at most n_max tokens and the count needed to *n_out;
+// a count larger than n_max means "call again with a larger buffer".
+int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_len, bool add_special,
+                int32_t *tokens, int32_t n_max, int32_t *n_out, char *err);
+int gp_token_piece(const struct llama_model *model, int32_t token, char *buf, int32_t len, int32_t *n_out, char *err);
+
+// gp_ctx_new makes a context whose n_ctx, n_batch and n_ubatch are all n_ctx,
+// so one decode computes one graph. With capture, an eval callback hands the
+// block-boundary hidden states (and, with imatrix, matmul inputs) to Go.
+int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool capture, uintptr_t handle,
+               gp_ctx **out, char *err);
+void gp_ctx_free(gp_ctx *c);
+void gp_ctx_set_capture(gp_ctx *c, bool hidden, bool imatrix);
+
+// gp_decode clears nothing: it decodes n tokens at positions pos..pos+n-1 of
+// sequence 0, asking for logits from index logits_from on.
+int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t logits_from, char *err);
+void gp_memory_clear(gp_ctx *c);
+const float *gp_logits(gp_ctx *c, int32_t i);
+
+int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads, bool only_copy,
+                const char *const *imatrix_names, const float *const *imatrix_values,
+                const int64_t *imatrix_lens, int32_t n_imatrix, char *err);
+
+int32_t gp_type_size(int32_t type, int64_t *block_size, char *name, size_t name_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
