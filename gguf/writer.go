@@ -217,6 +217,11 @@ func (e *encoder) copyFrom(dst io.Writer, src *io.SectionReader) {
 	if df, ok := dst.(*os.File); ok {
 		if sf, ok := outer.(*os.File); ok {
 			copied, err := copyFileRange(df, sf, off, n)
+			if copied > 0 {
+				// Start writing the copy back to disk now, so that the final
+				// fsync does not have to write the whole file at the end.
+				unix.SyncFileRange(int(df.Fd()), e.n, copied, unix.SYNC_FILE_RANGE_WRITE)
+			}
 			e.n += copied
 			if err == nil || copied > 0 {
 				e.err = err
