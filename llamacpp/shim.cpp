@@ -4,6 +4,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -49,6 +52,14 @@ static void gp_log(enum ggml_log_level level, const char *text, void *) {
 }
 
 void gp_init(void) {
+#ifdef __GLIBC__
+    // Model weights read without mmap, KV caches and compute buffers are large
+    // allocations. glibc raises its mmap threshold after the first of them is
+    // freed and serves the next from fragmented heap arenas, so a process that
+    // loads and frees models keeps growing. A fixed threshold sends them to
+    // mmap, and freeing them gives the memory back.
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
     llama_log_set(gp_log, nullptr);
     llama_backend_init();
 }
