@@ -1,0 +1,67 @@
+package llamacpp_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/llamacpp"
+)
+
+// BenchmarkScoreCapture decodes the same chunks of the deepest shared model
+// with hidden-state capture into BI accumulators and without any callback,
+// alternating, and reports both rates and their ratio (target ≥ 0.95).
+func BenchmarkScoreCapture(b *testing.B) {
+	m := load(b, fixture.Shared(b, "models/story16-f32.gguf"))
+	const nCtx, nChunks = 256, 16
+	tokens, err := m.Tokenize(text(b, "text/gutenberg/pg1342.txt", 200000), true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunks, err := m.Chunks(tokens, nCtx, nChunks)
+	if err != nil {
+		b.Fatal(err)
+	}
+	capture := newCtx(b, m, nCtx, true)
+	plain := newCtx(b, m, nCtx, false)
+	var tCapture, tPlain time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		acc := bi.NewAccumulator(m.Info().NLayer)
+		capture.CaptureHidden(acc.Observe)
+		start := time.Now()
+		if err := llamacpp.Scan(capture, chunks, nil); err != nil {
+			b.Fatal(err)
+		}
+		tCapture += time.Since(start)
+		start = time.Now()
+		if err := llamacpp.Scan(plain, chunks, nil); err != nil {
+			b.Fatal(err)
+		}
+		tPlain += time.Since(start)
+	}
+	n := float64(b.N * nCtx * len(chunks))
+	b.ReportMetric(n/tCapture.Seconds(), "capture-tok/s")
+	b.ReportMetric(n/tPlain.Seconds(), "plain-tok/s")
+	b.ReportMetric(tPlain.Seconds()/tCapture.Seconds(), "capture/plain")
+}
+
+// BenchmarkPerplexity is the rate of eval on the deepest shared model.
+func BenchmarkPerplexity(b *testing.B) {
+	m := load(b, fixture.Shared(b, "models/story16-f32.gguf"))
+	const nCtx, nChunks = 256, 16
+	tokens, err := m.Tokenize(text(b, "text/unseen/gutenberg_tails.txt", 200000), true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := newCtx(b, m, nCtx, false)
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if _, err := llamacpp.Perplexity(ctx, tokens, nChunks, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*nCtx*nChunks)/time.Since(start).Seconds(), "tok/s")
+}
