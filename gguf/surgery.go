@@ -128,11 +128,10 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 	}
 	p.BlockCountAfter = len(kept)
 
-	mtp := archInt(m, "nextn_predict_layers", 0)
-	if mtp > 0 {
+	if mtp := MTPBlocks(m, n); len(mtp) > 0 {
 		for _, b := range p.Removed {
-			if b >= n-mtp {
-				return nil, fmt.Errorf("%s: block %d is a multi-token-prediction block (%s.nextn_predict_layers = %d: blocks %d-%d) and cannot be removed", m.Name(), b, arch, mtp, n-mtp, n-1)
+			if b >= mtp[0] {
+				return nil, fmt.Errorf("%s: block %d is a multi-token-prediction block (%s.nextn_predict_layers = %d: blocks %s) and cannot be removed", m.Name(), b, arch, len(mtp), FormatBlockList(mtp))
 			}
 		}
 	}
@@ -440,4 +439,15 @@ func FormatBlockList(blocks []int) string {
 		i = j + 1
 	}
 	return strings.Join(parts, ",")
+}
+
+// MTPBlocks are the multi-token-prediction blocks of a model of n blocks
+// ({arch}.nextn_predict_layers at the end), which cannot be removed.
+func MTPBlocks(m *Model, n int) []int {
+	k := archInt(m, "nextn_predict_layers", 0)
+	var out []int
+	for b := max(0, n-k); b < n; b++ {
+		out = append(out, b)
+	}
+	return out
 }

@@ -21,8 +21,10 @@ func scoreCommand() *cli.Command {
 			"block, and prints BI = 1 - mean cos(h_in, h_out) and the angular distance per block (low = redundant).",
 		Flags: append(runFlags(256),
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`", Required: true},
-			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8)", Required: true},
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8); without it the model calibrates on text it writes itself"},
+			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
+			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png"},
 			&cli.BoolFlag{Name: "json", Usage: "print the scores as JSON instead of a table"},
 		),
 		Action: runScore,
@@ -46,17 +48,21 @@ func runScore(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	path := c.String("model")
-	text, err := readText(c.String("file"))
+	src, err := calibrationFrom(c)
 	if err != nil {
 		return err
 	}
-	rep, err := scoreModel(path, o, textSource{name: c.String("file"), text: text}, c.App.ErrWriter)
+	rep, err := scoreModel(c.String("model"), o, src, c.App.ErrWriter)
 	if err != nil {
 		return err
 	}
 	if out := c.String("output"); out != "" {
 		if err := writeJSONFile(out, rep); err != nil {
+			return err
+		}
+	}
+	if plot := c.String("plot"); plot != "" {
+		if err := plotScores(plot, rep, nil); err != nil {
 			return err
 		}
 	}
@@ -67,14 +73,68 @@ func runScore(c *cli.Context) error {
 	return nil
 }
 
-// textSource is calibration text, or nil text for self-generated calibration.
-type textSource struct {
-	name string
+// calibration is where scoring tokens come from: a text file, or text the
+// model writes itself.
+type calibration struct {
+	file string // "" for self-generated text
 	text string
+	seed uint64
 }
 
-// scoreModel loads a model and scores every block on the calibration text.
-func scoreModel(path string, o runOptions, src textSource, stderr io.Writer) (*scoreReport, error) {
+func (cal calibration) name() string {
+	if cal.file == "" {
+		return fmt.Sprintf("self-generated (seed %d)", cal.seed)
+	}
+	return cal.file
+}
+
+func calibrationFrom(c *cli.Context) (calibration, error) {
+	cal := calibration{file: c.String("file"), seed: c.Uint64("seed")}
+	if cal.file == "" {
+		return cal, nil
+	}
+	var err error
+	cal.text, err = readText(cal.file)
+	return cal, err
+}
+
+// selfCalibrationChunks is how many chunks of text a model writes for its
+// own calibration when --chunks does not say.
+const selfCalibrationChunks = 8
+
+// calibrationTokens returns the chunks to score on.
+func calibrationTokens(m *llamacpp.Model, o runOptions, cal calibration, stderr io.Writer) ([][]int32, error) {
+	if cal.file != "" {
+		tokens, err := m.Tokenize(cal.text, true)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cal.file, err)
+		}
+		chunks, err := m.Chunks(tokens, o.nCtx, o.chunks)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cal.file, err)
+		}
+		return chunks, nil
+	}
+	n := o.chunks
+	if n == 0 {
+		n = selfCalibrationChunks
+	}
+	fmt.Fprintf(stderr, "no calibration text given: the model writes %d chunks of %d tokens itself (seed %d)\n", n, o.nCtx, cal.seed)
+	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads})
+	if err != nil {
+		return nil, err
+	}
+	defer ctx.Close()
+	bar := newProgress(stderr, "generating", 1)
+	tokens, err := llamacpp.Generate(ctx, n*o.nCtx, llamacpp.SampleParams{Seed: cal.seed}, bar.update)
+	if err != nil {
+		return nil, err
+	}
+	return m.Chunks(tokens, o.nCtx, n)
+}
+
+// scoreModel loads a model and scores every block on the calibration.
+func scoreModel(path string, o runOptions, cal calibration, stderr io.Writer) (*scoreReport, error) {
 	fp, err := fingerprint(path)
 	if err != nil {
 		return nil, err
@@ -84,13 +144,9 @@ func scoreModel(path string, o runOptions, src textSource, stderr io.Writer) (*s
 		return nil, err
 	}
 	defer m.Close()
-	tokens, err := m.Tokenize(src.text, true)
+	chunks, err := calibrationTokens(m, o, cal, stderr)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", src.name, err)
-	}
-	chunks, err := m.Chunks(tokens, o.nCtx, o.chunks)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", src.name, err)
+		return nil, err
 	}
 	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads, Capture: true})
 	if err != nil {
@@ -109,7 +165,7 @@ func scoreModel(path string, o runOptions, src textSource, stderr io.Writer) (*s
 		return nil, err
 	}
 	return &scoreReport{
-		Model: path, Fingerprint: fp, Metric: "bi", Calibration: src.name,
+		Model: path, Fingerprint: fp, Metric: "bi", Calibration: cal.name(),
 		Tokens: acc.Tokens(), Ctx: o.nCtx, Chunks: len(chunks), Blocks: acc.Scores(),
 	}, nil
 }

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// plotScores draws BI per block as bars, the removed blocks in another
+// colour, to an .svg or .png file.
+func plotScores(path string, rep *scoreReport, removed []int) error {
+	ext := strings.ToLower(filepath.Ext(path))
+	if ext != ".svg" && ext != ".png" {
+		return usagef("--plot %s: the file must end in .svg or .png", path)
+	}
+	gone := map[int]bool{}
+	for _, b := range removed {
+		gone[b] = true
+	}
+	kept := make(plotter.Values, len(rep.Blocks))
+	cut := make(plotter.Values, len(rep.Blocks))
+	labels := make([]string, len(rep.Blocks))
+	for i, b := range rep.Blocks {
+		if gone[b.Index] {
+			cut[i] = b.BI
+		} else {
+			kept[i] = b.BI
+		}
+		labels[i] = strconv.Itoa(b.Index)
+	}
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Block Influence of %s\ncalibration: %s (%d tokens, ctx %d)", filepath.Base(rep.Model), filepath.Base(rep.Calibration), rep.Tokens, rep.Ctx)
+	p.X.Label.Text = "block"
+	p.Y.Label.Text = "BI = 1 - mean cos(h_in, h_out)"
+	p.Y.Min = 0
+	width := vg.Points(max(4, 300/float64(len(rep.Blocks)+1)))
+	bars, err := plotter.NewBarChart(kept, width)
+	if err != nil {
+		return err
+	}
+	bars.Color = color.RGBA{R: 70, G: 110, B: 180, A: 255}
+	bars.LineStyle.Width = 0
+	p.Add(bars)
+	p.Legend.Add("kept", bars)
+	if len(removed) > 0 {
+		rm, err := plotter.NewBarChart(cut, width)
+		if err != nil {
+			return err
+		}
+		rm.Color = color.RGBA{R: 220, G: 70, B: 50, A: 255}
+		rm.LineStyle.Width = 0
+		p.Add(rm)
+		p.Legend.Add("removed", rm)
+	}
+	p.Legend.Top = true
+	p.NominalX(labels...)
+	p.X.Min, p.X.Max = -1, float64(len(labels)) // room for the outer bars
+	if err := p.Save(8*vg.Inch, 4.5*vg.Inch, path); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+package llamacpp
+
+import (
+	"math"
+	"math/rand/v2"
+	"sort"
+)
+
+// SampleParams control Generate.
+type SampleParams struct {
+	Seed        uint64  // the same seed gives the same tokens
+	Temperature float64 // 0 means 1
+	TopK        int     // 0 means 40
+}
+
+// Generate samples n tokens of text from the model itself, for calibration
+// when no text is at hand. Each sequence starts with BOS and ends at EOS or
+// at the context size; a new one then starts. Sampling is top-k with
+// temperature from a seeded PCG, so the result is reproducible for a given
+// model, seed and thread count. progress, when not nil, is called with the
+// number of tokens so far.
+func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int)) ([]int32, error) {
+	if p.Temperature == 0 {
+		p.Temperature = 1
+	}
+	if p.TopK == 0 {
+		p.TopK = 40
+	}
+	rng := rand.New(rand.NewPCG(p.Seed, 0x67677566))
+	info := ctx.model.info
+	var out []int32
+	type cand struct {
+		tok   int32
+		logit float32
+	}
+	cands := make([]cand, info.NVocab)
+	for len(out) < n {
+		ctx.ClearMemory()
+		tok := info.BOS
+		for pos := 0; pos < ctx.nCtx && len(out) < n; pos++ {
+			out = append(out, tok)
+			if err := ctx.Decode([]int32{tok}, pos, 0); err != nil {
+				return nil, err
+			}
+			logits, err := ctx.Logits(0)
+			if err != nil {
+				return nil, err
+			}
+			for i, l := range logits {
+				cands[i] = cand{int32(i), l}
+			}
+			sort.Slice(cands, func(i, j int) bool {
+				if cands[i].logit != cands[j].logit {
+					return cands[i].logit > cands[j].logit
+				}
+				return cands[i].tok < cands[j].tok
+			})
+			top := cands[:min(p.TopK, len(cands))]
+			weights := make([]float64, len(top))
+			var sum float64
+			for i, c := range top {
+				weights[i] = math.Exp(float64(c.logit-top[0].logit) / p.Temperature)
+				sum += weights[i]
+			}
+			r := rng.Float64() * sum
+			tok = top[len(top)-1].tok
+			for i, w := range weights {
+				if r < w {
+					tok = top[i].tok
+					break
+				}
+				r -= w
+			}
+			if progress != nil && len(out)%64 == 0 {
+				progress(len(out), n)
+			}
+			if tok == info.EOS {
+				break
+			}
+		}
+	}
+	if progress != nil {
+		progress(n, n)
+	}
+	return out[:n], nil
+}
