@@ -381,9 +381,10 @@ func TestLoadCloseDoesNotLeak(t *testing.T) {
 	}
 	after := rssKB(t)
 	// Each model is 12 MB read into memory (no mmap): a leak of one per cycle
-	// would be 1.2 GB. llama.cpp itself loses about 5 kB per load (valgrind:
-	// buffers made in weight_buft_supported); allocator slack is a few MB.
-	if after-before > 24<<10 {
+	// would be 1.2 GB. llama.cpp itself loses about 5 kB per cycle (valgrind:
+	// buffer headers made in weight_buft_supported), and heap arenas of the
+	// threads that cgo calls run on hold some slack: tens of MB at most.
+	if after-before > 48<<10 {
 		t.Fatalf("resident memory grew from %d to %d kB over 100 load/close cycles", before, after)
 	}
 	t.Logf("RSS %d -> %d kB", before, after)

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/ggufprune/ggufprune/internal/fixture"
+)
+
+// TestMain runs the command itself when the tests re-execute their binary.
+func TestMain(m *testing.M) {
+	if os.Getenv("GGUFPRUNE_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runCLI runs ggufprune as a subprocess.
+func runCLI(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Args[0] = "ggufprune"
+	cmd.Path = os.Args[0]
+	cmd.Env = append(os.Environ(), "GGUFPRUNE_RUN_MAIN=1")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func (r result) ok(t *testing.T) result {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func (r result) fails(t *testing.T, code int, want string) {
+	t.Helper()
+	if r.code != code || !strings.Contains(r.stderr, want) {
+		t.Fatalf("exit %d (want %d), stderr %q (want %q)", r.code, code, r.stderr, want)
+	}
+}
+
+func decode(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("%v in %s", err, s)
+	}
+}
+
+func model(t *testing.T, name string) string { return fixture.Shared(t, "models/"+name) }
+
+func TestHelp(t *testing.T) {
+	r := runCLI(t, "--help").ok(t)
+	for _, c := range []string{"inspect", "prune", "score", "eval"} {
+		if !strings.Contains(r.stdout, c) {
+			t.Errorf("--help does not list %s", c)
+		}
+	}
+	r = runCLI(t, "prune", "--help").ok(t)
+	for _, f := range []string{"--layers", "3,5-7", "--remove", "--target-size", "--dry-run", "--force", "--keep-split", "--json", "--scores", "--keep-first", "--plot", "--eval", "-ngl"} {
+		if !strings.Contains(r.stdout, f) {
+			t.Errorf("prune --help does not document %s", f)
+		}
+	}
+	runCLI(t, "nosuch").fails(t, 2, "")
+	runCLI(t, "prune", "--bogus").fails(t, 2, "bogus")
+}
+
+func TestInspectJSON(t *testing.T) {
+	r := runCLI(t, "inspect", "--json", model(t, "story16-f16.gguf")).ok(t)
+	var got struct {
+		Architecture string `json:"architecture"`
+		BlockCount   int    `json:"block_count"`
+		TensorCount  int    `json:"tensor_count"`
+		FileSize     int64  `json:"file_size"`
+		GGUFVersion  int    `json:"gguf_version"`
+		Alignment    int    `json:"alignment"`
+		Params       int64  `json:"params"`
+		Blocks       []struct {
+			Index, Tensors int
+			Bytes, Params  int64
+		} `json:"blocks"`
+	}
+	decode(t, r.stdout, &got)
+	if got.Architecture != "llama" || got.BlockCount != 16 || got.TensorCount != 147 || got.FileSize != 6099392 || got.GGUFVersion != 3 || got.Alignment != 32 || len(got.Blocks) != 16 || got.Blocks[3].Tensors != 9 || got.Blocks[3].Index != 3 {
+		t.Fatalf("%+v", got)
+	}
+	r = runCLI(t, "inspect", model(t, "TinyStories-656K-Q8_0.gguf")).ok(t)
+	if !strings.Contains(r.stdout, "Q8_0") || !strings.Contains(r.stdout, "architecture  llama") {
+		t.Fatalf("table: %s", r.stdout)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.gguf")
+	os.WriteFile(bad, []byte("not a gguf file at all"), 0o644)
+	runCLI(t, "inspect", bad).fails(t, 1, "bad.gguf: gguf: bad magic")
+}
+
+func TestPruneLayers(t *testing.T) {
+	in := model(t, "story16-f32.gguf")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.gguf")
+	r := runCLI(t, "prune", "-m", in, "-o", out, "--layers", "3,5-7", "--json").ok(t)
+	var sum struct {
+		Removed          []int `json:"removed"`
+		BlockCountBefore int   `json:"block_count_before"`
+		BlockCountAfter  int   `json:"block_count_after"`
+		BytesBefore      int64 `json:"bytes_before"`
+		BytesAfter       int64 `json:"bytes_after"`
+	}
+	decode(t, r.stdout, &sum)
+	st, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(sum.Removed, []int{3, 5, 6, 7}) || sum.BlockCountBefore != 16 || sum.BlockCountAfter != 12 || sum.BytesBefore != 12161472 || sum.BytesAfter != st.Size() {
+		t.Fatalf("%+v (file %d bytes)", sum, st.Size())
+	}
+	// Errors: exit 2 for usage, 1 for what the model refuses; nothing written.
+	out2 := filepath.Join(dir, "out2.gguf")
+	runCLI(t, "prune", "-m", in, "-o", out2, "--layers", "5-3").fails(t, 2, "ascending range")
+	runCLI(t, "prune", "-m", in, "--layers", "3").fails(t, 2, "-o OUT.gguf is required")
+	runCLI(t, "prune", "-m", in, "-o", out2, "--layers", "16").fails(t, 1, "block 16 is out of range")
+	runCLI(t, "prune", "-m", in, "-o", out2, "--layers", "0-15").fails(t, 1, "removing all 16 blocks")
+	runCLI(t, "prune", "-m", in, "-o", out2, "--layers", "1", "--remove", "2").fails(t, 2, "exactly one of")
+	runCLI(t, "prune", "-m", out, "-o", out, "--layers", "1").fails(t, 1, "overwrite an input")
+	if _, err := os.Stat(out2); !os.IsNotExist(err) {
+		t.Fatal("a failed prune wrote its output")
+	}
+	if names := dirNames(t, dir); !reflect.DeepEqual(names, []string{"out.gguf"}) {
+		t.Fatalf("left behind: %v", names)
+	}
+	// --dry-run writes nothing.
+	r = runCLI(t, "prune", "-m", in, "-o", out2, "--layers", "4", "--dry-run").ok(t)
+	if !strings.Contains(r.stdout, "nothing written") {
+		t.Fatal(r.stdout)
+	}
+	if _, err := os.Stat(out2); !os.IsNotExist(err) {
+		t.Fatal("--dry-run wrote the output")
+	}
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	es, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestScoreAndEvalJSON(t *testing.T) {
+	calib := fixture.Shared(t, "text/gutenberg/pg11.txt")
+	r := runCLI(t, "score", "-m", model(t, "stories260K.gguf"), "-f", calib, "-c", "128", "--chunks", "4", "--json").ok(t)
+	var rep struct {
+		Model  string `json:"model"`
+		Metric string `json:"metric"`
+		Tokens int    `json:"tokens"`
+		Ctx    int    `json:"ctx"`
+		Blocks []struct {
+			Index   int     `json:"index"`
+			BI      float64 `json:"bi"`
+			Angular float64 `json:"angular"`
+		} `json:"blocks"`
+	}
+	decode(t, r.stdout, &rep)
+	if rep.Metric != "bi" || rep.Tokens != 512 || rep.Ctx != 128 || len(rep.Blocks) != 5 || rep.Blocks[4].Index != 4 || rep.Blocks[0].BI <= 0 || rep.Blocks[0].Angular <= 0 {
+		t.Fatalf("%+v", rep)
+	}
+	if strings.Contains(r.stderr, "chunks") {
+		t.Fatalf("progress on a non-terminal stderr: %q", r.stderr)
+	}
+	eval := fixture.Shared(t, "text/tinystories/tinystories_val_first1000.txt")
+	r = runCLI(t, "eval", "-m", model(t, "stories260K.gguf"), "-m", model(t, "story16-f16.gguf"), "-f", eval, "-c", "128", "--chunks", "4", "--json").ok(t)
+	var ev []struct {
+		Model  string  `json:"model"`
+		PPL    float64 `json:"ppl"`
+		Tokens int     `json:"tokens"`
+	}
+	decode(t, r.stdout, &ev)
+	if len(ev) != 2 || ev[0].Tokens != 4*63 || ev[0].PPL < 1 || ev[1].PPL < 1 || ev[0].PPL == ev[1].PPL {
+		t.Fatalf("%+v", ev)
+	}
+}
+
+func TestBadText(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.txt")
+	os.WriteFile(empty, nil, 0o644)
+	latin1 := filepath.Join(dir, "latin1.txt")
+	os.WriteFile(latin1, []byte("caf\xe9 au lait"), 0o644)
+	short := filepath.Join(dir, "short.txt")
+	os.WriteFile(short, []byte("Once upon a time."), 0o644)
+	paren := filepath.Join(dir, "paren.txt")
+	os.WriteFile(paren, []byte(strings.Repeat("Once upon a time there was a cat. ", 40)+"The cat (a black one) sat."), 0o644)
+	m := model(t, "stories260K.gguf")
+	runCLI(t, "score", "-m", m, "-f", empty).fails(t, 1, "empty.txt: the text file is empty")
+	runCLI(t, "score", "-m", m, "-f", latin1).fails(t, 1, "latin1.txt: not UTF-8 text (invalid byte 0xe9 at offset 3)")
+	runCLI(t, "score", "-m", m, "-f", short, "-c", "64").fails(t, 1, "fewer than one chunk of 64")
+	runCLI(t, "score", "-m", m, "-f", short, "-c", "100000").fails(t, 2, "larger than the training context")
+	runCLI(t, "score", "-m", model(t, "TinyStories-656K-Q8_0.gguf"), "-f", paren, "-c", "64").fails(t, 1, "cannot represent the character '(' (U+0028) at byte 1368")
+}
+
+// A synthetic model with planted identity blocks: prune --remove K finds
+// exactly them, and perplexity does not change.
+func TestPruneFindsPlantedBlocks(t *testing.T) {
+	dir := t.TempDir()
+	planted := filepath.Join(dir, "planted.gguf")
+	if err := fixture.IdentityBlocks(model(t, "stories260K.gguf"), planted, []int{2, 5}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "pruned.gguf")
+	r := runCLI(t, "prune", "-m", planted, "-o", out, "--remove", "2", "-f", fixture.Shared(t, "text/gutenberg/pg11.txt"),
+		"-c", "128", "--chunks", "8", "--eval", fixture.Shared(t, "text/tinystories/tinystories_val_first1000.txt"), "--json").ok(t)
+	var sum struct {
+		Removed []int  `json:"removed"`
+		Method  string `json:"method"`
+		Scores  struct {
+			Blocks []struct{ BI float64 } `json:"blocks"`
+		} `json:"scores"`
+		Eval []struct{ PPL float64 } `json:"eval"`
+	}
+	decode(t, r.stdout, &sum)
+	if !reflect.DeepEqual(sum.Removed, []int{2, 5}) || sum.Method != "bi" || len(sum.Scores.Blocks) != 7 {
+		t.Fatalf("%+v", sum)
+	}
+	if len(sum.Eval) != 2 || sum.Eval[0].PPL != sum.Eval[1].PPL {
+		t.Fatalf("perplexity changed: %+v", sum.Eval)
+	}
+	// The pruned model is the original file again, byte for byte.
+	orig, _ := os.ReadFile(model(t, "stories260K.gguf"))
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(orig, got) {
+		t.Fatal("pruned planted model differs from the original")
+	}
+}
+
+func TestPruneByScores(t *testing.T) {
+	dir := t.TempDir()
+	in := model(t, "story16-f16.gguf")
+	scores := filepath.Join(dir, "scores.json")
+	runCLI(t, "score", "-m", in, "-f", fixture.Shared(t, "text/gutenberg/pg1661.txt"), "-c", "128", "--chunks", "6", "-o", scores, "--plot", filepath.Join(dir, "bi.svg")).ok(t)
+	if st, err := os.Stat(filepath.Join(dir, "bi.svg")); err != nil || st.Size() < 1000 {
+		t.Fatalf("plot: %v", err)
+	}
+	out := filepath.Join(dir, "out.gguf")
+	// Protected blocks are never chosen, however low their scores.
+	r := runCLI(t, "prune", "-m", in, "-o", out, "--scores", scores, "--remove", "50%", "--keep-first", "3", "--keep-last", "4", "--json", "--plot", filepath.Join(dir, "pruned.png")).ok(t)
+	var sum struct {
+		Removed []int `json:"removed"`
+	}
+	decode(t, r.stdout, &sum)
+	if len(sum.Removed) != 8 {
+		t.Fatalf("removed %v", sum.Removed)
+	}
+	for _, b := range sum.Removed {
+		if b < 3 || b >= 12 {
+			t.Fatalf("protected block %d removed", b)
+		}
+	}
+	// The output loads in llama.cpp and evaluates.
+	r = runCLI(t, "eval", "-m", out, "-f", fixture.Shared(t, "text/unseen/tinystories_last50.txt"), "-c", "128", "--chunks", "3", "--json").ok(t)
+	if !strings.Contains(r.stdout, `"ppl"`) {
+		t.Fatal(r.stdout)
+	}
+	// Scores of another model are refused.
+	runCLI(t, "prune", "-m", model(t, "story16-f32.gguf"), "-o", filepath.Join(dir, "x.gguf"), "--scores", scores, "--remove", "2").fails(t, 1, "made for another model")
+	// A size that needs protected blocks says what can be reached.
+	runCLI(t, "prune", "-m", in, "--dry-run", "--scores", scores, "--target-size", "10%").fails(t, 1, "the smallest reachable size is")
+	r = runCLI(t, "prune", "-m", in, "--dry-run", "--scores", scores, "--target-size", "5.5MB", "--json").ok(t)
+	var ts struct {
+		Removed    []int `json:"removed"`
+		BytesAfter int64 `json:"bytes_after"`
+	}
+	decode(t, r.stdout, &ts)
+	if ts.BytesAfter > 5500000 || len(ts.Removed) != 2 {
+		t.Fatalf("--target-size 5.5MB: %+v", ts)
+	}
+}
+
+func TestSelfCalibration(t *testing.T) {
+	in := model(t, "stories260K.gguf")
+	args := []string{"prune", "-m", in, "--remove", "1", "--dry-run", "--json", "-c", "64", "--chunks", "2"}
+	r1 := runCLI(t, args...).ok(t)
+	r2 := runCLI(t, args...).ok(t)
+	if r1.stdout != r2.stdout {
+		t.Fatal("self-calibration is not reproducible")
+	}
+	if !strings.Contains(r1.stdout, `"method": "bi (self-calibrated)"`) || !strings.Contains(r1.stderr, "writes 2 chunks of 64 tokens itself") {
+		t.Fatalf("stdout %s\nstderr %s", r1.stdout, r1.stderr)
+	}
+	r3 := runCLI(t, append(args, "--seed", "7")...).ok(t)
+	if r3.stdout == r1.stdout {
+		t.Fatal("another seed gave the same scores")
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for in, want := range map[string]int64{"3GiB": 3 << 30, "2.5GB": 2.5e9, "70%": 700, "123": 123, "1.5 MiB": 1.5 * (1 << 20)} {
+		got, err := parseSize(in, 1000)
+		if err != nil || got != want {
+			t.Errorf("%q: %d, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "GB", "-1GB", "x%"} {
+		if _, err := parseSize(bad, 1000); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	for in, want := range map[string]int{"3": 3, "25%": 4, "1%": 1} {
+		if got, err := parseCount(in, 16); err != nil || got != want {
+			t.Errorf("%q: %d, %v", in, got, err)
+		}
+	}
+}
