@@ -442,3 +442,45 @@ func (d *decoder) array(depth int, key string) *Array {
 	}
 	return a
 }
+
+// valueOffset is the byte offset of a key's value, after its type.
+func (f *File) valueOffset(key string) (int64, bool) {
+	off := int64(4 + 4 + 8 + 8)
+	for _, kv := range f.KV {
+		off += 8 + int64(len(kv.Key)) + 4
+		if kv.Key == key {
+			return off, true
+		}
+		off += kv.Value.encodedSize()
+	}
+	return 0, false
+}
+
+// SetUint32InPlace overwrites the value of an existing uint32 metadata key
+// of a file in place: the file's layout does not change.
+func SetUint32InPlace(path, key string, v uint32) error {
+	fp, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer fp.Close()
+	st, err := fp.Stat()
+	if err != nil {
+		return err
+	}
+	f, err := NewFile(fp, st.Size())
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	old, ok := f.Get(key)
+	off, _ := f.valueOffset(key)
+	if !ok || old.Type() != TypeUint32 {
+		return fmt.Errorf("%s: %s is not a uint32 key of the file", path, key)
+	}
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], v)
+	if _, err := fp.WriteAt(b[:], off); err != nil {
+		return err
+	}
+	return fp.Close()
+}

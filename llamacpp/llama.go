@@ -358,3 +358,27 @@ func TypeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
 	}
 	return C.GoString((*C.char)(unsafe.Pointer(&buf[0]))), int64(bs), int64(ts), true
 }
+
+// GGUFInfo is what ggml's own GGUF reader found in a file.
+type GGUFInfo struct {
+	Tensors     int
+	KV          int
+	GeneralType string // general.type, e.g. "model" or "imatrix"
+}
+
+// ReadGGUF reads a file's header with ggml's GGUF reader, the one llama.cpp
+// loads models and importance matrices with: a check that llama.cpp accepts
+// a file this project wrote.
+func ReadGGUF(path string) (GGUFInfo, error) {
+	initBackend()
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	eb := newErrBuf()
+	defer eb.free()
+	var nt, nkv C.int64_t
+	buf := make([]byte, 64)
+	if C.gp_gguf_read(cpath, &nt, &nkv, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), eb.p) != 0 {
+		return GGUFInfo{}, &Error{"reading GGUF with ggml", path, eb.msg()}
+	}
+	return GGUFInfo{Tensors: int(nt), KV: int(nkv), GeneralType: C.GoString((*C.char)(unsafe.Pointer(&buf[0])))}, nil
+}

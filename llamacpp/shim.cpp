@@ -13,6 +13,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "gguf.h"
 
 #include "_cgo_export.h"
 
@@ -270,7 +271,14 @@ const float *gp_logits(gp_ctx *c, int32_t i) {
     }
 }
 
-int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads, bool only_copy,
+// tensor_quantization mirrors the struct of the same name in llama-quant.cpp
+// (llama.cpp's quantize tool replicates it the same way).
+struct tensor_quantization {
+    std::string name;
+    ggml_type quant = GGML_TYPE_COUNT;
+};
+
+int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads, bool only_copy, int32_t override_type,
                 const char *const *imatrix_names, const float *const *imatrix_values,
                 const int64_t *imatrix_lens, int32_t n_imatrix, char *err) {
     GUARD(err, {
@@ -283,6 +291,11 @@ int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_thread
         p.nthread = n_threads;
         p.allow_requantize = true;
         p.only_copy = only_copy;
+        std::vector<tensor_quantization> overrides;
+        if (override_type >= 0) {
+            overrides.push_back({".", (ggml_type)override_type});
+            p.tensor_types = &overrides;
+        }
         if (n_imatrix > 0) {
             p.imatrix = &imatrix;
         }
@@ -291,6 +304,26 @@ int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_thread
             set_err(err, "llama_model_quantize failed (run with -v for its log)");
             return -1;
         }
+        return 0;
+    })
+}
+
+int gp_gguf_read(const char *path, int64_t *n_tensors, int64_t *n_kv, char *general_type, size_t type_len, char *err) {
+    GUARD(err, {
+        struct gguf_init_params p = {true, nullptr};
+        struct gguf_context *g = gguf_init_from_file(path, p);
+        if (g == nullptr) {
+            set_err(err, "ggml's GGUF reader refused the file (run with -v for its log)");
+            return -1;
+        }
+        *n_tensors = gguf_get_n_tensors(g);
+        *n_kv = gguf_get_n_kv(g);
+        general_type[0] = '\0';
+        int64_t k = gguf_find_key(g, "general.type");
+        if (k >= 0 && gguf_get_kv_type(g, k) == GGUF_TYPE_STRING) {
+            snprintf(general_type, type_len, "%s", gguf_get_val_str(g, k));
+        }
+        gguf_free(g);
         return 0;
     })
 }

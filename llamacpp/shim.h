@@ -44,9 +44,15 @@ int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t 
 void gp_memory_clear(gp_ctx *c);
 const float *gp_logits(gp_ctx *c, int32_t i);
 
-int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads, bool only_copy,
+// With override_type >= 0 every quantized tensor that needs no fallback gets
+// that ggml type (llama.cpp's per-tensor type overrides).
+int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_threads, bool only_copy, int32_t override_type,
                 const char *const *imatrix_names, const float *const *imatrix_values,
                 const int64_t *imatrix_lens, int32_t n_imatrix, char *err);
+
+// gp_gguf_read opens a file with ggml's own GGUF reader (the one llama.cpp
+// reads models and importance matrices with) and reports what it found.
+int gp_gguf_read(const char *path, int64_t *n_tensors, int64_t *n_kv, char *general_type, size_t type_len, char *err);
 
 int32_t gp_type_size(int32_t type, int64_t *block_size, char *name, size_t name_len);
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/gguf"
@@ -40,6 +41,9 @@ func runInspect(c *cli.Context) error {
 	path, err := oneArg(c, "MODEL.gguf")
 	if err != nil {
 		return err
+	}
+	if isImatrixFile(path) {
+		return inspectImatrix(c, path)
 	}
 	m, err := gguf.OpenModel(path)
 	if err != nil {
@@ -107,4 +111,52 @@ func humanCount(n uint64) string {
 		return fmt.Sprintf("%.1fK", float64(n)/1e3)
 	}
 	return fmt.Sprint(n)
+}
+
+// isImatrixFile recognises importance matrices: GGUF files whose general.type
+// is "imatrix", and .dat files (llama.cpp's legacy format).
+func isImatrixFile(path string) bool {
+	f, err := gguf.Open(path)
+	if err != nil {
+		return strings.HasSuffix(path, ".dat")
+	}
+	defer f.Close()
+	return gguf.IsImatrix(f)
+}
+
+type imatrixReport struct {
+	Path       string   `json:"path"`
+	Imatrix    bool     `json:"imatrix"`
+	Format     string   `json:"format"`
+	Entries    int      `json:"entries"`
+	BlockCount int      `json:"block_count"`
+	Datasets   []string `json:"datasets"`
+	ChunkCount int      `json:"chunk_count"`
+	ChunkSize  int      `json:"chunk_size"`
+	Experts    int      `json:"experts"`
+}
+
+func inspectImatrix(c *cli.Context, path string) error {
+	im, err := gguf.ReadImatrix(path)
+	if err != nil {
+		return err
+	}
+	r := imatrixReport{Path: path, Imatrix: true, Format: "gguf", Entries: len(im.Entries), BlockCount: im.Blocks(),
+		Datasets: im.Datasets, ChunkCount: im.ChunkCount, ChunkSize: im.ChunkSize, Experts: 1}
+	if im.Legacy {
+		r.Format = "legacy"
+	}
+	for _, e := range im.Entries {
+		r.Experts = max(r.Experts, e.NMat())
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, r)
+	}
+	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "file\t%s\n", path)
+	fmt.Fprintf(w, "kind\timportance matrix (%s format)\n", r.Format)
+	fmt.Fprintf(w, "entries\t%d weights over %d blocks (up to %d experts per weight)\n", r.Entries, r.BlockCount, r.Experts)
+	fmt.Fprintf(w, "datasets\t%s\n", strings.Join(r.Datasets, ", "))
+	fmt.Fprintf(w, "chunks\t%d of %d tokens\n", r.ChunkCount, r.ChunkSize)
+	return w.Flush()
 }

@@ -71,7 +71,7 @@ func model(t *testing.T, name string) string { return fixture.Shared(t, "models/
 
 func TestHelp(t *testing.T) {
 	r := runCLI(t, "--help").ok(t)
-	for _, c := range []string{"inspect", "prune", "score", "eval"} {
+	for _, c := range []string{"inspect", "prune", "score", "eval", "quantize"} {
 		if !strings.Contains(r.stdout, c) {
 			t.Errorf("--help does not list %s", c)
 		}
@@ -329,6 +329,56 @@ func TestSizes(t *testing.T) {
 	for in, want := range map[string]int{"3": 3, "25%": 4, "1%": 1} {
 		if got, err := parseCount(in, 16); err != nil || got != want {
 			t.Errorf("%q: %d, %v", in, got, err)
+		}
+	}
+}
+
+// One pass of score gives scores and an imatrix; prune --quantize uses both
+// and leaves one output file, with the pruned imatrix beside it.
+func TestPruneQuantizeWithImatrix(t *testing.T) {
+	dir := t.TempDir()
+	in := model(t, "story16-f32.gguf")
+	scores, imatrix := filepath.Join(dir, "scores.json"), filepath.Join(dir, "full.imatrix")
+	runCLI(t, "score", "-m", in, "-f", fixture.Shared(t, "text/gutenberg/pg345.txt"), "-c", "128", "--chunks", "4", "-o", scores, "--imatrix-out", imatrix).ok(t)
+	r := runCLI(t, "inspect", "--json", imatrix).ok(t)
+	var im struct {
+		Imatrix    bool `json:"imatrix"`
+		Entries    int  `json:"entries"`
+		BlockCount int  `json:"block_count"`
+		ChunkCount int  `json:"chunk_count"`
+	}
+	decode(t, r.stdout, &im)
+	if !im.Imatrix || im.Entries != 112 || im.BlockCount != 16 || im.ChunkCount != 4 {
+		t.Fatalf("%+v", im)
+	}
+	out, prunedIm := filepath.Join(dir, "out.gguf"), filepath.Join(dir, "pruned.imatrix.dat")
+	r = runCLI(t, "prune", "-m", in, "-o", out, "--scores", scores, "--remove", "4", "--quantize", "IQ4_XS",
+		"--imatrix", imatrix, "--imatrix-out", prunedIm, "--eval", fixture.Shared(t, "text/unseen/tinystories_last50.txt"), "-c", "128", "--chunks", "3", "--json").ok(t)
+	var sum struct {
+		Quantized  string `json:"quantized"`
+		BytesAfter int64  `json:"bytes_after"`
+		Eval       []struct{ PPL float64 }
+	}
+	decode(t, r.stdout, &sum)
+	st, err := os.Stat(out)
+	if err != nil || sum.Quantized != "IQ4_XS" || sum.BytesAfter != st.Size() || len(sum.Eval) != 2 || sum.Eval[1].PPL < 1 {
+		t.Fatalf("%+v (%v)", sum, err)
+	}
+	if names := dirNames(t, dir); !reflect.DeepEqual(names, []string{"full.imatrix", "out.gguf", "pruned.imatrix.dat", "scores.json"}) {
+		t.Fatalf("files: %v", names)
+	}
+	r = runCLI(t, "inspect", "--json", prunedIm).ok(t)
+	decode(t, r.stdout, &im)
+	if im.Entries != 84 || im.BlockCount != 12 {
+		t.Fatalf("pruned imatrix %+v", im)
+	}
+	// The pruned imatrix fits the pruned model, not the full one.
+	runCLI(t, "quantize", "--imatrix", prunedIm, in, filepath.Join(dir, "x.gguf"), "Q4_K_M").fails(t, 1, "covers 12 blocks")
+	runCLI(t, "quantize", in, filepath.Join(dir, "x.gguf"), "Q9_9").fails(t, 2, "unknown quantization type")
+	r = runCLI(t, "quantize", "--help").ok(t)
+	for _, typ := range []string{"Q4_K_M", "IQ4_XS", "Q8_0", "COPY", "needs --imatrix"} {
+		if !strings.Contains(r.stdout, typ) {
+			t.Errorf("quantize --help does not list %s", typ)
 		}
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/urfave/cli/v2"
 )
 
@@ -40,6 +42,9 @@ func pruneCommand() *cli.Command {
 			&cli.IntFlag{Name: "keep-last", Value: 1, Usage: "never remove the last `N` blocks"},
 			&cli.StringFlag{Name: "plot", Usage: "draw BI per block with the removed blocks marked to `FILE`.svg or .png"},
 			&cli.StringFlag{Name: "eval", Usage: "after writing, compute perplexity of the input and the output on `TEXT` (a file)"},
+			&cli.StringFlag{Name: "quantize", Usage: "quantize the pruned model to `TYPE` (see quantize --help) in the same step: one output file"},
+			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` of the input model: pruned with it for --quantize and --imatrix-out"},
+			&cli.StringFlag{Name: "imatrix-out", Usage: "write the imatrix of the pruned model (removed blocks dropped, the rest renumbered) to `FILE`"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and write nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "remove blocks even where the architecture derives layer kinds from the block index"},
 			&cli.BoolFlag{Name: "keep-split", Usage: "write a split input as the same number of shards (OUT-0000i-of-0000n.gguf) instead of one file"},
@@ -60,6 +65,8 @@ type pruneSummary struct {
 	BytesBefore      int64        `json:"bytes_before"`
 	BytesAfter       int64        `json:"bytes_after"`
 	DryRun           bool         `json:"dry_run"`
+	Quantized        string       `json:"quantized,omitempty"`
+	ImatrixOut       string       `json:"imatrix_out,omitempty"`
 	Scores           *scoreReport `json:"scores,omitempty"`
 	Eval             []evalResult `json:"eval,omitempty"`
 }
@@ -87,6 +94,15 @@ func runPrune(c *cli.Context) error {
 	}
 	if c.IsSet("file") && c.IsSet("scores") {
 		return usagef("prune: give -f or --scores, not both")
+	}
+	if c.IsSet("imatrix") && !c.IsSet("imatrix-out") && !c.IsSet("quantize") {
+		return usagef("prune: --imatrix is used by --quantize or --imatrix-out; give one of them")
+	}
+	if c.IsSet("imatrix-out") && !c.IsSet("imatrix") {
+		return usagef("prune: --imatrix-out needs the input model's imatrix (--imatrix)")
+	}
+	if c.IsSet("quantize") && c.Bool("keep-split") {
+		return usagef("prune: --quantize writes one file; it does not go with --keep-split")
 	}
 	o, err := runOptionsFrom(c)
 	if err != nil {
@@ -127,9 +143,38 @@ func runPrune(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sum, err := applyPlan(plan, out, c.Bool("keep-split"), dryRun)
-	if err != nil {
+	var im *gguf.Imatrix
+	if p := c.String("imatrix"); p != "" {
+		full, err := gguf.ReadImatrix(p)
+		if err != nil {
+			return err
+		}
+		if err := full.CheckModel(m); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		if im, err = full.Prune(plan.Removed, nBlocks); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	var sum *pruneSummary
+	if typ := c.String("quantize"); typ != "" {
+		qp, err := quantizeParams(typ, "", o.threads)
+		if err != nil {
+			return err
+		}
+		qp.Imatrix = im
+		sum, err = pruneAndQuantize(plan, out, qp, dryRun)
+		if err != nil {
+			return err
+		}
+	} else if sum, err = applyPlan(plan, out, c.Bool("keep-split"), dryRun); err != nil {
 		return err
+	}
+	if p := c.String("imatrix-out"); p != "" && !dryRun {
+		if err := im.Write(p); err != nil {
+			return err
+		}
+		sum.ImatrixOut = p
 	}
 	sum.Method, sum.Scores = method, rep
 	if p := c.String("plot"); p != "" && rep != nil {
@@ -164,7 +209,7 @@ func pruneScores(c *cli.Context, m *gguf.Model, path string, o runOptions) (*sco
 	if err != nil {
 		return nil, "", err
 	}
-	rep, err := scoreModel(path, o, cal, c.App.ErrWriter)
+	rep, _, err := scoreModel(path, o, cal, false, c.App.ErrWriter)
 	if err != nil {
 		return nil, "", err
 	}
@@ -315,6 +360,33 @@ func applyPlan(plan *gguf.Plan, out string, keepSplit, dryRun bool) (*pruneSumma
 	return sum, nil
 }
 
+// pruneAndQuantize writes the pruned model to a temporary file next to the
+// output, quantizes it into the output, and removes it whatever happens.
+func pruneAndQuantize(plan *gguf.Plan, out string, qp llamacpp.QuantizeParams, dryRun bool) (*pruneSummary, error) {
+	sum, err := applyPlan(plan, "", false, true)
+	if err != nil || dryRun {
+		return sum, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".pruned-*.gguf")
+	if err != nil {
+		return nil, err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	if _, err := plan.Write(tmp.Name(), false); err != nil {
+		return nil, err
+	}
+	if err := llamacpp.Quantize(tmp.Name(), out, qp); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return nil, err
+	}
+	sum.DryRun, sum.Outputs, sum.BytesAfter, sum.Quantized = false, []string{out}, st.Size(), qp.Type.Name
+	return sum, nil
+}
+
 // evalPair computes perplexity of the input and output models on a text.
 func evalPair(in, out, textPath string, o runOptions, c *cli.Context) ([]evalResult, error) {
 	text, err := readText(textPath)
@@ -344,6 +416,12 @@ func printPruneSummary(w io.Writer, s *pruneSummary) {
 	}
 	for _, o := range s.Outputs {
 		fmt.Fprintf(tw, "wrote\t%s\n", o)
+	}
+	if s.Quantized != "" {
+		fmt.Fprintf(tw, "quantized\t%s\n", s.Quantized)
+	}
+	if s.ImatrixOut != "" {
+		fmt.Fprintf(tw, "imatrix\t%s (pruned with the model)\n", s.ImatrixOut)
 	}
 	if len(s.Eval) == 2 {
 		fmt.Fprintf(tw, "perplexity\t%.4f -> %.4f (%+.1f%%, %d tokens)\n", s.Eval[0].PPL, s.Eval[1].PPL, 100*(s.Eval[1].PPL/s.Eval[0].PPL-1), s.Eval[0].Tokens)

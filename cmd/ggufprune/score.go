@@ -25,6 +25,7 @@ func scoreCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
 			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png"},
+			&cli.StringFlag{Name: "imatrix-out", Usage: "in the same pass, collect an importance matrix for quantization and write it to `FILE` (GGUF; .dat: legacy format)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the scores as JSON instead of a table"},
 		),
 		Action: runScore,
@@ -52,9 +53,14 @@ func runScore(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, err := scoreModel(c.String("model"), o, src, c.App.ErrWriter)
+	rep, im, err := scoreModel(c.String("model"), o, src, c.String("imatrix-out") != "", c.App.ErrWriter)
 	if err != nil {
 		return err
+	}
+	if out := c.String("imatrix-out"); out != "" {
+		if err := im.Write(out); err != nil {
+			return err
+		}
 	}
 	if out := c.String("output"); out != "" {
 		if err := writeJSONFile(out, rep); err != nil {
@@ -133,41 +139,54 @@ func calibrationTokens(m *llamacpp.Model, o runOptions, cal calibration, stderr 
 	return m.Chunks(tokens, o.nCtx, n)
 }
 
-// scoreModel loads a model and scores every block on the calibration.
-func scoreModel(path string, o runOptions, cal calibration, stderr io.Writer) (*scoreReport, error) {
+// scoreModel loads a model and scores every block on the calibration; with
+// imatrix it also collects an importance matrix in the same pass.
+func scoreModel(path string, o runOptions, cal calibration, imatrix bool, stderr io.Writer) (*scoreReport, *gguf.Imatrix, error) {
 	fp, err := fingerprint(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	m, err := loadModel(path, o)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer m.Close()
 	chunks, err := calibrationTokens(m, o, cal, stderr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads, Capture: true})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer ctx.Close()
 	acc := bi.NewAccumulator(m.Info().NLayer)
 	if err := ctx.CaptureHidden(acc.Observe); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var imAcc *bi.ImatrixAccumulator
+	if imatrix {
+		imAcc = bi.NewImatrixAccumulator()
+		if err := ctx.CaptureMatmul(imAcc.Observe); err != nil {
+			return nil, nil, err
+		}
 	}
 	bar := newProgress(stderr, "scoring", o.nCtx)
 	if err := llamacpp.Scan(ctx, chunks, bar.update); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := acc.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &scoreReport{
+	rep := &scoreReport{
 		Model: path, Fingerprint: fp, Metric: "bi", Calibration: cal.name(),
 		Tokens: acc.Tokens(), Ctx: o.nCtx, Chunks: len(chunks), Blocks: acc.Scores(),
-	}, nil
+	}
+	var im *gguf.Imatrix
+	if imAcc != nil {
+		im = imAcc.Imatrix(cal.name(), len(chunks), o.nCtx)
+	}
+	return rep, im, nil
 }
 
 func fingerprint(path string) (string, error) {

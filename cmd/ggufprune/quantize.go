@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/urfave/cli/v2"
+)
+
+func quantizeCommand() *cli.Command {
+	var types strings.Builder
+	for _, q := range llamacpp.QuantTypes {
+		need := ""
+		if q.NeedImatrix {
+			need = " (needs --imatrix)"
+		}
+		fmt.Fprintf(&types, "  %-10s %s%s\n", q.Name, q.Desc, need)
+	}
+	return commandUsageErrors(&cli.Command{
+		Name:      "quantize",
+		Usage:     "quantize a model with llama.cpp's quantizer (as llama-quantize)",
+		ArgsUsage: "IN.gguf OUT.gguf TYPE",
+		Description: "Writes OUT.gguf with the weights of IN.gguf quantized to TYPE by llama.cpp's llama_model_quantize.\n" +
+			"Tensors whose rows are not whole blocks of the type get llama.cpp's fallback type; types without a\n" +
+			"fallback are refused naming the tensor. An importance matrix (--imatrix, GGUF or legacy .dat, from\n" +
+			"llama-imatrix or from score --imatrix-out, pruned with prune --imatrix-out) guides the rounding.\n\n" +
+			"TYPE is one of:\n" + types.String(),
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` for the model being quantized"},
+			&cli.IntFlag{Name: "threads", Aliases: []string{"t"}, Usage: "threads (`N`; 0: all cores)"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "show llama.cpp's log (per-tensor progress) on stderr"},
+		},
+		Action: runQuantize,
+	})
+}
+
+func runQuantize(c *cli.Context) error {
+	if c.NArg() != 3 {
+		return usagef("quantize: expected IN.gguf OUT.gguf TYPE, got %d arguments", c.NArg())
+	}
+	in, out, typ := c.Args().Get(0), c.Args().Get(1), c.Args().Get(2)
+	if c.Bool("verbose") {
+		llamacpp.SetLog(c.App.ErrWriter)
+	}
+	p, err := quantizeParams(typ, c.String("imatrix"), c.Int("threads"))
+	if err != nil {
+		return err
+	}
+	if err := llamacpp.Quantize(in, out, p); err != nil {
+		return err
+	}
+	m, err := gguf.OpenModel(out)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	src, err := gguf.OpenModel(in)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	fmt.Fprintf(c.App.Writer, "wrote %s: %s, %s -> %s (%.1f%%)\n", out, p.Type.Name, humanBytes(src.Size()), humanBytes(m.Size()), 100*float64(m.Size())/float64(src.Size()))
+	return nil
+}
+
+func quantizeParams(typ, imatrixPath string, threads int) (llamacpp.QuantizeParams, error) {
+	q, ok := llamacpp.LookupQuantType(typ)
+	if !ok {
+		return llamacpp.QuantizeParams{}, usagef("unknown quantization type %q; one of %s", typ, strings.Join(llamacpp.QuantTypeNames(), ", "))
+	}
+	p := llamacpp.QuantizeParams{Type: q, Threads: threads}
+	if imatrixPath != "" {
+		im, err := gguf.ReadImatrix(imatrixPath)
+		if err != nil {
+			return p, err
+		}
+		p.Imatrix = im
+	}
+	return p, nil
+}

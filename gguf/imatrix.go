@@ -1,0 +1,385 @@
+package gguf
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Importance matrices (imatrix) are the mean squared activations at the input
+// of each weight matrix, which llama.cpp's quantizer uses to weight the
+// rounding error of each column. llama.cpp writes them in two formats: a
+// GGUF file (general.type "imatrix", a NAME.in_sum2 and a NAME.counts F32
+// tensor per weight) and the legacy binary .dat format.
+
+// Imatrix keys of the GGUF format.
+const (
+	KeyImatrixDatasets   = "imatrix.datasets"
+	KeyImatrixChunkCount = "imatrix.chunk_count"
+	KeyImatrixChunkSize  = "imatrix.chunk_size"
+)
+
+// Imatrix is an importance matrix.
+type Imatrix struct {
+	Entries    []ImatrixEntry // sorted by name
+	Datasets   []string
+	ChunkCount int
+	ChunkSize  int
+	Legacy     bool // read from (or to be written in) the legacy .dat format
+}
+
+// ImatrixEntry is the statistics of one weight: for each of NMat matrices
+// (experts; 1 for a plain weight), the sums of squared activations of its NIn
+// input columns and the number of activation rows summed.
+type ImatrixEntry struct {
+	Name   string
+	NIn    int
+	Sums   []float32 // NMat rows of NIn
+	Counts []float32 // NMat
+}
+
+// NMat is the number of matrices (experts) of the entry.
+func (e *ImatrixEntry) NMat() int { return len(e.Counts) }
+
+// Means returns the mean squared activation of each column, as llama.cpp's
+// quantizer reads them: sums divided by counts, 1 where a matrix saw no input.
+func (e *ImatrixEntry) Means() []float32 {
+	out := make([]float32, len(e.Sums))
+	for m, c := range e.Counts {
+		for i := 0; i < e.NIn; i++ {
+			if c > 0 {
+				out[m*e.NIn+i] = e.Sums[m*e.NIn+i] / c
+			} else {
+				out[m*e.NIn+i] = 1
+			}
+		}
+	}
+	return out
+}
+
+// IsImatrix reports whether a parsed GGUF file is an importance matrix.
+func IsImatrix(f *File) bool {
+	v, ok := f.Get("general.type")
+	s, _ := v.Str()
+	return ok && s == "imatrix"
+}
+
+// ReadImatrix reads an importance matrix in either format.
+func ReadImatrix(path string) (*Imatrix, error) {
+	fp, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fp.Close()
+	st, err := fp.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var magic [4]byte
+	if _, err := fp.ReadAt(magic[:], 0); err == nil && binary.LittleEndian.Uint32(magic[:]) == Magic {
+		f, err := NewFile(fp, st.Size())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		im, err := imatrixFromGGUF(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return im, nil
+	}
+	im, err := readLegacyImatrix(bufio.NewReader(fp), st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%s: not an imatrix file (GGUF or legacy .dat): %w", path, err)
+	}
+	return im, nil
+}
+
+func imatrixFromGGUF(f *File) (*Imatrix, error) {
+	if !IsImatrix(f) {
+		return nil, errors.New("a GGUF file but not an imatrix (general.type is not \"imatrix\")")
+	}
+	im := &Imatrix{}
+	if v, ok := f.Get(KeyImatrixDatasets); ok {
+		if a, ok := v.Array(); ok && a.Elem() == TypeString {
+			for i := 0; i < a.Len(); i++ {
+				s, _ := a.Index(i).Str()
+				im.Datasets = append(im.Datasets, s)
+			}
+		}
+	}
+	if n, ok := intKey(f, KeyImatrixChunkCount); ok {
+		im.ChunkCount = int(n)
+	}
+	if n, ok := intKey(f, KeyImatrixChunkSize); ok {
+		im.ChunkSize = int(n)
+	}
+	readF32 := func(t *TensorInfo) ([]float32, error) {
+		if t.Type != TypeF32 {
+			return nil, fmt.Errorf("tensor %q is %v, want F32", t.Name, t.Type)
+		}
+		b := make([]byte, t.Size)
+		if _, err := f.TensorData(t).ReadAt(b, 0); err != nil {
+			return nil, err
+		}
+		out := make([]float32, len(b)/4)
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+		return out, nil
+	}
+	for i := range f.Tensors {
+		t := &f.Tensors[i]
+		name, ok := strings.CutSuffix(t.Name, ".in_sum2")
+		if !ok {
+			if !strings.HasSuffix(t.Name, ".counts") {
+				return nil, fmt.Errorf("unexpected tensor %q in an imatrix", t.Name)
+			}
+			continue
+		}
+		ct, ok := f.Tensor(name + ".counts")
+		if !ok {
+			return nil, fmt.Errorf("tensor %q has no %s.counts", t.Name, name)
+		}
+		sums, err := readF32(t)
+		if err != nil {
+			return nil, err
+		}
+		counts, err := readF32(ct)
+		if err != nil {
+			return nil, err
+		}
+		if len(t.Dims) < 1 || len(counts) == 0 || uint64(len(counts))*t.Dims[0] != uint64(len(sums)) {
+			return nil, fmt.Errorf("%s: %d sums do not match %d counts", name, len(sums), len(counts))
+		}
+		im.Entries = append(im.Entries, ImatrixEntry{Name: name, NIn: int(t.Dims[0]), Sums: sums, Counts: counts})
+	}
+	im.sort()
+	return im, nil
+}
+
+func (im *Imatrix) sort() {
+	sort.Slice(im.Entries, func(i, j int) bool { return im.Entries[i].Name < im.Entries[j].Name })
+}
+
+// readLegacyImatrix reads the .dat format: int32 entry count; per entry an
+// int32 name length, the name, int32 ncall, int32 nval and nval float32
+// means × ncall; then optionally int32 last chunk and a dataset name.
+func readLegacyImatrix(r *bufio.Reader, size int64) (*Imatrix, error) {
+	var n int32
+	i32 := func() (int32, error) {
+		var v int32
+		err := binary.Read(r, binary.LittleEndian, &v)
+		return v, err
+	}
+	n, err := i32()
+	if err != nil {
+		return nil, err
+	}
+	if n <= 0 || int64(n) > size/16 {
+		return nil, fmt.Errorf("entry count %d", n)
+	}
+	im := &Imatrix{Legacy: true}
+	left := size - 4
+	for i := int32(0); i < n; i++ {
+		l, err := i32()
+		if err != nil || l <= 0 || int64(l) > left {
+			return nil, fmt.Errorf("entry %d: bad name length %d", i, l)
+		}
+		name := make([]byte, l)
+		if _, err := io.ReadFull(r, name); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i, err)
+		}
+		ncall, err1 := i32()
+		nval, err2 := i32()
+		if err1 != nil || err2 != nil || nval <= 0 || int64(nval)*4 > left {
+			return nil, fmt.Errorf("entry %q: bad value count %d", name, nval)
+		}
+		vals := make([]float32, nval)
+		if err := binary.Read(r, binary.LittleEndian, vals); err != nil {
+			return nil, fmt.Errorf("entry %q: %w", name, err)
+		}
+		left -= int64(12 + len(name) + 4*len(vals))
+		// Stored as mean × ncall; keep them as sums over ncall "rows".
+		count := float32(max(ncall, 1))
+		im.Entries = append(im.Entries, ImatrixEntry{Name: string(name), NIn: int(nval), Sums: vals, Counts: []float32{count}})
+	}
+	if last, err := i32(); err == nil {
+		im.ChunkCount = int(last)
+		if l, err := i32(); err == nil && l > 0 && int64(l) <= left {
+			name := make([]byte, l)
+			if _, err := io.ReadFull(r, name); err == nil {
+				im.Datasets = []string{string(name)}
+			}
+		}
+	}
+	im.sort()
+	return im, nil
+}
+
+// Write writes the imatrix to path atomically, in the legacy format when
+// im.Legacy is set or path ends in .dat, else as GGUF.
+func (im *Imatrix) Write(path string) error {
+	return CreateAtomic(path, func(f *os.File) error {
+		if im.Legacy || strings.HasSuffix(path, ".dat") {
+			return im.writeLegacy(f)
+		}
+		return im.writeGGUF(f)
+	})
+}
+
+func (im *Imatrix) writeGGUF(w io.Writer) error {
+	ds := make([]Value, len(im.Datasets))
+	for i, d := range im.Datasets {
+		ds[i] = String(d)
+	}
+	dsv, _ := NewArray(TypeString, ds)
+	kvs := []KV{
+		{"general.type", String("imatrix")},
+		{KeyImatrixDatasets, dsv},
+		{KeyImatrixChunkCount, Uint32(uint32(im.ChunkCount))},
+		{KeyImatrixChunkSize, Uint32(uint32(im.ChunkSize))},
+	}
+	var ts []WriterTensor
+	for _, e := range im.Entries {
+		ts = append(ts,
+			f32Tensor(e.Name+".in_sum2", e.Sums, uint64(e.NIn), uint64(e.NMat())),
+			f32Tensor(e.Name+".counts", e.Counts, 1, uint64(e.NMat())))
+	}
+	_, err := Write(w, 3, kvs, ts)
+	return err
+}
+
+func f32Tensor(name string, v []float32, dims ...uint64) WriterTensor {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return WriterTensor{
+		Info: TensorInfo{Name: name, Dims: dims, Type: TypeF32, Size: uint64(len(b))},
+		Data: io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))),
+	}
+}
+
+// writeLegacy writes the .dat format as llama.cpp's imatrix tool does: means
+// × ncall, where ncall is the number of chunks the largest count spans.
+func (im *Imatrix) writeLegacy(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	put := func(v any) { binary.Write(bw, binary.LittleEndian, v) }
+	put(int32(len(im.Entries)))
+	chunk := float32(max(im.ChunkSize, 1))
+	for _, e := range im.Entries {
+		put(int32(len(e.Name)))
+		bw.WriteString(e.Name)
+		if im.Legacy {
+			// Read from .dat: the sums are the stored values, the count is ncall.
+			put(int32(e.Counts[0]))
+			put(int32(len(e.Sums)))
+			put(e.Sums)
+			continue
+		}
+		var maxCount float32
+		for _, c := range e.Counts {
+			maxCount = max(maxCount, c)
+		}
+		ncall := int32(math.Ceil(float64(maxCount / chunk)))
+		put(ncall)
+		put(int32(len(e.Sums)))
+		means := e.Means()
+		for i := range means {
+			means[i] *= float32(ncall)
+		}
+		put(means)
+	}
+	put(int32(im.ChunkCount))
+	ds := ""
+	if len(im.Datasets) > 0 {
+		ds = im.Datasets[0]
+	}
+	put(int32(len(ds)))
+	bw.WriteString(ds)
+	return bw.Flush()
+}
+
+// Prune returns the imatrix of a model from which the given blocks of n were
+// removed: entries of removed blocks are dropped and the others renumbered
+// like the model's blocks. Values are unchanged.
+func (im *Imatrix) Prune(removed []int, n int) (*Imatrix, error) {
+	gone := make([]bool, n)
+	for _, b := range removed {
+		if b < 0 || b >= n {
+			return nil, fmt.Errorf("imatrix: block %d out of range", b)
+		}
+		gone[b] = true
+	}
+	newIndex := make([]int, n)
+	for b, k := 0, 0; b < n; b++ {
+		newIndex[b] = k
+		if !gone[b] {
+			k++
+		}
+	}
+	out := *im
+	out.Entries = nil
+	for _, e := range im.Entries {
+		b, rest, isBlock, err := parseBlockName(e.Name)
+		if err != nil {
+			return nil, fmt.Errorf("imatrix: %w", err)
+		}
+		if isBlock {
+			if b >= n {
+				return nil, fmt.Errorf("imatrix: entry %q is for block %d but the model has %d blocks", e.Name, b, n)
+			}
+			if gone[b] {
+				continue
+			}
+			e.Name = "blk." + strconv.Itoa(newIndex[b]) + "." + rest
+		}
+		out.Entries = append(out.Entries, e)
+	}
+	out.sort()
+	return &out, nil
+}
+
+// Blocks is the number of blocks the entries cover (highest blk.N + 1).
+func (im *Imatrix) Blocks() int {
+	n := 0
+	for _, e := range im.Entries {
+		n = max(n, BlockOf(e.Name)+1)
+	}
+	return n
+}
+
+// CheckModel checks that the imatrix covers the model's blocks and that every
+// entry names a weight of the model with as many input columns (times
+// experts) as the imatrix has values.
+func (im *Imatrix) CheckModel(m *Model) error {
+	if n, err := m.BlockCount(); err == nil && im.Blocks() != n {
+		return fmt.Errorf("the imatrix covers %d blocks but %s has %d (an imatrix must be pruned with its model: prune --imatrix-out)", im.Blocks(), m.Name(), n)
+	}
+	byName := map[string]*ModelTensor{}
+	for i := range m.Tensors {
+		byName[m.Tensors[i].Name] = &m.Tensors[i]
+	}
+	for _, e := range im.Entries {
+		t, ok := byName[e.Name]
+		if !ok {
+			return fmt.Errorf("imatrix entry %q names no tensor of %s (was the imatrix made for another model, or not pruned with it? prune --imatrix-out writes the pruned one)", e.Name, m.Name())
+		}
+		want := t.Dims[0]
+		if len(t.Dims) > 2 {
+			want *= t.Dims[2]
+		}
+		if uint64(len(e.Sums)) != want {
+			return fmt.Errorf("imatrix entry %q has %d values, tensor %s needs %d", e.Name, len(e.Sums), e.Name, want)
+		}
+	}
+	return nil
+}
