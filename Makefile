@@ -33,8 +33,11 @@ third_party:
 build: third_party
 	$(GO) build -o $(BIN) ./cmd/ggufprune
 
+# Also vet the build without cgo: gguf/ and bi/ need none, and llamacpp/
+# must still compile (its features then say it was built without llama.cpp).
 vet: third_party
 	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) vet ./...
 
 # Every test, then each fuzz target for a bounded time (the seed corpus runs in go test too).
 test: third_party vet

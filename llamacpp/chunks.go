@@ -20,8 +20,8 @@ func (m *Model) Chunks(tokens []int32, nCtx, maxChunks int) ([][]int32, error) {
 	chunks := make([][]int32, n)
 	for i := range chunks {
 		chunks[i] = append([]int32(nil), tokens[i*nCtx:(i+1)*nCtx]...)
-		if m.info.AddBOS {
-			chunks[i][0] = m.info.BOS
+		if info := m.Info(); info.AddBOS {
+			chunks[i][0] = info.BOS
 		}
 	}
 	return chunks, nil
@@ -46,7 +46,7 @@ func Perplexity(ctx *Context, tokens []int32, maxChunks int, progress func(done,
 	if len(tokens) < 2*nCtx {
 		return PerplexityResult{}, fmt.Errorf("perplexity needs at least %d tokens (2 × context %d), the text has %d", 2*nCtx, nCtx, len(tokens))
 	}
-	chunks, err := ctx.model.Chunks(tokens, nCtx, maxChunks)
+	chunks, err := ctx.Model().Chunks(tokens, nCtx, maxChunks)
 	if err != nil {
 		return PerplexityResult{}, err
 	}

@@ -27,7 +27,7 @@ func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int
 		p.TopK = 40
 	}
 	rng := rand.New(rand.NewPCG(p.Seed, 0x67677566))
-	info := ctx.model.info
+	info := ctx.Model().Info()
 	var out []int32
 	type cand struct {
 		tok   int32
@@ -37,7 +37,7 @@ func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int
 	for len(out) < n {
 		ctx.ClearMemory()
 		tok := info.BOS
-		for pos := 0; pos < ctx.nCtx && len(out) < n; pos++ {
+		for pos := 0; pos < ctx.NCtx() && len(out) < n; pos++ {
 			out = append(out, tok)
 			if err := ctx.Decode([]int32{tok}, pos, 0); err != nil {
 				return nil, err

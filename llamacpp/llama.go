@@ -47,20 +47,6 @@ func SetLog(w io.Writer) {
 	C.gp_set_verbose(C.bool(w != nil))
 }
 
-// Error is a failure reported by llama.cpp.
-type Error struct {
-	Op   string // what was being done
-	Path string // the model file, if any
-	Msg  string // llama.cpp's message
-}
-
-func (e *Error) Error() string {
-	if e.Path != "" {
-		return fmt.Sprintf("%s: %s: %s", e.Path, e.Op, e.Msg)
-	}
-	return fmt.Sprintf("%s: %s", e.Op, e.Msg)
-}
-
 // errBuf is C memory for an error message.
 type errBuf struct{ p *C.char }
 
@@ -68,28 +54,11 @@ func newErrBuf() errBuf      { return errBuf{(*C.char)(C.calloc(C.GP_ERRLEN, 1))
 func (b errBuf) free()       { C.free(unsafe.Pointer(b.p)) }
 func (b errBuf) msg() string { return C.GoString(b.p) }
 
-// ModelParams are the options of LoadModel.
-type ModelParams struct {
-	GPULayers int  // layers to offload to a GPU backend (-ngl); 0 on a CPU build
-	NoMmap    bool // read the file instead of mapping it
-}
-
 // Model is a model loaded in llama.cpp. Close frees it.
 type Model struct {
 	c    *C.struct_llama_model
 	path string
 	info Info
-}
-
-// Info holds facts about a loaded model.
-type Info struct {
-	Architecture string
-	NLayer       int
-	NEmbd        int
-	NVocab       int
-	NCtxTrain    int
-	BOS, EOS     int32
-	AddBOS       bool // the tokenizer adds BOS to a text
 }
 
 // LoadModel loads a GGUF model. The file is first read by this project's gguf
@@ -213,24 +182,6 @@ func (m *Model) TokenPiece(tok int32) string {
 		}
 		buf = make([]byte, int(n))
 	}
-}
-
-// HiddenFunc receives one block boundary's hidden state during a decode:
-// block -1 is the input of block 0 (the token embeddings, graph tensor
-// inp_embd) and block i the output of block i (l_out-i), before the final
-// norm. h holds nTokens rows of nEmbd floats and is valid only during the call.
-type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
-
-// MatmulFunc receives the input of one weight matrix multiplication: x holds
-// nTokens rows of nIn floats (times nSlots for expert matmuls, whose expert
-// ids has nSlots entries per token). Valid only during the call.
-type MatmulFunc func(weight string, x []float32, nIn, nSlots, nTokens int, ids []int32, nExpertUsed, nExperts int)
-
-// ContextParams are the options of NewContext.
-type ContextParams struct {
-	NCtx    int  // tokens per decode; also the batch and micro-batch size
-	Threads int  // CPU threads; 0 means runtime.NumCPU()
-	Capture bool // install the eval callback (needed for CaptureHidden and CaptureMatmul)
 }
 
 // Context is a llama.cpp context of one model. Close frees it.
@@ -357,13 +308,6 @@ func TypeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
 		return "", 0, 0, false
 	}
 	return C.GoString((*C.char)(unsafe.Pointer(&buf[0]))), int64(bs), int64(ts), true
-}
-
-// GGUFInfo is what ggml's own GGUF reader found in a file.
-type GGUFInfo struct {
-	Tensors     int
-	KV          int
-	GeneralType string // general.type, e.g. "model" or "imatrix"
 }
 
 // ReadGGUF reads a file's header with ggml's GGUF reader, the one llama.cpp

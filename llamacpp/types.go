@@ -1,0 +1,65 @@
+package llamacpp
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrNoLlama is returned by every llama.cpp feature of a build without cgo.
+var ErrNoLlama = errors.New("llamacpp: ggufprune was built without llama.cpp (CGO_ENABLED=0); build it with make")
+
+// Error is a failure reported by llama.cpp.
+type Error struct {
+	Op   string // what was being done
+	Path string // the model file, if any
+	Msg  string // llama.cpp's message
+}
+
+func (e *Error) Error() string {
+	if e.Path != "" {
+		return fmt.Sprintf("%s: %s: %s", e.Path, e.Op, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Op, e.Msg)
+}
+
+// ModelParams are the options of LoadModel.
+type ModelParams struct {
+	GPULayers int  // layers to offload to a GPU backend (-ngl); 0 on a CPU build
+	NoMmap    bool // read the file instead of mapping it
+}
+
+// Info holds facts about a loaded model.
+type Info struct {
+	Architecture string
+	NLayer       int
+	NEmbd        int
+	NVocab       int
+	NCtxTrain    int
+	BOS, EOS     int32
+	AddBOS       bool // the tokenizer adds BOS to a text
+}
+
+// HiddenFunc receives one block boundary's hidden state during a decode:
+// block -1 is the input of block 0 (the token embeddings, graph tensor
+// inp_embd) and block i the output of block i (l_out-i), before the final
+// norm. h holds nTokens rows of nEmbd floats and is valid only during the call.
+type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
+
+// MatmulFunc receives the input of one weight matrix multiplication: x holds
+// nTokens rows of nIn floats (times nSlots for expert matmuls, whose expert
+// ids has nSlots entries per token). Valid only during the call.
+type MatmulFunc func(weight string, x []float32, nIn, nSlots, nTokens int, ids []int32, nExpertUsed, nExperts int)
+
+// ContextParams are the options of NewContext.
+type ContextParams struct {
+	NCtx    int  // tokens per decode; also the batch and micro-batch size
+	Threads int  // CPU threads; 0 means runtime.NumCPU()
+	Capture bool // install the eval callback (needed for CaptureHidden and CaptureMatmul)
+}
+
+// GGUFInfo is what ggml's own GGUF reader found in a file.
+type GGUFInfo struct {
+	Tensors     int
+	KV          int
+	GeneralType string // general.type, e.g. "model" or "imatrix"
+}
