@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
 
@@ -380,5 +381,35 @@ func TestPruneQuantizeWithImatrix(t *testing.T) {
 		if !strings.Contains(r.stdout, typ) {
 			t.Errorf("quantize --help does not list %s", typ)
 		}
+	}
+}
+
+// A split set prunes into one file or into shards; llama.cpp loads both and
+// they give the same perplexity.
+func TestPruneSplitLoadsInLlama(t *testing.T) {
+	dir := t.TempDir()
+	src, err := gguf.OpenModel(model(t, "story16-f16.gguf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	shards, err := fixture.Split(src, filepath.Join(dir, "s16"), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged, split := filepath.Join(dir, "merged.gguf"), filepath.Join(dir, "pruned.gguf")
+	runCLI(t, "prune", "-m", shards[0], "-o", merged, "--layers", "3,8").ok(t)
+	r := runCLI(t, "prune", "-m", shards[0], "-o", split, "--layers", "3,8", "--keep-split", "--json").ok(t)
+	var sum struct{ Outputs []string }
+	decode(t, r.stdout, &sum)
+	if len(sum.Outputs) != 3 || !strings.HasSuffix(sum.Outputs[0], "pruned-00001-of-00003.gguf") {
+		t.Fatalf("outputs %v", sum.Outputs)
+	}
+	text := fixture.Shared(t, "text/unseen/tinystories_last50.txt")
+	r = runCLI(t, "eval", "-m", merged, "-m", sum.Outputs[0], "-f", text, "-c", "128", "--chunks", "3", "--json").ok(t)
+	var ev []struct{ PPL float64 }
+	decode(t, r.stdout, &ev)
+	if len(ev) != 2 || ev[0].PPL != ev[1].PPL || ev[0].PPL < 1 {
+		t.Fatalf("merged and split perplexities differ: %+v", ev)
 	}
 }
