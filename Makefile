@@ -45,8 +45,14 @@ test: third_party vet
 	$(GO) test -run '^$$' -fuzz '^FuzzNewFile$$' -fuzztime $(FUZZTIME) ./gguf
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBlockList$$' -fuzztime $(FUZZTIME) ./gguf
 
+# Speed and memory targets (README, "Benchmarks"). Each line prints its own
+# metrics: prune vs cp on a generated 1 GiB GGUF (GGUFPRUNE_BENCH_GIB=N for
+# more), capture vs plain decoding and eval on the deepest shared model, and
+# the BI accumulator alone.
 bench: third_party
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./gguf ./llamacpp ./bi
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./gguf
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./llamacpp
+	$(GO) test -run '^$$' -bench . ./bi
 
 demo: build
 	sh scripts/demo.sh

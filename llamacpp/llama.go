@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/cgo"
 	"sync"
@@ -31,6 +33,26 @@ import (
 var initOnce sync.Once
 
 func initBackend() { initOnce.Do(func() { C.gp_init() }) }
+
+var (
+	gpuOnce  sync.Once
+	gpuCount int
+)
+
+// gpuDevices loads ggml's dynamic GPU backends, once: libggml-cuda.so and
+// the like next to the executable, or the one named by GGML_BACKEND_PATH.
+func gpuDevices() int {
+	gpuOnce.Do(func() {
+		dir := "."
+		if exe, err := os.Executable(); err == nil {
+			dir = filepath.Dir(exe)
+		}
+		cdir := C.CString(dir)
+		defer C.free(unsafe.Pointer(cdir))
+		gpuCount = int(C.gp_load_backends(cdir))
+	})
+	return gpuCount
+}
 
 // logOutput receives llama.cpp's log when verbose; nil drops it.
 var (
@@ -79,6 +101,9 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 	defer C.free(unsafe.Pointer(cpath))
 	eb := newErrBuf()
 	defer eb.free()
+	if p.GPULayers > 0 && gpuDevices() == 0 {
+		return nil, &Error{"loading model", path, fmt.Sprintf("%d GPU layers asked for, but this build has no GPU backend (put a ggml GPU backend library such as libggml-cuda.so next to the executable or name it in GGML_BACKEND_PATH; see the README)", p.GPULayers)}
+	}
 	m := &Model{path: path}
 	if C.gp_model_load(cpath, C.int(p.GPULayers), C.bool(!p.NoMmap), &m.c, eb.p) != 0 {
 		return nil, &Error{"loading model", path, eb.msg()}

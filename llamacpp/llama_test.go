@@ -339,6 +339,9 @@ func TestBadInput(t *testing.T) {
 	if _, err := llamacpp.LoadModel(synth, llamacpp.ModelParams{}); err == nil || !strings.Contains(err.Error(), "could not load") {
 		t.Fatalf("unloadable model: %v", err)
 	}
+	if _, err := llamacpp.LoadModel(fixture.Shared(t, "models/stories260K.gguf"), llamacpp.ModelParams{GPULayers: 4}); err == nil || !strings.Contains(err.Error(), "no GPU backend") {
+		t.Fatalf("-ngl on a CPU build: %v", err)
+	}
 	m := load(t, fixture.Shared(t, "models/stories260K.gguf"))
 	if _, err := m.NewContext(llamacpp.ContextParams{NCtx: 1 << 20}); err == nil || !strings.Contains(err.Error(), "training context") {
 		t.Fatalf("huge context: %v", err)

@@ -67,6 +67,22 @@ void gp_init(void) {
 
 void gp_set_verbose(bool verbose) { g_verbose = verbose; }
 
+int gp_load_backends(const char *dir) {
+    try {
+        ggml_backend_load_all_from_path(dir);
+        int gpus = 0;
+        for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
+            enum ggml_backend_dev_type t = ggml_backend_dev_type(ggml_backend_dev_get(i));
+            if (t == GGML_BACKEND_DEVICE_TYPE_GPU || t == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+                gpus++;
+            }
+        }
+        return gpus;
+    } catch (...) {
+        return 0;
+    }
+}
+
 int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, struct llama_model **out, char *err) {
     GUARD(err, {
         llama_model_params p = llama_model_default_params();

@@ -20,6 +20,9 @@ typedef struct gp_ctx gp_ctx;
 
 void gp_init(void);
 void gp_set_verbose(bool verbose);
+// gp_load_backends loads ggml's dynamic backends (GPU builds) from dir and
+// GGML_BACKEND_PATH, and returns how many GPU devices there then are.
+int gp_load_backends(const char *dir);
 
 int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, struct llama_model **out, char *err);
 void gp_model_free(struct llama_model *model);
