@@ -2,7 +2,6 @@ package gguf_test
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -49,17 +48,4 @@ func tensorBytes(t testing.TB, m *gguf.Model, mt *gguf.ModelTensor) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func listDir(t testing.TB, dir string) []string {
-	t.Helper()
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range es {
-		names = append(names, e.Name())
-	}
-	return names
 }

@@ -381,7 +381,7 @@ func TestFailedWriteLeavesNothing(t *testing.T) {
 	if _, err := plan.Write(filepath.Join(outDir, "out.gguf"), false); err == nil {
 		t.Fatal("write from a truncated source succeeded")
 	}
-	if names := listDir(t, outDir); len(names) != 0 {
+	if names := fixture.DirNames(t, outDir); len(names) != 0 {
 		t.Fatalf("left behind: %v", names)
 	}
 }

@@ -107,7 +107,7 @@ func TestQuantizeShapes(t *testing.T) {
 	if err := llamacpp.Quantize(src, filepath.Join(dir, "iq2.gguf"), llamacpp.QuantizeParams{Type: quantType(t, "IQ2_XS")}); err == nil || !strings.Contains(err.Error(), "needs an importance matrix") {
 		t.Fatalf("IQ2_XS without imatrix: %v", err)
 	}
-	if names := dirNames(t, dir); !reflect.DeepEqual(names, []string{"q4km.gguf", "q8.gguf"}) {
+	if names := fixture.DirNames(t, dir); !reflect.DeepEqual(names, []string{"q4km.gguf", "q8.gguf"}) {
 		t.Fatalf("left behind: %v", names)
 	}
 }
@@ -124,18 +124,9 @@ func TestFailedQuantizeLeavesNothing(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "quantizing to Q4_K_M") {
 		t.Fatalf("quantizing an incomplete model: %v", err)
 	}
-	if names := dirNames(t, outDir); len(names) != 0 {
+	if names := fixture.DirNames(t, outDir); len(names) != 0 {
 		t.Fatalf("left behind: %v", names)
 	}
-}
-
-func dirNames(t *testing.T, dir string) []string {
-	es, _ := os.ReadDir(dir)
-	var names []string
-	for _, e := range es {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 // An imatrix collected while scoring is accepted by ggml's GGUF reader and by

@@ -146,7 +146,7 @@ func TestPruneLayers(t *testing.T) {
 	if _, err := os.Stat(out2); !os.IsNotExist(err) {
 		t.Fatal("a failed prune wrote its output")
 	}
-	if names := dirNames(t, dir); !reflect.DeepEqual(names, []string{"out.gguf"}) {
+	if names := fixture.DirNames(t, dir); !reflect.DeepEqual(names, []string{"out.gguf"}) {
 		t.Fatalf("left behind: %v", names)
 	}
 	// --dry-run writes nothing.
@@ -157,16 +157,6 @@ func TestPruneLayers(t *testing.T) {
 	if _, err := os.Stat(out2); !os.IsNotExist(err) {
 		t.Fatal("--dry-run wrote the output")
 	}
-}
-
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	es, _ := os.ReadDir(dir)
-	var names []string
-	for _, e := range es {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 func TestScoreAndEvalJSON(t *testing.T) {
@@ -365,7 +355,7 @@ func TestPruneQuantizeWithImatrix(t *testing.T) {
 	if err != nil || sum.Quantized != "IQ4_XS" || sum.BytesAfter != st.Size() || len(sum.Eval) != 2 || sum.Eval[1].PPL < 1 {
 		t.Fatalf("%+v (%v)", sum, err)
 	}
-	if names := dirNames(t, dir); !reflect.DeepEqual(names, []string{"full.imatrix", "out.gguf", "pruned.imatrix.dat", "scores.json"}) {
+	if names := fixture.DirNames(t, dir); !reflect.DeepEqual(names, []string{"full.imatrix", "out.gguf", "pruned.imatrix.dat", "scores.json"}) {
 		t.Fatalf("files: %v", names)
 	}
 	r = runCLI(t, "inspect", "--json", prunedIm).ok(t)

@@ -40,23 +40,27 @@ func plotScores(path string, rep *scoreReport, removed []int) error {
 	p.Y.Label.Text = "BI = 1 - mean cos(h_in, h_out)"
 	p.Y.Min = 0
 	width := vg.Points(max(4, 300/float64(len(rep.Blocks)+1)))
-	bars, err := plotter.NewBarChart(kept, width)
-	if err != nil {
-		return err
+	series := []struct {
+		name   string
+		values plotter.Values
+		color  color.RGBA
+	}{
+		{"kept", kept, color.RGBA{R: 70, G: 110, B: 180, A: 255}},
+		{"removed", cut, color.RGBA{R: 220, G: 70, B: 50, A: 255}},
 	}
-	bars.Color = color.RGBA{R: 70, G: 110, B: 180, A: 255}
-	bars.LineStyle.Width = 0
-	p.Add(bars)
-	p.Legend.Add("kept", bars)
-	if len(removed) > 0 {
-		rm, err := plotter.NewBarChart(cut, width)
+	if len(removed) == 0 {
+		series = series[:1]
+	}
+	// Two bar charts at the same positions: each block is drawn in one, as 0 in the other.
+	for _, ser := range series {
+		bars, err := plotter.NewBarChart(ser.values, width)
 		if err != nil {
 			return err
 		}
-		rm.Color = color.RGBA{R: 220, G: 70, B: 50, A: 255}
-		rm.LineStyle.Width = 0
-		p.Add(rm)
-		p.Legend.Add("removed", rm)
+		bars.Color = ser.color
+		bars.LineStyle.Width = 0
+		p.Add(bars)
+		p.Legend.Add(ser.name, bars)
 	}
 	p.Legend.Top = true
 	p.NominalX(labels...)
