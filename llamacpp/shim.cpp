@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "ggml.h"
 #include "gguf.h"
 
@@ -19,6 +20,11 @@
 
 struct gp_ctx {
     struct llama_context *ctx;
+    // A persistent CPU thread pool. Without one, ggml starts and joins its
+    // threads for every graph computation, and capture computes each decode
+    // as one graph piece per block: measured 0.86 of plain decoding speed
+    // without the pool, 0.92-0.95 with it, plain decoding unchanged.
+    struct ggml_threadpool *threads;
     const struct llama_model *model;
     uintptr_t handle;
     int32_t n_embd;
@@ -142,6 +148,19 @@ static int block_of(const char *name) {
     return -2;
 }
 
+// host_data returns the n floats of a contiguous F32 tensor: in place when its
+// buffer is in host memory (the CPU backend), else copied from the device.
+static float *host_data(gp_ctx *c, const struct ggml_tensor *t, size_t n) {
+    if (t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer)) {
+        return (float *)t->data;
+    }
+    if (c->buf.size() < n) {
+        c->buf.resize(n);
+    }
+    ggml_backend_tensor_get(t, c->buf.data(), 0, n * sizeof(float));
+    return c->buf.data();
+}
+
 // eval_cb is ggml's scheduler callback: asked about every graph node, it
 // requests only the block boundaries (and matmuls when an imatrix is
 // collected), then copies each requested tensor and hands it to Go.
@@ -161,11 +180,7 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
             return false;
         }
         size_t n = (size_t)ggml_nelements(t);
-        if (c->buf.size() < n) {
-            c->buf.resize(n);
-        }
-        ggml_backend_tensor_get(t, c->buf.data(), 0, n * sizeof(float));
-        goHiddenState(c->handle, block, c->buf.data(), (int)t->ne[0], (int)(n / t->ne[0]));
+        goHiddenState(c->handle, block, host_data(c, t, n), (int)t->ne[0], (int)(n / t->ne[0]));
         return true;
     }
     if (is_matmul) {
@@ -176,21 +191,18 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
         if (w == nullptr || x == nullptr || x->type != GGML_TYPE_F32 || strncmp(w->name, "blk.", 4) != 0) {
             return true;
         }
-        size_t n = (size_t)ggml_nelements(x);
-        if (c->buf.size() < n) {
-            c->buf.resize(n);
-        }
         if (!ggml_is_contiguous(x)) {
             return true;
         }
-        ggml_backend_tensor_get(x, c->buf.data(), 0, n * sizeof(float));
+        size_t n = (size_t)ggml_nelements(x);
+        float *data = host_data(c, x, n);
         const struct ggml_tensor *ids = t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr;
         std::vector<int32_t> idv;
         if (ids != nullptr) {
             idv.resize(ggml_nelements(ids));
             ggml_backend_tensor_get(ids, idv.data(), 0, idv.size() * sizeof(int32_t));
         }
-        goMatmulInput(c->handle, (char *)w->name, c->buf.data(), (int)x->ne[0], (int)x->ne[1], (int)x->ne[2],
+        goMatmulInput(c->handle, (char *)w->name, data, (int)x->ne[0], (int)x->ne[1], (int)x->ne[2],
                       idv.empty() ? nullptr : idv.data(), ids ? (int)ids->ne[0] : 0, (int)w->ne[2]);
         return true;
     }
@@ -222,6 +234,16 @@ int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool
             set_err(err, "llama.cpp could not create a context (run with -v for its log)");
             return -1;
         }
+        struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+        tpp.poll = 0; // sleep between computations rather than spin: Go runs then
+        c->threads = ggml_threadpool_new(&tpp);
+        if (c->threads == nullptr) {
+            llama_free(c->ctx);
+            delete c;
+            set_err(err, "ggml could not start its thread pool");
+            return -1;
+        }
+        llama_attach_threadpool(c->ctx, c->threads, c->threads);
         *out = c;
         return 0;
     })
@@ -230,6 +252,7 @@ int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool
 void gp_ctx_free(gp_ctx *c) {
     try {
         llama_free(c->ctx);
+        ggml_threadpool_free(c->threads);
     } catch (...) {
     }
     delete c;
