@@ -1,6 +1,7 @@
 package llamacpp_test
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -64,4 +65,47 @@ func BenchmarkPerplexity(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*nCtx*nChunks)/time.Since(start).Seconds(), "tok/s")
+}
+
+// BenchmarkScoreCaptureWide is BenchmarkScoreCapture on a random-weight llama
+// 8 blocks × 1024 wide (GQA 16/4 heads, FFN 2816): capture's cost is per
+// block boundary, so it shrinks relative to the work as models widen.
+func BenchmarkScoreCaptureWide(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "wide.gguf")
+	spec := fixture.LlamaSpec{Blocks: 8, Embd: 1024, FF: 2816, Heads: 16, KVHeads: 4, Ctx: 512}
+	if err := fixture.RandomLlama(path, fixture.Shared(b, "models/stories260K.gguf"), spec); err != nil {
+		b.Fatal(err)
+	}
+	m := load(b, path)
+	const nCtx, nChunks = 256, 4
+	tokens, err := m.Tokenize(text(b, "text/gutenberg/pg1342.txt", 100000), true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunks, err := m.Chunks(tokens, nCtx, nChunks)
+	if err != nil {
+		b.Fatal(err)
+	}
+	capture := newCtx(b, m, nCtx, true)
+	plain := newCtx(b, m, nCtx, false)
+	var tCapture, tPlain time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		acc := bi.NewAccumulator(m.Info().NLayer)
+		capture.CaptureHidden(acc.Observe)
+		start := time.Now()
+		if err := llamacpp.Scan(capture, chunks, nil); err != nil {
+			b.Fatal(err)
+		}
+		tCapture += time.Since(start)
+		start = time.Now()
+		if err := llamacpp.Scan(plain, chunks, nil); err != nil {
+			b.Fatal(err)
+		}
+		tPlain += time.Since(start)
+	}
+	n := float64(b.N * nCtx * len(chunks))
+	b.ReportMetric(n/tCapture.Seconds(), "capture-tok/s")
+	b.ReportMetric(n/tPlain.Seconds(), "plain-tok/s")
+	b.ReportMetric(tPlain.Seconds()/tCapture.Seconds(), "capture/plain")
 }

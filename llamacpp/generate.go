@@ -3,7 +3,6 @@ package llamacpp
 import (
 	"math"
 	"math/rand/v2"
-	"sort"
 )
 
 // SampleParams control Generate.
@@ -29,11 +28,8 @@ func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int
 	rng := rand.New(rand.NewPCG(p.Seed, 0x67677566))
 	info := ctx.Model().Info()
 	var out []int32
-	type cand struct {
-		tok   int32
-		logit float32
-	}
-	cands := make([]cand, info.NVocab)
+	top := make([]candidate, 0, p.TopK+1)
+	weights := make([]float64, 0, p.TopK)
 	for len(out) < n {
 		ctx.ClearMemory()
 		tok := info.BOS
@@ -46,21 +42,13 @@ func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int
 			if err != nil {
 				return nil, err
 			}
-			for i, l := range logits {
-				cands[i] = cand{int32(i), l}
-			}
-			sort.Slice(cands, func(i, j int) bool {
-				if cands[i].logit != cands[j].logit {
-					return cands[i].logit > cands[j].logit
-				}
-				return cands[i].tok < cands[j].tok
-			})
-			top := cands[:min(p.TopK, len(cands))]
-			weights := make([]float64, len(top))
+			top = topK(top[:0], logits, p.TopK)
+			weights = weights[:0]
 			var sum float64
-			for i, c := range top {
-				weights[i] = math.Exp(float64(c.logit-top[0].logit) / p.Temperature)
-				sum += weights[i]
+			for _, c := range top {
+				w := math.Exp(float64(c.logit-top[0].logit) / p.Temperature)
+				weights = append(weights, w)
+				sum += w
 			}
 			r := rng.Float64() * sum
 			tok = top[len(top)-1].tok
@@ -83,4 +71,31 @@ func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int
 		progress(n, n)
 	}
 	return out[:n], nil
+}
+
+type candidate struct {
+	tok   int32
+	logit float32
+}
+
+// topK keeps the k highest logits in descending order (ties: lower token
+// first) in one pass, inserting into a short sorted list.
+func topK(top []candidate, logits []float32, k int) []candidate {
+	for i, l := range logits {
+		if len(top) == k && l <= top[k-1].logit {
+			continue
+		}
+		j := len(top)
+		if j < k {
+			top = append(top, candidate{})
+		} else {
+			j = k - 1
+		}
+		for j > 0 && top[j-1].logit < l {
+			top[j] = top[j-1]
+			j--
+		}
+		top[j] = candidate{int32(i), l}
+	}
+	return top
 }
