@@ -4,7 +4,10 @@ package llamacpp
 import "C"
 
 import (
+	"fmt"
+	"io"
 	"runtime/cgo"
+	"strings"
 	"unsafe"
 )
 
@@ -14,10 +17,18 @@ import (
 //export goLog
 func goLog(level C.int, text *C.char) {
 	logMu.Lock()
-	w := logOutput
+	w, progress := logOutput, logProgress
 	logMu.Unlock()
+	line := C.GoString(text)
 	if w != nil {
-		w.Write([]byte(C.GoString(text)))
+		io.WriteString(w, line)
+	}
+	// llama_model_quantize logs "[  12/ 147] blk.1.attn_q.weight - …" per tensor.
+	var done, total int
+	if progress != nil && strings.HasPrefix(line, "[") {
+		if n, _ := fmt.Sscanf(strings.ReplaceAll(line, " ", ""), "[%d/%d]", &done, &total); n == 2 {
+			progress(done, total)
+		}
 	}
 }
 

@@ -54,19 +54,29 @@ func gpuDevices() int {
 	return gpuCount
 }
 
-// logOutput receives llama.cpp's log when verbose; nil drops it.
+// llama.cpp's log goes through one handler (goLog): to logOutput when
+// verbose, and to logProgress while a quantization reports its progress.
 var (
-	logMu     sync.Mutex
-	logOutput io.Writer
+	logMu       sync.Mutex
+	logOutput   io.Writer
+	logProgress func(done, total int)
 )
 
 // SetLog sends llama.cpp's and ggml's log to w (nil: keep them quiet, the default).
 func SetLog(w io.Writer) {
 	initBackend()
 	logMu.Lock()
+	defer logMu.Unlock()
 	logOutput = w
-	logMu.Unlock()
-	C.gp_set_verbose(C.bool(w != nil))
+	C.gp_set_log(C.bool(logOutput != nil || logProgress != nil))
+}
+
+// setLogProgress installs (or, with nil, removes) the progress hook.
+func setLogProgress(fn func(done, total int)) {
+	logMu.Lock()
+	defer logMu.Unlock()
+	logProgress = fn
+	C.gp_set_log(C.bool(logOutput != nil || logProgress != nil))
 }
 
 // errBuf is C memory for an error message.

@@ -94,6 +94,10 @@ func Quantize(in, out string, p QuantizeParams) error {
 	defer C.free(unsafe.Pointer(cout))
 	eb := newErrBuf()
 	defer eb.free()
+	if p.Progress != nil {
+		setLogProgress(p.Progress)
+		defer setLogProgress(nil)
+	}
 	rc := C.gp_quantize(cin, cout, C.int32_t(max(ftype, 0)), C.int32_t(p.Threads), C.bool(q.ftype < 0), C.int32_t(override),
 		(**C.char)(cNames), (**C.float)(cValues), (*C.int64_t)(cLens), C.int32_t(len(names)), eb.p)
 	if rc != 0 {

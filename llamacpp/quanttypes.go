@@ -90,6 +90,9 @@ type QuantizeParams struct {
 	Type    QuantType
 	Threads int           // 0: all cores
 	Imatrix *gguf.Imatrix // optional importance matrix, checked against the model
+	// Progress, when not nil, is called after each tensor with the number
+	// done and the total.
+	Progress func(done, total int)
 }
 
 // QuantTypeNames lists the type names, for help texts.

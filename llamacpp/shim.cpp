@@ -1,5 +1,6 @@
 #include "shim.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -50,10 +51,10 @@ static void set_err(char *err, const char *msg) {
         return -1;                                                         \
     }
 
-static bool g_verbose = false;
+static std::atomic<bool> g_forward{false};
 
 static void gp_log(enum ggml_log_level level, const char *text, void *) {
-    if (g_verbose) {
+    if (g_forward) {
         goLog((int)level, (char *)text);
     }
 }
@@ -71,7 +72,7 @@ void gp_init(void) {
     llama_backend_init();
 }
 
-void gp_set_verbose(bool verbose) { g_verbose = verbose; }
+void gp_set_log(bool forward) { g_forward = forward; }
 
 int gp_load_backends(const char *dir) {
     try {

@@ -19,7 +19,8 @@ extern "C" {
 typedef struct gp_ctx gp_ctx;
 
 void gp_init(void);
-void gp_set_verbose(bool verbose);
+// gp_set_log says whether llama.cpp's log lines go to Go (goLog) or nowhere.
+void gp_set_log(bool forward);
 // gp_load_backends loads ggml's dynamic backends (GPU builds) from dir and
 // GGML_BACKEND_PATH, and returns how many GPU devices there then are.
 int gp_load_backends(const char *dir);

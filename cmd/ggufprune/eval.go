@@ -74,7 +74,7 @@ func evalModel(path string, o runOptions, textName, text string, c *cli.Context)
 		return evalResult{}, err
 	}
 	defer ctx.Close()
-	bar := newProgress(c.App.ErrWriter, "perplexity", o.nCtx)
+	bar := newProgress(c.App.ErrWriter, "perplexity", "chunks", o.nCtx)
 	r, err := llamacpp.Perplexity(ctx, tokens, o.chunks, bar.update)
 	if err != nil {
 		return evalResult{}, fmt.Errorf("%s on %s: %w", path, textName, err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -18,16 +19,18 @@ func runFlags(defaultCtx int) []cli.Flag {
 		&cli.IntFlag{Name: "chunks", Usage: "use at most `N` chunks of the text (0: all)"},
 		&cli.IntFlag{Name: "threads", Aliases: []string{"t"}, Usage: "CPU threads (`N`; 0: all cores)"},
 		&cli.IntFlag{Name: "gpu-layers", Aliases: []string{"ngl"}, Usage: "layers to offload to a GPU (`N`), passed to llama.cpp; needs a GPU build"},
+		&cli.BoolFlag{Name: "no-mmap", Usage: "read the model into memory instead of mapping it"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "show llama.cpp's log on stderr"},
 	}
 }
 
 type runOptions struct {
 	nCtx, chunks, threads, gpuLayers int
+	noMmap                           bool
 }
 
 func runOptionsFrom(c *cli.Context) (runOptions, error) {
-	o := runOptions{nCtx: c.Int("ctx-size"), chunks: c.Int("chunks"), threads: c.Int("threads"), gpuLayers: c.Int("gpu-layers")}
+	o := runOptions{nCtx: c.Int("ctx-size"), chunks: c.Int("chunks"), threads: c.Int("threads"), gpuLayers: c.Int("gpu-layers"), noMmap: c.Bool("no-mmap")}
 	switch {
 	case o.nCtx < 2:
 		return o, usagef("-c %d: the context size must be at least 2", o.nCtx)
@@ -46,7 +49,7 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 
 // loadModel loads a model and checks that a context of o.nCtx fits it.
 func loadModel(path string, o runOptions) (*llamacpp.Model, error) {
-	m, err := llamacpp.LoadModel(path, llamacpp.ModelParams{GPULayers: o.gpuLayers})
+	m, err := llamacpp.LoadModel(path, llamacpp.ModelParams{GPULayers: o.gpuLayers, NoMmap: o.noMmap})
 	if err != nil {
 		return nil, err
 	}
@@ -80,36 +83,36 @@ func readText(path string) (string, error) {
 	return string(b), nil
 }
 
-// progress draws "what  done/total  tokens/s  left" on a terminal, and nothing elsewhere.
+// progress draws "what [###...] done/total unit  rate  left" on a terminal,
+// and nothing elsewhere.
 type progress struct {
-	w       io.Writer
-	what    string
-	perStep int // tokens per step
-	start   time.Time
-	enabled bool
+	w             io.Writer
+	what, unit    string
+	tokensPerStep int // > 0: show tokens/s
+	start         time.Time
+	enabled       bool
 }
 
-func newProgress(w io.Writer, what string, tokensPerStep int) *progress {
-	return &progress{w: w, what: what, perStep: tokensPerStep, start: time.Now(), enabled: isTerminal(w)}
+func newProgress(w io.Writer, what, unit string, tokensPerStep int) *progress {
+	return &progress{w: w, what: what, unit: unit, tokensPerStep: tokensPerStep, start: time.Now(), enabled: isTerminal(w)}
 }
 
 func (p *progress) update(done, total int) {
-	if !p.enabled {
+	if !p.enabled || total <= 0 || done <= 0 {
 		return
 	}
 	el := time.Since(p.start).Seconds()
-	rate := float64(done*p.perStep) / max(el, 1e-9)
 	left := time.Duration(float64(total-done) * el / float64(done) * float64(time.Second)).Round(time.Second)
 	const width = 24
-	bar := make([]byte, width)
-	for i := range bar {
-		if i < width*done/total {
-			bar[i] = '#'
-		} else {
-			bar[i] = '.'
-		}
+	bar := []byte(strings.Repeat(".", width))
+	for i := 0; i < width*done/total; i++ {
+		bar[i] = '#'
 	}
-	fmt.Fprintf(p.w, "\r%s [%s] %d/%d chunks  %.0f tok/s  %v left ", p.what, bar, done, total, rate, left)
+	rate := ""
+	if p.tokensPerStep > 0 {
+		rate = fmt.Sprintf("  %.0f tok/s", float64(done*p.tokensPerStep)/max(el, 1e-9))
+	}
+	fmt.Fprintf(p.w, "\r%s [%s] %d/%d %s%s  %v left ", p.what, bar, done, total, p.unit, rate, left)
 	if done == total {
 		fmt.Fprintln(p.w)
 	}

@@ -163,6 +163,7 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 		qp.Imatrix = im
+		qp.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
 		sum, err = pruneAndQuantize(plan, out, qp, dryRun)
 		if err != nil {
 			return err

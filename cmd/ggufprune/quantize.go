@@ -48,6 +48,7 @@ func runQuantize(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	p.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
 	if err := llamacpp.Quantize(in, out, p); err != nil {
 		return err
 	}

@@ -131,7 +131,7 @@ func calibrationTokens(m *llamacpp.Model, o runOptions, cal calibration, stderr 
 		return nil, err
 	}
 	defer ctx.Close()
-	bar := newProgress(stderr, "generating", 1)
+	bar := newProgress(stderr, "generating", "tokens", 1)
 	tokens, err := llamacpp.Generate(ctx, n*o.nCtx, llamacpp.SampleParams{Seed: cal.seed}, bar.update)
 	if err != nil {
 		return nil, err
@@ -171,7 +171,7 @@ func scoreModel(path string, o runOptions, cal calibration, imatrix bool, stderr
 			return nil, nil, err
 		}
 	}
-	bar := newProgress(stderr, "scoring", o.nCtx)
+	bar := newProgress(stderr, "scoring", "chunks", o.nCtx)
 	if err := llamacpp.Scan(ctx, chunks, bar.update); err != nil {
 		return nil, nil, err
 	}
