@@ -143,9 +143,6 @@ func (m *Model) Close() error {
 	return nil
 }
 
-// Path is the file the model was loaded from.
-func (m *Model) Path() string { return m.path }
-
 // Info returns facts about the model.
 func (m *Model) Info() Info { return m.info }
 
@@ -200,23 +197,6 @@ func (m *Model) tokenizeError(text, msg string) error {
 		}
 	}
 	return &Error{"tokenizing", m.path, msg}
-}
-
-// TokenPiece is the text of one token.
-func (m *Model) TokenPiece(tok int32) string {
-	eb := newErrBuf()
-	defer eb.free()
-	buf := make([]byte, 64)
-	for {
-		var n C.int32_t
-		if C.gp_token_piece(m.c, C.int32_t(tok), (*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), &n, eb.p) != 0 {
-			return ""
-		}
-		if int(n) <= len(buf) {
-			return string(buf[:n])
-		}
-		buf = make([]byte, int(n))
-	}
 }
 
 // Context is a llama.cpp context of one model. Close frees it.

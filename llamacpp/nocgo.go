@@ -16,10 +16,8 @@ type Context struct{}
 func SetLog(io.Writer)                                      {}
 func LoadModel(string, ModelParams) (*Model, error)         { return nil, ErrNoLlama }
 func (m *Model) Close() error                               { return nil }
-func (m *Model) Path() string                               { return "" }
 func (m *Model) Info() Info                                 { return Info{} }
 func (m *Model) Tokenize(string, bool) ([]int32, error)     { return nil, ErrNoLlama }
-func (m *Model) TokenPiece(int32) string                    { return "" }
 func (m *Model) NewContext(ContextParams) (*Context, error) { return nil, ErrNoLlama }
 func (c *Context) Close() error                             { return nil }
 func (c *Context) NCtx() int                                { return 0 }

@@ -125,15 +125,6 @@ int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_
     })
 }
 
-int gp_token_piece(const struct llama_model *model, int32_t token, char *buf, int32_t len, int32_t *n_out, char *err) {
-    GUARD(err, {
-        const llama_vocab *vocab = llama_model_get_vocab(model);
-        int32_t n = llama_token_to_piece(vocab, token, buf, len, 0, true);
-        *n_out = n < 0 ? -n : n;
-        return 0;
-    })
-}
-
 // block_of reads "l_out-N" (N >= 0) or "inp_embd" (-1); other names give -2.
 static int block_of(const char *name) {
     if (strcmp(name, "inp_embd") == 0) {

@@ -32,7 +32,6 @@ void gp_model_free(struct llama_model *model);
 // a count larger than n_max means "call again with a larger buffer".
 int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_len, bool add_special,
                 int32_t *tokens, int32_t n_max, int32_t *n_out, char *err);
-int gp_token_piece(const struct llama_model *model, int32_t token, char *buf, int32_t len, int32_t *n_out, char *err);
 
 // gp_ctx_new makes a context whose n_ctx, n_batch and n_ubatch are all n_ctx,
 // so one decode computes one graph. With capture, an eval callback hands the

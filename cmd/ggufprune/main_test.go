@@ -403,3 +403,15 @@ func TestPruneSplitLoadsInLlama(t *testing.T) {
 		t.Fatalf("merged and split perplexities differ: %+v", ev)
 	}
 }
+
+// Flags that cannot work are refused before any scoring.
+func TestPruneRefusesEarly(t *testing.T) {
+	in := model(t, "story16-f32.gguf")
+	out := filepath.Join(t.TempDir(), "o.gguf")
+	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--quantize", "Q9").fails(t, 2, "unknown quantization type")
+	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--plot", "x.pdf").fails(t, 2, "must end in .svg or .png")
+	runCLI(t, "prune", "-m", in, "-o", out, "--layers", "2", "--plot", "x.svg").fails(t, 2, "--layers has none")
+	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--eval", "/nonexistent.txt").fails(t, 1, "nonexistent.txt")
+	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--imatrix-out", "x.imatrix").fails(t, 2, "needs the input model's imatrix")
+	runCLI(t, "score", "-m", in, "--plot", "x.jpg").fails(t, 2, "must end in .svg or .png")
+}

@@ -13,12 +13,9 @@ import (
 )
 
 // plotScores draws BI per block as bars, the removed blocks in another
-// colour, to an .svg or .png file.
+// colour, to an .svg or .png file (callers check the name with validPlotName
+// before the work that produces the scores).
 func plotScores(path string, rep *scoreReport, removed []int) error {
-	ext := strings.ToLower(filepath.Ext(path))
-	if ext != ".svg" && ext != ".png" {
-		return usagef("--plot %s: the file must end in .svg or .png", path)
-	}
 	gone := map[int]bool{}
 	for _, b := range removed {
 		gone[b] = true
@@ -69,4 +66,10 @@ func plotScores(path string, rep *scoreReport, removed []int) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// validPlotName reports whether a plot file name ends in a format we draw.
+func validPlotName(path string) bool {
+	ext := strings.ToLower(filepath.Ext(path))
+	return ext == ".svg" || ext == ".png"
 }

@@ -104,9 +104,29 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("quantize") && c.Bool("keep-split") {
 		return usagef("prune: --quantize writes one file; it does not go with --keep-split")
 	}
+	if c.IsSet("plot") && c.IsSet("layers") {
+		return usagef("prune: --plot draws scores; --layers has none (use score --plot)")
+	}
+	if p := c.String("plot"); p != "" && !validPlotName(p) {
+		return usagef("--plot %s: the file must end in .svg or .png", p)
+	}
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
+	}
+	// Everything that can be refused is checked before scoring, which may take long.
+	var qp llamacpp.QuantizeParams
+	if typ := c.String("quantize"); typ != "" {
+		if qp, err = quantizeParams(typ, "", o.threads); err != nil {
+			return err
+		}
+		qp.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
+	}
+	evalText := ""
+	if p := c.String("eval"); p != "" {
+		if evalText, err = readText(p); err != nil {
+			return err
+		}
 	}
 	path := c.String("model")
 	m, err := gguf.OpenModel(path)
@@ -117,6 +137,15 @@ func runPrune(c *cli.Context) error {
 	nBlocks, err := m.BlockCount()
 	if err != nil {
 		return err
+	}
+	var fullImatrix *gguf.Imatrix
+	if p := c.String("imatrix"); p != "" {
+		if fullImatrix, err = gguf.ReadImatrix(p); err != nil {
+			return err
+		}
+		if err := fullImatrix.CheckModel(m); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
 	}
 
 	var remove []int
@@ -144,31 +173,19 @@ func runPrune(c *cli.Context) error {
 		return err
 	}
 	var im *gguf.Imatrix
-	if p := c.String("imatrix"); p != "" {
-		full, err := gguf.ReadImatrix(p)
-		if err != nil {
-			return err
-		}
-		if err := full.CheckModel(m); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-		if im, err = full.Prune(plan.Removed, nBlocks); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
+	if fullImatrix != nil {
+		if im, err = fullImatrix.Prune(plan.Removed, nBlocks); err != nil {
+			return fmt.Errorf("%s: %w", c.String("imatrix"), err)
 		}
 	}
 	var sum *pruneSummary
-	if typ := c.String("quantize"); typ != "" {
-		qp, err := quantizeParams(typ, "", o.threads)
-		if err != nil {
-			return err
-		}
+	if qp.Type.Name != "" {
 		qp.Imatrix = im
-		qp.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
 		sum, err = pruneAndQuantize(plan, out, qp, dryRun)
-		if err != nil {
-			return err
-		}
-	} else if sum, err = applyPlan(plan, out, c.Bool("keep-split"), dryRun); err != nil {
+	} else {
+		sum, err = applyPlan(plan, out, c.Bool("keep-split"), dryRun)
+	}
+	if err != nil {
 		return err
 	}
 	if p := c.String("imatrix-out"); p != "" && !dryRun {
@@ -183,8 +200,8 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
-	if textPath := c.String("eval"); textPath != "" && !dryRun {
-		if sum.Eval, err = evalPair(path, sum.Outputs[0], textPath, o, c); err != nil {
+	if evalText != "" && !dryRun {
+		if sum.Eval, err = evalPair(path, sum.Outputs[0], c.String("eval"), evalText, o, c); err != nil {
 			return err
 		}
 	}
@@ -389,11 +406,7 @@ func pruneAndQuantize(plan *gguf.Plan, out string, qp llamacpp.QuantizeParams, d
 }
 
 // evalPair computes perplexity of the input and output models on a text.
-func evalPair(in, out, textPath string, o runOptions, c *cli.Context) ([]evalResult, error) {
-	text, err := readText(textPath)
-	if err != nil {
-		return nil, err
-	}
+func evalPair(in, out, textPath, text string, o runOptions, c *cli.Context) ([]evalResult, error) {
 	var rs []evalResult
 	for _, p := range []string{in, out} {
 		r, err := evalModel(p, o, textPath, text, c)

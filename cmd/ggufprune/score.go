@@ -49,6 +49,9 @@ func runScore(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if p := c.String("plot"); p != "" && !validPlotName(p) {
+		return usagef("--plot %s: the file must end in .svg or .png", p)
+	}
 	src, err := calibrationFrom(c)
 	if err != nil {
 		return err
