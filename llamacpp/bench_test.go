@@ -24,28 +24,7 @@ func BenchmarkScoreCapture(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	capture := newCtx(b, m, nCtx, true)
-	plain := newCtx(b, m, nCtx, false)
-	var tCapture, tPlain time.Duration
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		acc := bi.NewAccumulator(m.Info().NLayer)
-		capture.CaptureHidden(acc.Observe)
-		start := time.Now()
-		if err := llamacpp.Scan(capture, chunks, nil); err != nil {
-			b.Fatal(err)
-		}
-		tCapture += time.Since(start)
-		start = time.Now()
-		if err := llamacpp.Scan(plain, chunks, nil); err != nil {
-			b.Fatal(err)
-		}
-		tPlain += time.Since(start)
-	}
-	n := float64(b.N * nCtx * len(chunks))
-	b.ReportMetric(n/tCapture.Seconds(), "capture-tok/s")
-	b.ReportMetric(n/tPlain.Seconds(), "plain-tok/s")
-	b.ReportMetric(tPlain.Seconds()/tCapture.Seconds(), "capture/plain")
+	benchCapture(b, m, chunks, nCtx)
 }
 
 // BenchmarkPerplexity is the rate of eval on the deepest shared model.
@@ -86,6 +65,13 @@ func BenchmarkScoreCaptureWide(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	benchCapture(b, m, chunks, nCtx)
+}
+
+// benchCapture decodes the chunks with hidden-state capture into BI
+// accumulators and without any callback, alternating, and reports both rates
+// and their ratio.
+func benchCapture(b *testing.B, m *llamacpp.Model, chunks [][]int32, nCtx int) {
 	capture := newCtx(b, m, nCtx, true)
 	plain := newCtx(b, m, nCtx, false)
 	var tCapture, tPlain time.Duration
