@@ -96,14 +96,14 @@ func TestSelect(t *testing.T) {
 		for i := range bis {
 			bis[i] = rng.Float64()
 		}
-		p := bi.Protect{First: 1 + rng.IntN(2), Last: 1 + rng.IntN(2), Also: []int{rng.IntN(n)}}
+		p := bi.Protect{First: 1 + rng.IntN(2), Last: 1 + rng.IntN(2)}
 		k := 1 + rng.IntN(n)
 		got, err := bi.SelectCount(scores(bis...), k, p)
 		if err != nil {
 			continue
 		}
 		for _, b := range got {
-			if b < p.First || b >= n-p.Last || b == p.Also[0] {
+			if b < p.First || b >= n-p.Last {
 				t.Fatalf("protected block %d chosen (%+v, n %d)", b, p, n)
 			}
 		}

@@ -7,9 +7,8 @@ import (
 
 // Protect says which blocks may never be removed.
 type Protect struct {
-	First int   // the first First blocks (ShortGPT keeps block 0: it does the most work)
-	Last  int   // the last Last blocks
-	Also  []int // more blocks, e.g. multi-token-prediction blocks
+	First int // the first First blocks (ShortGPT keeps block 0: it does the most work)
+	Last  int // the last Last blocks (the one before the output head)
 }
 
 func (p Protect) set(n int) []bool {
@@ -17,11 +16,6 @@ func (p Protect) set(n int) []bool {
 	for i := 0; i < n; i++ {
 		if i < p.First || i >= n-p.Last {
 			prot[i] = true
-		}
-	}
-	for _, b := range p.Also {
-		if b >= 0 && b < n {
-			prot[b] = true
 		}
 	}
 	return prot

@@ -103,6 +103,8 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 		return nil, err
 	}
 	arch, err := gm.Architecture()
+	nBlocks, _ := gm.BlockCount()
+	mtp := len(gguf.MTPBlocks(gm, nBlocks))
 	gm.Close()
 	if err != nil {
 		return nil, err
@@ -122,6 +124,7 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 	m.info = Info{
 		Architecture: arch,
 		NLayer:       int(C.llama_model_n_layer(m.c)),
+		NMTP:         mtp,
 		NEmbd:        int(C.llama_model_n_embd(m.c)),
 		NVocab:       int(C.llama_vocab_n_tokens(vocab)),
 		NCtxTrain:    int(C.llama_model_n_ctx_train(m.c)),
@@ -298,8 +301,8 @@ func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
 	if C.gp_decode(c.c, ctoks, C.int32_t(len(tokens)), C.int32_t(pos), C.int32_t(logitsFrom), eb.p) != 0 {
 		return &Error{"decoding", c.model.path, eb.msg()}
 	}
-	if c.hidden != nil && c.blocks != c.model.info.NLayer+1 {
-		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (inp_embd and l_out-0…l_out-%d); this architecture does not name its block outputs l_out-N", c.model.info.Architecture, c.blocks, c.model.info.NLayer+1, c.model.info.NLayer-1)}
+	if run := c.model.info.RunBlocks(); c.hidden != nil && c.blocks != run+1 {
+		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (inp_embd and l_out-0…l_out-%d); this architecture does not name its block outputs l_out-N", c.model.info.Architecture, c.blocks, run+1, run-1)}
 	}
 	return nil
 }

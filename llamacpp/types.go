@@ -32,6 +32,7 @@ type ModelParams struct {
 type Info struct {
 	Architecture string
 	NLayer       int
+	NMTP         int // trailing multi-token-prediction blocks: counted in NLayer, not run by a decode
 	NEmbd        int
 	NVocab       int
 	NCtxTrain    int
@@ -63,3 +64,7 @@ type GGUFInfo struct {
 	KV          int
 	GeneralType string // general.type, e.g. "model" or "imatrix"
 }
+
+// RunBlocks is the number of blocks a decode runs, and so the number of
+// block outputs a capture sees: NLayer less the multi-token-prediction blocks.
+func (i Info) RunBlocks() int { return i.NLayer - i.NMTP }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
@@ -414,4 +415,32 @@ func TestPruneRefusesEarly(t *testing.T) {
 	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--eval", "/nonexistent.txt").fails(t, 1, "nonexistent.txt")
 	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--imatrix-out", "x.imatrix").fails(t, 2, "needs the input model's imatrix")
 	runCLI(t, "score", "-m", in, "--plot", "x.jpg").fails(t, 2, "must end in .svg or .png")
+}
+
+// Multi-token-prediction blocks are not run by a decode, so a score report
+// has none; prune accepts such a report and never chooses them.
+func TestScoresOfMTPModel(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "mtp.gguf")
+	err := fixture.Write(in, fixture.Spec{Arch: "glm4moe", Blocks: 6, Extra: []gguf.KV{{Key: "glm4moe.nextn_predict_layers", Value: gguf.Uint32(2)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := gguf.OpenModel(in)
+	fp, _ := m.Fingerprint()
+	m.Close()
+	rep := scoreReport{Model: in, Fingerprint: fp, Metric: "bi", Blocks: []bi.BlockScore{{Index: 0, BI: 0.5}, {Index: 1, BI: 0.2}, {Index: 2, BI: 0.1}, {Index: 3, BI: 0.01}}}
+	scores := filepath.Join(dir, "scores.json")
+	if err := writeJSONFile(scores, rep); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, "prune", "-m", in, "--scores", scores, "--remove", "2", "--keep-last", "0", "--dry-run", "--json").ok(t)
+	var sum struct{ Removed []int }
+	decode(t, r.stdout, &sum)
+	if !reflect.DeepEqual(sum.Removed, []int{2, 3}) {
+		t.Fatalf("removed %v", sum.Removed)
+	}
+	rep.Blocks = append(rep.Blocks, bi.BlockScore{Index: 4}, bi.BlockScore{Index: 5})
+	writeJSONFile(scores, rep)
+	runCLI(t, "prune", "-m", in, "--scores", scores, "--remove", "1", "--dry-run").fails(t, 1, "6 block scores for a model of 4 scored blocks")
 }

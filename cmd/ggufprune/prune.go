@@ -159,7 +159,7 @@ func runPrune(c *cli.Context) error {
 		if rep, method, err = pruneScores(c, m, path, o); err != nil {
 			return err
 		}
-		protect, err := protection(c, m, nBlocks)
+		protect, err := protection(c)
 		if err != nil {
 			return err
 		}
@@ -258,26 +258,25 @@ func readScores(file string, m *gguf.Model) (*scoreReport, error) {
 		return nil, fmt.Errorf("%s: the scores were made for another model (%s, fingerprint %.12s…), not for %s (%.12s…)", file, rep.Model, rep.Fingerprint, m.Name(), fp)
 	}
 	n, _ := m.BlockCount()
+	scored := n - len(gguf.MTPBlocks(m, n)) // multi-token-prediction blocks have no score
 	for i, s := range rep.Blocks {
 		if s.Index != i || math.IsNaN(s.BI) {
 			return nil, fmt.Errorf("%s: block entry %d is malformed", file, i)
 		}
 	}
-	if len(rep.Blocks) != n {
-		return nil, fmt.Errorf("%s: %d block scores for a model of %d blocks", file, len(rep.Blocks), n)
+	if len(rep.Blocks) != scored {
+		return nil, fmt.Errorf("%s: %d block scores for a model of %d scored blocks", file, len(rep.Blocks), scored)
 	}
 	return &rep, nil
 }
 
 // protection is the blocks prune may not choose: the first and last ones
-// asked for, and multi-token-prediction blocks.
-func protection(c *cli.Context, m *gguf.Model, n int) (bi.Protect, error) {
+// asked for. Multi-token-prediction blocks have no score, so they are never
+// candidates (and PlanRemoval refuses them too).
+func protection(c *cli.Context) (bi.Protect, error) {
 	p := bi.Protect{First: c.Int("keep-first"), Last: c.Int("keep-last")}
 	if p.First < 0 || p.Last < 0 {
 		return p, usagef("--keep-first and --keep-last must not be negative")
-	}
-	for _, b := range gguf.MTPBlocks(m, n) {
-		p.Also = append(p.Also, b)
 	}
 	return p, nil
 }

@@ -163,7 +163,9 @@ func scoreModel(path string, o runOptions, cal calibration, imatrix bool, stderr
 		return nil, nil, err
 	}
 	defer ctx.Close()
-	acc := bi.NewAccumulator(m.Info().NLayer)
+	// Multi-token-prediction blocks are not run by a decode: they get no score
+	// (and prune never removes them).
+	acc := bi.NewAccumulator(m.Info().RunBlocks())
 	if err := ctx.CaptureHidden(acc.Observe); err != nil {
 		return nil, nil, err
 	}
