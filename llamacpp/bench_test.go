@@ -15,16 +15,7 @@ import (
 // alternating, and reports both rates and their ratio (target ≥ 0.95).
 func BenchmarkScoreCapture(b *testing.B) {
 	m := load(b, fixture.Shared(b, "models/story16-f32.gguf"))
-	const nCtx, nChunks = 256, 16
-	tokens, err := m.Tokenize(text(b, "text/gutenberg/pg1342.txt", 200000), true)
-	if err != nil {
-		b.Fatal(err)
-	}
-	chunks, err := m.Chunks(tokens, nCtx, nChunks)
-	if err != nil {
-		b.Fatal(err)
-	}
-	benchCapture(b, m, chunks, nCtx)
+	benchCapture(b, m, 256, 16)
 }
 
 // BenchmarkPerplexity is the rate of eval on the deepest shared model.
@@ -56,8 +47,14 @@ func BenchmarkScoreCaptureWide(b *testing.B) {
 		b.Fatal(err)
 	}
 	m := load(b, path)
-	const nCtx, nChunks = 256, 4
-	tokens, err := m.Tokenize(text(b, "text/gutenberg/pg1342.txt", 100000), true)
+	benchCapture(b, m, 256, 4)
+}
+
+// benchCapture decodes nChunks chunks of nCtx tokens of Pride and Prejudice
+// with hidden-state capture into BI accumulators and without any callback,
+// alternating, and reports both rates and their ratio.
+func benchCapture(b *testing.B, m *llamacpp.Model, nCtx, nChunks int) {
+	tokens, err := m.Tokenize(text(b, "text/gutenberg/pg1342.txt", 200000), true)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,13 +62,6 @@ func BenchmarkScoreCaptureWide(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchCapture(b, m, chunks, nCtx)
-}
-
-// benchCapture decodes the chunks with hidden-state capture into BI
-// accumulators and without any callback, alternating, and reports both rates
-// and their ratio.
-func benchCapture(b *testing.B, m *llamacpp.Model, chunks [][]int32, nCtx int) {
 	capture := newCtx(b, m, nCtx, true)
 	plain := newCtx(b, m, nCtx, false)
 	var tCapture, tPlain time.Duration
