@@ -19,6 +19,13 @@ else
   MARCH ?= native
 endif
 SIMD_FLAGS := -O3 -march=$(MARCH)
+# ggml-cpu.cpp calls its AMX buffer type when the compiler targets AMX, but the
+# ollama module's cgo package does not compile ggml-cpu/amx/: on a CPU with
+# AMX, -march=native would not link. The AMX path only serves quantized
+# matmuls on Sapphire Rapids and later; AVX-512 still applies.
+ifeq ($(shell uname -m),x86_64)
+  SIMD_FLAGS += -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
 export CGO_ENABLED  := 1
 export CGO_CFLAGS   := $(SIMD_FLAGS)
 export CGO_CXXFLAGS := $(SIMD_FLAGS)
@@ -34,10 +41,13 @@ build: third_party
 	$(GO) build -o $(BIN) ./cmd/ggufprune
 
 # Also vet the build without cgo: gguf/ and bi/ need none, and llamacpp/
-# must still compile (its features then say it was built without llama.cpp).
+# must still compile (its features then say it was built without llama.cpp);
+# and the pure-Go build must compile for macOS and Windows.
 vet: third_party
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet ./...
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build ./...
+	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) build ./...
 
 # Every test, then each fuzz target for a bounded time (the seed corpus runs in go test too).
 test: third_party vet

@@ -17,6 +17,12 @@ import (
 	"math"
 )
 
+// EmbeddingBoundary is the number of the block boundary before block 0:
+// the token embeddings (llama.cpp's graph tensor inp_embd). Boundary i ≥ 0 is
+// the output of block i (l_out-i). This is the one definition of the
+// numbering; llamacpp hands boundaries over with it.
+const EmbeddingBoundary = -1
+
 // Cosine is the cosine similarity of a and b, computed in float64. Two zero
 // vectors are identical (1); a zero and a non-zero vector are unrelated (0).
 func Cosine(a, b []float32) float64 {
@@ -55,18 +61,18 @@ type Accumulator struct {
 	sumAng  []float64
 	tokens  int64 // tokens seen per block
 	prev    []float32
-	next    int // the block boundary expected next: -1 is the embedding input
+	next    int // the block boundary expected next
 	err     error
 }
 
 // NewAccumulator accumulates scores for a model of nBlocks blocks.
 func NewAccumulator(nBlocks int) *Accumulator {
-	return &Accumulator{nBlocks: nBlocks, sumCos: make([]float64, nBlocks), sumAng: make([]float64, nBlocks), next: -1}
+	return &Accumulator{nBlocks: nBlocks, sumCos: make([]float64, nBlocks), sumAng: make([]float64, nBlocks), next: EmbeddingBoundary}
 }
 
-// Observe takes the hidden state at one block boundary: block -1 is the
-// input of block 0, block i the output of block i. Boundaries must come in
-// order -1, 0, 1, …, nBlocks-1 for every chunk. h holds nTokens rows of nEmbd.
+// Observe takes the hidden state at one block boundary: EmbeddingBoundary
+// is the input of block 0, block i the output of block i. Boundaries must
+// come in order EmbeddingBoundary, 0, 1, …, nBlocks-1 for every chunk. h holds nTokens rows of nEmbd.
 func (a *Accumulator) Observe(block int, h []float32, nEmbd, nTokens int) {
 	if a.err != nil {
 		return
@@ -98,7 +104,7 @@ func (a *Accumulator) Observe(block int, h []float32, nEmbd, nTokens int) {
 	a.prev = append(a.prev[:0], h...)
 	a.next++
 	if a.next == a.nBlocks {
-		a.next = -1
+		a.next = EmbeddingBoundary
 	}
 }
 

@@ -10,8 +10,9 @@ import (
 	"math"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 )
 
 // Importance matrices (imatrix) are the mean squared activations at the input
@@ -26,6 +27,10 @@ const (
 	KeyImatrixChunkCount = "imatrix.chunk_count"
 	KeyImatrixChunkSize  = "imatrix.chunk_size"
 )
+
+// ErrImatrixMismatch is wrapped by the errors of an importance matrix that
+// does not belong to a model (another model's, or not pruned with it).
+var ErrImatrixMismatch = errors.New("the importance matrix does not match the model")
 
 // Imatrix is an importance matrix.
 type Imatrix struct {
@@ -227,7 +232,7 @@ func readLegacyImatrix(r *bufio.Reader, size int64) (*Imatrix, error) {
 // Write writes the imatrix to path atomically, in the legacy format when
 // im.Legacy is set or path ends in .dat, else as GGUF.
 func (im *Imatrix) Write(path string) error {
-	return CreateAtomic(path, func(f *os.File) error {
+	return atomicfile.Write(path, func(f *os.File) error {
 		if im.Legacy || strings.HasSuffix(path, ".dat") {
 			return im.writeLegacy(f)
 		}
@@ -308,40 +313,21 @@ func (im *Imatrix) writeLegacy(w io.Writer) error {
 	return bw.Flush()
 }
 
-// Prune returns the imatrix of a model from which the given blocks of n were
-// removed: entries of removed blocks are dropped and the others renumbered
-// like the model's blocks. Values are unchanged.
-func (im *Imatrix) Prune(removed []int, n int) (*Imatrix, error) {
-	gone := make([]bool, n)
-	for _, b := range removed {
-		if b < 0 || b >= n {
-			return nil, fmt.Errorf("imatrix: block %d out of range", b)
-		}
-		gone[b] = true
-	}
-	newIndex := make([]int, n)
-	for b, k := 0, 0; b < n; b++ {
-		newIndex[b] = k
-		if !gone[b] {
-			k++
-		}
-	}
+// Prune returns the imatrix of the model that bm makes: entries of removed
+// blocks are dropped and the others renumbered like the model's blocks.
+// Values are unchanged.
+func (im *Imatrix) Prune(bm *BlockMap) (*Imatrix, error) {
 	out := *im
 	out.Entries = nil
 	for _, e := range im.Entries {
-		b, rest, isBlock, err := parseBlockName(e.Name)
+		name, keep, err := bm.Rename(e.Name)
 		if err != nil {
-			return nil, fmt.Errorf("imatrix: %w", err)
+			return nil, fmt.Errorf("imatrix entry %w", err)
 		}
-		if isBlock {
-			if b >= n {
-				return nil, fmt.Errorf("imatrix: entry %q is for block %d but the model has %d blocks", e.Name, b, n)
-			}
-			if gone[b] {
-				continue
-			}
-			e.Name = "blk." + strconv.Itoa(newIndex[b]) + "." + rest
+		if !keep {
+			continue
 		}
+		e.Name = name
 		out.Entries = append(out.Entries, e)
 	}
 	out.sort()
@@ -362,7 +348,7 @@ func (im *Imatrix) Blocks() int {
 // experts) as the imatrix has values.
 func (im *Imatrix) CheckModel(m *Model) error {
 	if n, err := m.BlockCount(); err == nil && im.Blocks() != n {
-		return fmt.Errorf("the imatrix covers %d blocks but %s has %d (an imatrix must be pruned with its model: prune --imatrix-out)", im.Blocks(), m.Name(), n)
+		return fmt.Errorf("the imatrix covers %d blocks but %s has %d (an imatrix must be pruned with its model): %w", im.Blocks(), m.Name(), n, ErrImatrixMismatch)
 	}
 	byName := map[string]*ModelTensor{}
 	for i := range m.Tensors {
@@ -371,15 +357,76 @@ func (im *Imatrix) CheckModel(m *Model) error {
 	for _, e := range im.Entries {
 		t, ok := byName[e.Name]
 		if !ok {
-			return fmt.Errorf("imatrix entry %q names no tensor of %s (was the imatrix made for another model, or not pruned with it? prune --imatrix-out writes the pruned one)", e.Name, m.Name())
+			return fmt.Errorf("imatrix entry %q names no tensor of %s (was the imatrix made for another model, or not pruned with it?): %w", e.Name, m.Name(), ErrImatrixMismatch)
 		}
 		want := t.Dims[0]
 		if len(t.Dims) > 2 {
 			want *= t.Dims[2]
 		}
 		if uint64(len(e.Sums)) != want {
-			return fmt.Errorf("imatrix entry %q has %d values, tensor %s needs %d", e.Name, len(e.Sums), e.Name, want)
+			return fmt.Errorf("imatrix entry %q has %d values, tensor %s needs %d: %w", e.Name, len(e.Sums), e.Name, want, ErrImatrixMismatch)
 		}
 	}
 	return nil
+}
+
+// ImatrixAccumulator collects an importance matrix as llama.cpp's imatrix
+// tool does: for every weight matrix multiplication, the sum over activation
+// rows of the squared input of each column, and the number of rows; for
+// expert (MUL_MAT_ID) weights, per expert, counting the rows routed to it.
+type ImatrixAccumulator struct {
+	entries map[string]*ImatrixEntry
+}
+
+// NewImatrixAccumulator makes an empty accumulator.
+func NewImatrixAccumulator() *ImatrixAccumulator {
+	return &ImatrixAccumulator{entries: map[string]*ImatrixEntry{}}
+}
+
+// Observe takes the input x of one multiplication by weight: nSlots×nTokens
+// rows of nIn floats. For expert weights ids holds, per token, the nExpertUsed
+// experts chosen, and row (slot k % nSlots, token t) goes to expert ids[t][k].
+func (a *ImatrixAccumulator) Observe(weight string, x []float32, nIn, nSlots, nTokens int, ids []int32, nExpertUsed, nExperts int) {
+	nMat := 1
+	if ids != nil {
+		nMat = nExperts
+	}
+	e := a.entries[weight]
+	if e == nil || e.NIn != nIn || e.NMat() != nMat {
+		e = &ImatrixEntry{Name: weight, NIn: nIn, Sums: make([]float32, nIn*nMat), Counts: make([]float32, nMat)}
+		a.entries[weight] = e
+	}
+	add := func(mat int, row []float32) {
+		sums := e.Sums[mat*nIn : (mat+1)*nIn]
+		for j, v := range row {
+			sums[j] += v * v
+		}
+		e.Counts[mat]++
+	}
+	if ids == nil {
+		for r := 0; r < nSlots*nTokens; r++ {
+			add(0, x[r*nIn:(r+1)*nIn])
+		}
+		return
+	}
+	for t := 0; t < nTokens; t++ {
+		for k := 0; k < nExpertUsed; k++ {
+			ex := int(ids[t*nExpertUsed+k])
+			if ex < 0 || ex >= nExperts {
+				continue
+			}
+			r := t*nSlots + k%nSlots
+			add(ex, x[r*nIn:(r+1)*nIn])
+		}
+	}
+}
+
+// Imatrix returns what was collected, with the dataset name and the chunks.
+func (a *ImatrixAccumulator) Imatrix(dataset string, chunks, chunkSize int) *Imatrix {
+	im := &Imatrix{Datasets: []string{dataset}, ChunkCount: chunks, ChunkSize: chunkSize}
+	for _, e := range a.entries {
+		im.Entries = append(im.Entries, *e)
+	}
+	im.sort()
+	return im
 }

@@ -12,15 +12,16 @@ import (
 	"testing"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
 
 // Reading a file and writing it back unchanged gives the same bytes, through
 // memory and through a file (copy_file_range).
 func TestRoundTripSharedModels(t *testing.T) {
-	for _, name := range fixture.SharedModels {
+	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			path := fixture.Shared(t, "models/"+name)
+			path := fixture.Asset(t, "models/"+name)
 			orig, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -38,7 +39,7 @@ func TestRoundTripSharedModels(t *testing.T) {
 				t.Fatalf("round trip through memory differs (%d vs %d bytes)", len(got), len(orig))
 			}
 			out := filepath.Join(t.TempDir(), "copy.gguf")
-			err = gguf.CreateAtomic(out, func(w *os.File) error {
+			err = atomicfile.Write(out, func(w *os.File) error {
 				_, err := gguf.Write(w, f.Version, f.KV, ts)
 				return err
 			})

@@ -1,12 +1,15 @@
 package gguf
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 )
 
 // indexPattern describes an architecture whose layer kind (sliding-window or
@@ -80,6 +83,7 @@ var notPerLayer = map[string]bool{
 // Plan is block surgery worked out and checked, ready to write.
 type Plan struct {
 	Model            *Model
+	Map              *BlockMap
 	Removed          []int // old block indices, ascending
 	BlockCountBefore int
 	BlockCountAfter  int
@@ -88,10 +92,52 @@ type Plan struct {
 	sources          []*ModelTensor
 }
 
+// ErrIndexPattern is wrapped by the errors of removals that would change
+// the kind of kept blocks in an architecture that derives it from the block
+// index (see PatternError).
+var ErrIndexPattern = errors.New("removal breaks the architecture's block pattern")
+
+// PatternError is a removal refused because the architecture derives a
+// block's kind from its index: kept blocks would change kind.
+type PatternError struct {
+	Model        string
+	Architecture string
+	What         string // what the index decides
+	Period       int    // remove whole runs of Period blocks to keep the pattern
+	Removed      []int
+	Block, To    int // a kept block that would move, and its new index
+}
+
+func (e *PatternError) Error() string {
+	return fmt.Sprintf("%s: %s derives %s from the block index; removing %s moves block %d to index %d and changes its kind. Removing whole runs of %d consecutive blocks (a multiple of %d before every kept block) keeps the pattern",
+		e.Model, e.Architecture, e.What, FormatBlockList(e.Removed), e.Block, e.To, e.Period, e.Period)
+}
+
+func (e *PatternError) Unwrap() error { return ErrIndexPattern }
+
+// IndexPeriod is the period of the architecture's index-derived block
+// pattern (see PatternError), with what the index decides; 0 when removals
+// cannot change any block's kind.
+func IndexPeriod(m *Model) (period int, what string) {
+	arch, err := m.Architecture()
+	if err != nil {
+		return 0, ""
+	}
+	pat, ok := indexPatterns[arch]
+	if !ok {
+		return 0, ""
+	}
+	if p := pat.period(m); p > 1 {
+		return p, pat.what
+	}
+	return 0, ""
+}
+
 // PlanRemoval works out the removal of the given blocks: which tensors go,
 // how the rest are renamed, and the new metadata. It refuses removing every
 // block, indices out of range, multi-token-prediction blocks, and (unless
-// force) removals that break an architecture's index-derived layer pattern.
+// force) removals that break an architecture's index-derived layer pattern
+// (a *PatternError).
 func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 	arch, err := m.Architecture()
 	if err != nil {
@@ -101,33 +147,17 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	removed := make([]bool, n)
-	for _, b := range remove {
-		if b < 0 || b >= n {
-			return nil, fmt.Errorf("%s: block %d is out of range (the model has blocks 0-%d)", m.Name(), b, n-1)
-		}
-		removed[b] = true
+	bm, err := NewBlockMap(n, remove)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", m.Name(), err)
 	}
-	p := &Plan{Model: m, BlockCountBefore: n}
-	var kept []int
-	newIndex := make([]int, n)
-	for b := 0; b < n; b++ {
-		if removed[b] {
-			p.Removed = append(p.Removed, b)
-			newIndex[b] = -1
-			continue
-		}
-		newIndex[b] = len(kept)
-		kept = append(kept, b)
-	}
+	p := &Plan{Model: m, Map: bm, Removed: bm.Removed(), BlockCountBefore: n, BlockCountAfter: bm.After()}
 	if len(p.Removed) == 0 {
 		return nil, fmt.Errorf("%s: no blocks to remove", m.Name())
 	}
-	if len(kept) == 0 {
+	if bm.After() == 0 {
 		return nil, fmt.Errorf("%s: removing all %d blocks would leave no model", m.Name(), n)
 	}
-	p.BlockCountAfter = len(kept)
-
 	if mtp := MTPBlocks(m, n); len(mtp) > 0 {
 		for _, b := range p.Removed {
 			if b >= mtp[0] {
@@ -135,18 +165,16 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 			}
 		}
 	}
-	if pat, ok := indexPatterns[arch]; ok && !force {
-		if period := pat.period(m); period > 1 {
-			for _, b := range kept {
-				if (b-newIndex[b])%period != 0 {
-					return nil, fmt.Errorf("%s: %s derives %s from the block index; removing %s moves block %d to index %d and changes its kind. Remove whole runs of %d consecutive blocks (a multiple of %d before every kept block) to keep the pattern, or pass --force to remove them anyway",
-						m.Name(), arch, pat.what, FormatBlockList(p.Removed), b, newIndex[b], period, period)
-				}
+	if period, what := IndexPeriod(m); period > 1 && !force {
+		for _, b := range bm.Kept() {
+			if to := bm.NewIndex(b); (b-to)%period != 0 {
+				return nil, &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: p.Removed, Block: b, To: to}
 			}
 		}
 	}
 
 	// Metadata: block_count and every per-layer array under the arch prefix.
+	kept := bm.Kept()
 	prefix := arch + "."
 	for _, kv := range m.KV() {
 		switch {
@@ -163,23 +191,15 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 	// Tensors: drop removed blocks, renumber the rest.
 	for i := range m.Tensors {
 		t := &m.Tensors[i]
-		b, rest, isBlock, err := parseBlockName(t.Name)
+		name, keep, err := bm.Rename(t.Name)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", m.Name(), err)
+			return nil, fmt.Errorf("%s: tensor %w (%s)", m.Name(), err, prefix+"block_count")
 		}
-		if !isBlock {
-			p.Tensors = append(p.Tensors, *t)
-			p.sources = append(p.sources, t)
-			continue
-		}
-		if b >= n {
-			return nil, fmt.Errorf("%s: tensor %q belongs to block %d but %s is %d", m.Name(), t.Name, b, prefix+"block_count", n)
-		}
-		if removed[b] {
+		if !keep {
 			continue
 		}
 		nt := *t
-		nt.Name = "blk." + strconv.Itoa(newIndex[b]) + "." + rest
+		nt.Name = name
 		p.Tensors = append(p.Tensors, nt)
 		p.sources = append(p.sources, t)
 	}
@@ -193,29 +213,6 @@ func withCount(v Value, n int) Value {
 		v.bits &= 1<<(8*sz) - 1
 	}
 	return v
-}
-
-// parseBlockName splits "blk.N.rest". Names outside blocks return isBlock false.
-func parseBlockName(name string) (block int, rest string, isBlock bool, err error) {
-	s, ok := strings.CutPrefix(name, "blk.")
-	if !ok {
-		return 0, "", false, nil
-	}
-	num, rest, ok := strings.Cut(s, ".")
-	b, perr := strconv.Atoi(num)
-	if !ok || perr != nil || b < 0 || strconv.Itoa(b) != num {
-		return 0, "", false, fmt.Errorf("tensor %q: cannot read its block number", name)
-	}
-	return b, rest, true, nil
-}
-
-// BlockOf returns the block index of a tensor name, or -1 outside blocks.
-func BlockOf(name string) int {
-	b, _, ok, err := parseBlockName(name)
-	if !ok || err != nil {
-		return -1
-	}
-	return b
 }
 
 // Outputs are the files a plan writes: one, or one per source shard with keepSplit.
@@ -306,7 +303,7 @@ func (p *Plan) Write(out string, keepSplit bool) ([]string, error) {
 	}
 	parts := p.parts(keepSplit)
 	version := p.Model.Shards[0].Version
-	return paths, CreateAtomicSet(paths, func(i int, f *os.File) error {
+	return paths, atomicfile.WriteSet(paths, func(i int, f *os.File) error {
 		l, err := Write(f, version, parts[i].kvs, parts[i].tensors)
 		if err != nil {
 			return fmt.Errorf("%s: %w", paths[i], err)
@@ -331,63 +328,6 @@ func verifyWritten(path string, f *os.File, l *Layout, fp fileParts) error {
 		}
 	}
 	return nil
-}
-
-// CreateAtomicSet writes several files, each through a temporary file in its
-// folder; all are renamed into place only when every one was written.
-func CreateAtomicSet(paths []string, write func(i int, f *os.File) error) (err error) {
-	tmps := make([]*os.File, 0, len(paths))
-	defer func() {
-		if err != nil {
-			for _, t := range tmps {
-				t.Close()
-				os.Remove(t.Name())
-			}
-		}
-	}()
-	for i, path := range paths {
-		tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-		if err != nil {
-			return err
-		}
-		tmps = append(tmps, tmp)
-		if err := write(i, tmp); err != nil {
-			return err
-		}
-		if err := tmp.Sync(); err != nil {
-			return err
-		}
-		if err := tmp.Chmod(0o644); err != nil {
-			return err
-		}
-	}
-	for i, t := range tmps {
-		if err := t.Close(); err != nil {
-			return err
-		}
-		if err := os.Rename(t.Name(), paths[i]); err != nil {
-			return err
-		}
-	}
-	for _, dir := range uniqueDirs(paths) {
-		if d, derr := os.Open(dir); derr == nil {
-			d.Sync()
-			d.Close()
-		}
-	}
-	return nil
-}
-
-func uniqueDirs(paths []string) []string {
-	seen := map[string]bool{}
-	var dirs []string
-	for _, p := range paths {
-		if d := filepath.Dir(p); !seen[d] {
-			seen[d] = true
-			dirs = append(dirs, d)
-		}
-	}
-	return dirs
 }
 
 // ParseBlockList parses "3,5-7" into sorted, unique block indices.

@@ -22,13 +22,13 @@ func TestPruneReadByIndependentParser(t *testing.T) {
 		model  string
 		remove []int
 	}{
-		{"story16-f32.gguf", []int{3, 5, 6, 7}},
+		{"story16-f16.gguf", []int{3, 5, 6, 7}},
 		{"story16-f16.gguf", []int{14}},
 		{"stories260K.gguf", []int{1, 3}},
 		{"TinyStories-656K-Q8_0.gguf", []int{1}},
 	} {
 		t.Run(c.model, func(t *testing.T) {
-			src, err := gguf.OpenModel(fixture.Shared(t, "models/"+c.model))
+			src, err := gguf.OpenModel(fixture.Asset(t, "models/"+c.model))
 			if err != nil {
 				t.Fatal(err)
 			}

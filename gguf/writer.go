@@ -3,13 +3,10 @@ package gguf
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sort"
-
-	"golang.org/x/sys/unix"
 )
 
 // WriterTensor is one tensor to write: its info (Offset is recomputed) and a
@@ -204,8 +201,8 @@ func (e *encoder) pad(align uint64) {
 }
 
 // copyFrom copies a tensor's bytes to the destination. When both ends are
-// files the kernel copies them (copy_file_range); otherwise they stream
-// through a fixed buffer.
+// files the kernel may copy them (copyFileRange, on Linux); otherwise they
+// stream through a fixed buffer.
 func (e *encoder) copyFrom(dst io.Writer, src *io.SectionReader) {
 	if e.err != nil {
 		return
@@ -216,12 +213,7 @@ func (e *encoder) copyFrom(dst io.Writer, src *io.SectionReader) {
 	outer, off, n := src.Outer()
 	if df, ok := dst.(*os.File); ok {
 		if sf, ok := outer.(*os.File); ok {
-			copied, err := copyFileRange(df, sf, off, n)
-			if copied > 0 {
-				// Start writing the copy back to disk now, so that the final
-				// fsync does not have to write the whole file at the end.
-				unix.SyncFileRange(int(df.Fd()), e.n, copied, unix.SYNC_FILE_RANGE_WRITE)
-			}
+			copied, err := copyFileRange(df, sf, off, n, e.n)
 			e.n += copied
 			if err == nil || copied > 0 {
 				e.err = err
@@ -233,31 +225,6 @@ func (e *encoder) copyFrom(dst io.Writer, src *io.SectionReader) {
 	copied, err := io.CopyBuffer(e.w, io.NewSectionReader(outer, off, n), make([]byte, 1<<20))
 	e.n += copied
 	e.err = err
-}
-
-// copyFileRange copies n bytes at src offset off to dst's current position.
-func copyFileRange(dst, src *os.File, off, n int64) (int64, error) {
-	var done int64
-	for done < n {
-		c, err := unix.CopyFileRange(int(src.Fd()), &off, int(dst.Fd()), nil, int(min(n-done, 1<<30)), 0)
-		if err != nil {
-			if done == 0 && (errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
-				return 0, err
-			}
-			return done, fmt.Errorf("gguf: copying tensor data: %w", err)
-		}
-		if c == 0 {
-			return done, fmt.Errorf("gguf: copying tensor data: source ended after %d of %d bytes", done, n)
-		}
-		done += int64(c)
-	}
-	return done, nil
-}
-
-// CreateAtomic writes one file through a temporary file in the same folder
-// (see CreateAtomicSet): path is either written whole or left as it was.
-func CreateAtomic(path string, write func(*os.File) error) error {
-	return CreateAtomicSet([]string{path}, func(_ int, f *os.File) error { return write(f) })
 }
 
 // sortedByOffset returns pointers to the tensors in data order.

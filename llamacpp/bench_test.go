@@ -1,6 +1,7 @@
 package llamacpp_test
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -14,13 +15,13 @@ import (
 // with hidden-state capture into BI accumulators and without any callback,
 // alternating, and reports both rates and their ratio (target ≥ 0.95).
 func BenchmarkScoreCapture(b *testing.B) {
-	m := load(b, fixture.Shared(b, "models/story16-f32.gguf"))
+	m := load(b, fixture.Asset(b, "models/story16-f16.gguf"))
 	benchCapture(b, m, 256, 16)
 }
 
 // BenchmarkPerplexity is the rate of eval on the deepest shared model.
 func BenchmarkPerplexity(b *testing.B) {
-	m := load(b, fixture.Shared(b, "models/story16-f32.gguf"))
+	m := load(b, fixture.Asset(b, "models/story16-f16.gguf"))
 	const nCtx, nChunks = 256, 16
 	tokens, err := m.Tokenize(text(b, "text/unseen/gutenberg_tails.txt", 200000), true)
 	if err != nil {
@@ -30,7 +31,7 @@ func BenchmarkPerplexity(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
-		if _, err := llamacpp.Perplexity(ctx, tokens, nChunks, nil); err != nil {
+		if _, err := llamacpp.Perplexity(context.Background(), ctx, tokens, nChunks, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -43,7 +44,7 @@ func BenchmarkPerplexity(b *testing.B) {
 func BenchmarkScoreCaptureWide(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "wide.gguf")
 	spec := fixture.LlamaSpec{Blocks: 8, Embd: 1024, FF: 2816, Heads: 16, KVHeads: 4, Ctx: 512}
-	if err := fixture.RandomLlama(path, fixture.Shared(b, "models/stories260K.gguf"), spec); err != nil {
+	if err := fixture.RandomLlama(path, fixture.Asset(b, "models/stories260K.gguf"), spec); err != nil {
 		b.Fatal(err)
 	}
 	m := load(b, path)
@@ -70,12 +71,12 @@ func benchCapture(b *testing.B, m *llamacpp.Model, nCtx, nChunks int) {
 		acc := bi.NewAccumulator(m.Info().NLayer)
 		capture.CaptureHidden(acc.Observe)
 		start := time.Now()
-		if err := llamacpp.Scan(capture, chunks, nil); err != nil {
+		if err := llamacpp.Scan(context.Background(), capture, chunks, nil); err != nil {
 			b.Fatal(err)
 		}
 		tCapture += time.Since(start)
 		start = time.Now()
-		if err := llamacpp.Scan(plain, chunks, nil); err != nil {
+		if err := llamacpp.Scan(context.Background(), plain, chunks, nil); err != nil {
 			b.Fatal(err)
 		}
 		tPlain += time.Since(start)

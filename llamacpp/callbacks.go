@@ -1,5 +1,6 @@
 package llamacpp
 
+// #include <stdbool.h>
 // #include <stdint.h>
 import "C"
 
@@ -9,6 +10,8 @@ import (
 	"runtime/cgo"
 	"strings"
 	"unsafe"
+
+	"github.com/ggufprune/ggufprune/bi"
 )
 
 // The functions here are called from C (shim.cpp) on the thread that is in a
@@ -16,9 +19,7 @@ import (
 
 //export goLog
 func goLog(level C.int, text *C.char) {
-	logMu.Lock()
-	w, progress := logOutput, logProgress
-	logMu.Unlock()
+	w, progress := Log.sinks()
 	line := C.GoString(text)
 	if w != nil {
 		io.WriteString(w, line)
@@ -33,11 +34,15 @@ func goLog(level C.int, text *C.char) {
 }
 
 //export goHiddenState
-func goHiddenState(h C.uintptr_t, block C.int, data *C.float, nEmbd, nTokens C.int) {
+func goHiddenState(h C.uintptr_t, isEmbd C.bool, block C.int, data *C.float, nEmbd, nTokens C.int) {
 	c := cgo.Handle(h).Value().(*Context)
 	c.blocks++
+	b := int(block)
+	if isEmbd {
+		b = bi.EmbeddingBoundary
+	}
 	if c.hidden != nil {
-		c.hidden(int(block), unsafe.Slice((*float32)(unsafe.Pointer(data)), int(nEmbd)*int(nTokens)), int(nEmbd), int(nTokens))
+		c.hidden(b, unsafe.Slice((*float32)(unsafe.Pointer(data)), int(nEmbd)*int(nTokens)), int(nEmbd), int(nTokens))
 	}
 }
 

@@ -1,9 +1,15 @@
 package llamacpp
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
 )
+
+// ErrShortText is wrapped by the errors of a text too short for the chunks
+// asked for: give more text or smaller chunks.
+var ErrShortText = errors.New("the text is too short")
 
 // Chunks cuts tokens into whole chunks of nCtx tokens, at most maxChunks of
 // them (all when maxChunks <= 0), as llama-perplexity does: when the
@@ -12,7 +18,7 @@ import (
 func (m *Model) Chunks(tokens []int32, nCtx, maxChunks int) ([][]int32, error) {
 	n := len(tokens) / nCtx
 	if n == 0 {
-		return nil, fmt.Errorf("%d tokens are fewer than one chunk of %d (give more text or a smaller -c)", len(tokens), nCtx)
+		return nil, fmt.Errorf("%d tokens are fewer than one chunk of %d: %w", len(tokens), nCtx, ErrShortText)
 	}
 	if maxChunks > 0 && maxChunks < n {
 		n = maxChunks
@@ -40,11 +46,12 @@ type PerplexityResult struct {
 // context size, each chunk starts with BOS and a cleared KV cache, and only
 // the second half of every chunk is scored, each token from the logits of
 // the one before. Like llama-perplexity it needs at least two chunks of text.
-// progress, when not nil, is called after every chunk.
-func Perplexity(ctx *Context, tokens []int32, maxChunks int, progress func(done, total int)) (PerplexityResult, error) {
+// progress, when not nil, is called after every chunk. It stops between
+// chunks when cx is cancelled.
+func Perplexity(cx context.Context, ctx *Context, tokens []int32, maxChunks int, progress func(done, total int)) (PerplexityResult, error) {
 	nCtx := ctx.NCtx()
 	if len(tokens) < 2*nCtx {
-		return PerplexityResult{}, fmt.Errorf("perplexity needs at least %d tokens (2 × context %d), the text has %d", 2*nCtx, nCtx, len(tokens))
+		return PerplexityResult{}, fmt.Errorf("perplexity needs at least %d tokens (2 × context %d), the text has %d: %w", 2*nCtx, nCtx, len(tokens), ErrShortText)
 	}
 	chunks, err := ctx.Model().Chunks(tokens, nCtx, maxChunks)
 	if err != nil {
@@ -54,14 +61,19 @@ func Perplexity(ctx *Context, tokens []int32, maxChunks int, progress func(done,
 	var nll float64
 	count := 0
 	for ci, chunk := range chunks {
-		ctx.ClearMemory()
+		if err := cx.Err(); err != nil {
+			return PerplexityResult{}, err
+		}
+		if err := ctx.ClearMemory(); err != nil {
+			return PerplexityResult{}, err
+		}
 		if err := ctx.Decode(chunk, 0, first); err != nil {
 			return PerplexityResult{}, err
 		}
 		// Logits at position i predict the original token i+1 (not the BOS substitute).
 		orig := tokens[ci*nCtx : (ci+1)*nCtx]
 		for i := first; i < nCtx-1; i++ {
-			logits, err := ctx.Logits(i)
+			logits, err := ctx.logitsView(i)
 			if err != nil {
 				return PerplexityResult{}, err
 			}
@@ -91,10 +103,16 @@ func logSoftmax(logits []float32, tok int32) float64 {
 
 // Scan decodes each chunk from a cleared KV cache with logits for every
 // token, so that the capture functions set on ctx see every token of every
-// chunk. progress, when not nil, is called after every chunk.
-func Scan(ctx *Context, chunks [][]int32, progress func(done, total int)) error {
+// chunk. progress, when not nil, is called after every chunk. It stops
+// between chunks when cx is cancelled.
+func Scan(cx context.Context, ctx *Context, chunks [][]int32, progress func(done, total int)) error {
 	for i, chunk := range chunks {
-		ctx.ClearMemory()
+		if err := cx.Err(); err != nil {
+			return err
+		}
+		if err := ctx.ClearMemory(); err != nil {
+			return err
+		}
 		if err := ctx.Decode(chunk, 0, 0); err != nil {
 			return err
 		}

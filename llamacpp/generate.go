@@ -1,6 +1,7 @@
 package llamacpp
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
 )
@@ -17,8 +18,8 @@ type SampleParams struct {
 // at the context size; a new one then starts. Sampling is top-k with
 // temperature from a seeded PCG, so the result is reproducible for a given
 // model, seed and thread count. progress, when not nil, is called with the
-// number of tokens so far.
-func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int)) ([]int32, error) {
+// number of tokens so far. It stops between sequences when cx is cancelled.
+func Generate(cx context.Context, ctx *Context, n int, p SampleParams, progress func(done, total int)) ([]int32, error) {
 	if p.Temperature == 0 {
 		p.Temperature = 1
 	}
@@ -31,14 +32,19 @@ func Generate(ctx *Context, n int, p SampleParams, progress func(done, total int
 	top := make([]candidate, 0, p.TopK+1)
 	weights := make([]float64, 0, p.TopK)
 	for len(out) < n {
-		ctx.ClearMemory()
+		if err := cx.Err(); err != nil {
+			return nil, err
+		}
+		if err := ctx.ClearMemory(); err != nil {
+			return nil, err
+		}
 		tok := info.BOS
 		for pos := 0; pos < ctx.NCtx() && len(out) < n; pos++ {
 			out = append(out, tok)
 			if err := ctx.Decode([]int32{tok}, pos, 0); err != nil {
 				return nil, err
 			}
-			logits, err := ctx.Logits(0)
+			logits, err := ctx.logitsView(0)
 			if err != nil {
 				return nil, err
 			}

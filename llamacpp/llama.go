@@ -13,7 +13,6 @@ package llamacpp
 import "C"
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -54,29 +53,43 @@ func gpuDevices() int {
 	return gpuCount
 }
 
-// llama.cpp's log goes through one handler (goLog): to logOutput when
-// verbose, and to logProgress while a quantization reports its progress.
-var (
-	logMu       sync.Mutex
-	logOutput   io.Writer
-	logProgress func(done, total int)
-)
+// Log is the hook of llama.cpp's and ggml's log. llama.cpp has one log
+// callback for the whole process, so this is one object: quiet unless an
+// output is set; quantization reads its progress from the same lines.
+var Log = &LogHook{}
 
-// SetLog sends llama.cpp's and ggml's log to w (nil: keep them quiet, the default).
-func SetLog(w io.Writer) {
-	initBackend()
-	logMu.Lock()
-	defer logMu.Unlock()
-	logOutput = w
-	C.gp_set_log(C.bool(logOutput != nil || logProgress != nil))
+// LogHook sends llama.cpp's log lines to an output and to the progress
+// parser of a running quantization.
+type LogHook struct {
+	mu       sync.Mutex
+	output   io.Writer
+	progress func(done, total int)
 }
 
-// setLogProgress installs (or, with nil, removes) the progress hook.
-func setLogProgress(fn func(done, total int)) {
-	logMu.Lock()
-	defer logMu.Unlock()
-	logProgress = fn
-	C.gp_set_log(C.bool(logOutput != nil || logProgress != nil))
+// SetOutput sends llama.cpp's and ggml's log to w (nil: keep them quiet,
+// the default).
+func (l *LogHook) SetOutput(w io.Writer) {
+	initBackend()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.output = w
+	l.forward()
+}
+
+// setProgress installs (or, with nil, removes) the quantization progress parser.
+func (l *LogHook) setProgress(fn func(done, total int)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.progress = fn
+	l.forward()
+}
+
+func (l *LogHook) forward() { C.gp_set_log(C.bool(l.output != nil || l.progress != nil)) }
+
+func (l *LogHook) sinks() (io.Writer, func(done, total int)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.output, l.progress
 }
 
 // errBuf is C memory for an error message.
@@ -86,39 +99,46 @@ func newErrBuf() errBuf      { return errBuf{(*C.char)(C.calloc(C.GP_ERRLEN, 1))
 func (b errBuf) free()       { C.free(unsafe.Pointer(b.p)) }
 func (b errBuf) msg() string { return C.GoString(b.p) }
 
-// Model is a model loaded in llama.cpp. Close frees it.
+// Model is a model loaded in llama.cpp. Close frees it; contexts made from
+// it keep it alive until they are closed too.
 type Model struct {
-	c    *C.struct_llama_model
-	path string
-	info Info
+	mu       sync.Mutex
+	c        *C.struct_llama_model
+	path     string
+	info     Info
+	contexts int  // open contexts
+	closed   bool // Close was called
 }
 
 // LoadModel loads a GGUF model. The file is first read by this project's gguf
-// reader, so that a malformed file is refused with a clear error before
-// llama.cpp opens it.
+// reader (unless p.Header is that reading already), so that a malformed file
+// is refused with a clear error before llama.cpp opens it.
 func LoadModel(path string, p ModelParams) (*Model, error) {
 	initBackend()
-	gm, err := gguf.OpenModel(path)
-	if err != nil {
-		return nil, err
+	gm := p.Header
+	if gm == nil {
+		var err error
+		if gm, err = gguf.OpenModel(path); err != nil {
+			return nil, err
+		}
+		defer gm.Close()
 	}
 	arch, err := gm.Architecture()
-	nBlocks, _ := gm.BlockCount()
-	mtp := len(gguf.MTPBlocks(gm, nBlocks))
-	gm.Close()
 	if err != nil {
 		return nil, err
 	}
+	nBlocks, _ := gm.BlockCount()
+	mtp := len(gguf.MTPBlocks(gm, nBlocks))
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	eb := newErrBuf()
 	defer eb.free()
 	if p.GPULayers > 0 && gpuDevices() == 0 {
-		return nil, &Error{"loading model", path, fmt.Sprintf("%d GPU layers asked for, but this build has no GPU backend (put a ggml GPU backend library such as libggml-cuda.so next to the executable or name it in GGML_BACKEND_PATH; see the README)", p.GPULayers)}
+		return nil, &Error{"loading model", path, fmt.Sprintf("%d GPU layers asked for, but this build has no GPU backend (put a ggml GPU backend library such as libggml-cuda.so next to the executable or name it in GGML_BACKEND_PATH; see the README)", p.GPULayers), ErrNoGPU}
 	}
 	m := &Model{path: path}
 	if C.gp_model_load(cpath, C.int(p.GPULayers), C.bool(!p.NoMmap), &m.c, eb.p) != 0 {
-		return nil, &Error{"loading model", path, eb.msg()}
+		return nil, &Error{"loading model", path, eb.msg(), ErrLoad}
 	}
 	vocab := C.llama_model_get_vocab(m.c)
 	m.info = Info{
@@ -136,15 +156,30 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 	return m, nil
 }
 
-// Close frees the model. It is safe to call twice.
+// Close frees the model once its contexts are closed. It is safe to call twice.
 func (m *Model) Close() error {
-	if m.c != nil {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	m.freeLocked()
+	return nil
+}
+
+func (m *Model) freeLocked() {
+	if m.c != nil && m.closed && m.contexts == 0 {
 		C.gp_model_free(m.c)
 		m.c = nil
 		runtime.SetFinalizer(m, nil)
 	}
-	return nil
 }
+
+// closedError is the error of a method called after Close.
+func closedError(op, path, what string) error {
+	return &Error{op, path, "the " + what + " is closed", ErrClosed}
+}
+
+// Path is the model's file.
+func (m *Model) Path() string { return m.path }
 
 // Info returns facts about the model.
 func (m *Model) Info() Info { return m.info }
@@ -153,11 +188,11 @@ func (m *Model) Info() Info { return m.info }
 // the tokenizer adds one. Text the vocabulary cannot represent is an error
 // naming the character and its byte offset.
 func (m *Model) Tokenize(text string, addBOS bool) ([]int32, error) {
-	if m.c == nil {
-		return nil, errors.New("llamacpp: model is closed")
+	if m.closed {
+		return nil, closedError("tokenizing", m.path, "model")
 	}
 	if len(text) > 1<<31-1 {
-		return nil, &Error{"tokenizing", m.path, "text is longer than 2 GiB"}
+		return nil, &Error{"tokenizing", m.path, "text is longer than 2 GiB", ErrTokenize}
 	}
 	ctext := C.CString(text)
 	defer C.free(unsafe.Pointer(ctext))
@@ -196,10 +231,10 @@ func (m *Model) tokenizeError(text, msg string) error {
 		rc := C.gp_tokenize(m.c, cs, C.int32_t(len(s)), false, &buf[0], C.int32_t(len(buf)), &got, eb.p)
 		C.free(unsafe.Pointer(cs))
 		if rc != 0 {
-			return &Error{"tokenizing", m.path, fmt.Sprintf("the vocabulary cannot represent the character %q (U+%04X) at byte %d of the text (%s)", r, r, off, msg)}
+			return &Error{"tokenizing", m.path, fmt.Sprintf("the vocabulary cannot represent the character %q (U+%04X) at byte %d of the text (%s)", r, r, off, msg), ErrTokenize}
 		}
 	}
-	return &Error{"tokenizing", m.path, msg}
+	return &Error{"tokenizing", m.path, msg, ErrTokenize}
 }
 
 // Context is a llama.cpp context of one model. Close frees it.
@@ -216,14 +251,16 @@ type Context struct {
 
 // NewContext makes a context for decoding chunks of up to p.NCtx tokens.
 func (m *Model) NewContext(p ContextParams) (*Context, error) {
-	if m.c == nil {
-		return nil, errors.New("llamacpp: model is closed")
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, closedError("creating context", m.path, "model")
 	}
 	if p.NCtx <= 0 {
-		return nil, fmt.Errorf("llamacpp: context size %d must be positive", p.NCtx)
+		return nil, &Error{"creating context", m.path, fmt.Sprintf("context size %d must be positive", p.NCtx), ErrContext}
 	}
 	if p.NCtx > m.info.NCtxTrain && m.info.NCtxTrain > 0 {
-		return nil, &Error{"creating context", m.path, fmt.Sprintf("context size %d is larger than the model's training context %d", p.NCtx, m.info.NCtxTrain)}
+		return nil, &Error{"creating context", m.path, fmt.Sprintf("context size %d is larger than the model's training context %d", p.NCtx, m.info.NCtxTrain), ErrContext}
 	}
 	threads := p.Threads
 	if threads <= 0 {
@@ -235,19 +272,26 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 	defer eb.free()
 	if C.gp_ctx_new(m.c, C.int32_t(p.NCtx), C.int32_t(threads), C.bool(p.Capture), C.uintptr_t(c.handle), &c.c, eb.p) != 0 {
 		c.handle.Delete()
-		return nil, &Error{"creating context", m.path, eb.msg()}
+		return nil, &Error{"creating context", m.path, eb.msg(), ErrContext}
 	}
+	m.contexts++
 	runtime.SetFinalizer(c, (*Context).Close)
 	return c, nil
 }
 
-// Close frees the context. It is safe to call twice.
+// Close frees the context (and its model, when that was closed and this was
+// its last context). It is safe to call twice.
 func (c *Context) Close() error {
 	if c.c != nil {
 		C.gp_ctx_free(c.c)
 		c.c = nil
 		c.handle.Delete()
 		runtime.SetFinalizer(c, nil)
+		m := c.model
+		m.mu.Lock()
+		m.contexts--
+		m.freeLocked()
+		m.mu.Unlock()
 	}
 	return nil
 }
@@ -268,15 +312,24 @@ func (c *Context) CaptureHidden(fn HiddenFunc) error { c.hidden = fn; return c.s
 func (c *Context) CaptureMatmul(fn MatmulFunc) error { c.matmul = fn; return c.setCapture() }
 
 func (c *Context) setCapture() error {
+	if c.c == nil {
+		return closedError("setting capture", c.model.path, "context")
+	}
 	if !c.capture && (c.hidden != nil || c.matmul != nil) {
-		return errors.New("llamacpp: capture needs a context made with ContextParams.Capture")
+		return &Error{"setting capture", c.model.path, "capture needs a context made with ContextParams.Capture", ErrCapture}
 	}
 	C.gp_ctx_set_capture(c.c, C.bool(c.hidden != nil), C.bool(c.matmul != nil))
 	return nil
 }
 
 // ClearMemory empties the KV cache, so that the next decode starts a new sequence.
-func (c *Context) ClearMemory() { C.gp_memory_clear(c.c) }
+func (c *Context) ClearMemory() error {
+	if c.c == nil {
+		return closedError("clearing memory", c.model.path, "context")
+	}
+	C.gp_memory_clear(c.c)
+	return nil
+}
 
 // Decode runs tokens at positions pos, pos+1, … of the sequence, keeping
 // logits for the tokens from index logitsFrom on. With hidden-state capture
@@ -284,13 +337,13 @@ func (c *Context) ClearMemory() { C.gp_memory_clear(c.c) }
 // rows), so logitsFrom must then be 0.
 func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
 	if c.c == nil {
-		return errors.New("llamacpp: context is closed")
+		return closedError("decoding", c.model.path, "context")
 	}
-	if len(tokens) == 0 || pos+len(tokens) > c.nCtx {
-		return fmt.Errorf("llamacpp: %d tokens at position %d do not fit a context of %d", len(tokens), pos, c.nCtx)
+	if len(tokens) == 0 || pos < 0 || pos+len(tokens) > c.nCtx {
+		return &Error{"decoding", c.model.path, fmt.Sprintf("%d tokens at position %d do not fit a context of %d", len(tokens), pos, c.nCtx), ErrDecode}
 	}
 	if c.hidden != nil && logitsFrom != 0 {
-		return errors.New("llamacpp: hidden-state capture needs logits for every token (logitsFrom 0)")
+		return &Error{"decoding", c.model.path, "hidden-state capture needs logits for every token (logitsFrom 0)", ErrCapture}
 	}
 	eb := newErrBuf()
 	defer eb.free()
@@ -299,20 +352,33 @@ func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
 	copy(unsafe.Slice((*int32)(unsafe.Pointer(ctoks)), len(tokens)), tokens)
 	c.blocks = 0
 	if C.gp_decode(c.c, ctoks, C.int32_t(len(tokens)), C.int32_t(pos), C.int32_t(logitsFrom), eb.p) != 0 {
-		return &Error{"decoding", c.model.path, eb.msg()}
+		return &Error{"decoding", c.model.path, eb.msg(), ErrDecode}
 	}
 	if run := c.model.info.RunBlocks(); c.hidden != nil && c.blocks != run+1 {
-		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (inp_embd and l_out-0…l_out-%d); this architecture does not name its block outputs l_out-N", c.model.info.Architecture, c.blocks, run+1, run-1)}
+		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (inp_embd and l_out-0…l_out-%d); this architecture does not name its block outputs l_out-N", c.model.info.Architecture, c.blocks, run+1, run-1), ErrCapture}
 	}
 	return nil
 }
 
-// Logits returns the logits of the token at index i of the last decode,
-// as a view valid until the next decode.
+// Logits returns a copy of the logits of the token at index i of the last
+// decode.
 func (c *Context) Logits(i int) ([]float32, error) {
+	v, err := c.logitsView(i)
+	if err != nil {
+		return nil, err
+	}
+	return append([]float32(nil), v...), nil
+}
+
+// logitsView is Logits without the copy: a view into llama.cpp's memory,
+// valid until the next decode or Close. It never leaves the package.
+func (c *Context) logitsView(i int) ([]float32, error) {
+	if c.c == nil {
+		return nil, closedError("reading logits", c.model.path, "context")
+	}
 	p := C.gp_logits(c.c, C.int32_t(i))
 	if p == nil {
-		return nil, fmt.Errorf("llamacpp: no logits for token %d of the last decode", i)
+		return nil, &Error{"reading logits", c.model.path, fmt.Sprintf("no logits for token %d of the last decode", i), ErrDecode}
 	}
 	return unsafe.Slice((*float32)(unsafe.Pointer(p)), c.model.info.NVocab), nil
 }
@@ -340,7 +406,7 @@ func ReadGGUF(path string) (GGUFInfo, error) {
 	var nt, nkv C.int64_t
 	buf := make([]byte, 64)
 	if C.gp_gguf_read(cpath, &nt, &nkv, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), eb.p) != 0 {
-		return GGUFInfo{}, &Error{"reading GGUF with ggml", path, eb.msg()}
+		return GGUFInfo{}, &Error{"reading GGUF with ggml", path, eb.msg(), ErrGGUF}
 	}
 	return GGUFInfo{Tensors: int(nt), KV: int(nkv), GeneralType: C.GoString((*C.char)(unsafe.Pointer(&buf[0])))}, nil
 }

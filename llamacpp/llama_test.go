@@ -1,10 +1,13 @@
 package llamacpp_test
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -39,7 +42,7 @@ func newCtx(t testing.TB, m *llamacpp.Model, nCtx int, capture bool) *llamacpp.C
 
 func text(t testing.TB, rel string, n int) string {
 	t.Helper()
-	b, err := os.ReadFile(fixture.Shared(t, rel))
+	b, err := os.ReadFile(fixture.Asset(t, rel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +93,7 @@ func TestTypeTableMatchesGGML(t *testing.T) {
 // and the last block's output put through the final norm and the output
 // matrix gives llama.cpp's logits.
 func TestCaptureMatchesModel(t *testing.T) {
-	path := fixture.Shared(t, "models/stories260K.gguf")
+	path := fixture.Asset(t, "models/stories260K.gguf")
 	gm, err := gguf.OpenModel(path)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +109,7 @@ func TestCaptureMatchesModel(t *testing.T) {
 	info := m.Info()
 	const nCtx = 64
 	ctx := newCtx(t, m, nCtx, true)
-	tokens, err := m.Tokenize(text(t, "text/tinystories/tinystories_val_first1000.txt", 2000), true)
+	tokens, err := m.Tokenize(text(t, "text/tinystories/tinystories_val_first100.txt", 2000), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +182,7 @@ func TestCaptureMatchesModel(t *testing.T) {
 
 // Blocks that are exact identities have BI 0; removing them changes nothing.
 func TestIdentityBlocks(t *testing.T) {
-	src := fixture.Shared(t, "models/stories260K.gguf")
+	src := fixture.Asset(t, "models/stories260K.gguf")
 	dir := t.TempDir()
 	planted := filepath.Join(dir, "planted.gguf")
 	identity := []int{2, 5}
@@ -202,7 +205,7 @@ func TestIdentityBlocks(t *testing.T) {
 	ctx := newCtx(t, m, 128, true)
 	acc := bi.NewAccumulator(7)
 	ctx.CaptureHidden(acc.Observe)
-	if err := llamacpp.Scan(ctx, chunks, nil); err != nil {
+	if err := llamacpp.Scan(context.Background(), ctx, chunks, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := acc.Err(); err != nil {
@@ -232,14 +235,14 @@ func TestIdentityBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	gm.Close()
-	eval := text(t, "text/tinystories/tinystories_val_first1000.txt", 40000)
+	eval := text(t, "text/tinystories/tinystories_val_first100.txt", 40000)
 	ppl := func(path string) float64 {
 		mm := load(t, path)
 		toks, err := mm.Tokenize(eval, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := llamacpp.Perplexity(newCtx(t, mm, 128, false), toks, 20, nil)
+		r, err := llamacpp.Perplexity(context.Background(), newCtx(t, mm, 128, false), toks, 20, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,10 +257,10 @@ func TestIdentityBlocks(t *testing.T) {
 
 // Every shared model loads, scores and evaluates.
 func TestSharedModels(t *testing.T) {
-	calib := text(t, "text/tinystories/tinystories_val_first1000.txt", 60000)
-	for _, name := range fixture.SharedModels {
+	calib := text(t, "text/tinystories/tinystories_val_first100.txt", 60000)
+	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			m := load(t, fixture.Shared(t, "models/"+name))
+			m := load(t, fixture.Asset(t, "models/"+name))
 			info := m.Info()
 			nCtx := 64
 			var tokens []int32
@@ -277,7 +280,7 @@ func TestSharedModels(t *testing.T) {
 			ctx := newCtx(t, m, nCtx, true)
 			acc := bi.NewAccumulator(info.NLayer)
 			ctx.CaptureHidden(acc.Observe)
-			if err := llamacpp.Scan(ctx, chunks, nil); err != nil {
+			if err := llamacpp.Scan(context.Background(), ctx, chunks, nil); err != nil {
 				t.Fatal(err)
 			}
 			if acc.Tokens() != int64(4*nCtx) {
@@ -289,7 +292,7 @@ func TestSharedModels(t *testing.T) {
 				}
 			}
 			ctx.CaptureHidden(nil)
-			r, err := llamacpp.Perplexity(ctx, tokens, 4, nil)
+			r, err := llamacpp.Perplexity(context.Background(), ctx, tokens, 4, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -304,7 +307,7 @@ func TestSharedModels(t *testing.T) {
 // llama.cpp's tokenizer throws a C++ exception on text this vocabulary
 // cannot represent; it comes back as an error naming the character.
 func TestTokenizerExceptionIsAnError(t *testing.T) {
-	m := load(t, fixture.Shared(t, "models/TinyStories-656K-Q8_0.gguf"))
+	m := load(t, fixture.Asset(t, "models/TinyStories-656K-Q8_0.gguf"))
 	for _, s := range []string{"Once upon a time\r\nthere was", "a cat (black) sat"} {
 		_, err := m.Tokenize(s, true)
 		if err == nil {
@@ -339,10 +342,10 @@ func TestBadInput(t *testing.T) {
 	if _, err := llamacpp.LoadModel(synth, llamacpp.ModelParams{}); err == nil || !strings.Contains(err.Error(), "could not load") {
 		t.Fatalf("unloadable model: %v", err)
 	}
-	if _, err := llamacpp.LoadModel(fixture.Shared(t, "models/stories260K.gguf"), llamacpp.ModelParams{GPULayers: 4}); err == nil || !strings.Contains(err.Error(), "no GPU backend") {
+	if _, err := llamacpp.LoadModel(fixture.Asset(t, "models/stories260K.gguf"), llamacpp.ModelParams{GPULayers: 4}); err == nil || !strings.Contains(err.Error(), "no GPU backend") {
 		t.Fatalf("-ngl on a CPU build: %v", err)
 	}
-	m := load(t, fixture.Shared(t, "models/stories260K.gguf"))
+	m := load(t, fixture.Asset(t, "models/stories260K.gguf"))
 	if _, err := m.NewContext(llamacpp.ContextParams{NCtx: 1 << 20}); err == nil || !strings.Contains(err.Error(), "training context") {
 		t.Fatalf("huge context: %v", err)
 	}
@@ -351,7 +354,7 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("short text: %v", err)
 	}
 	ctx := newCtx(t, m, 64, false)
-	if _, err := llamacpp.Perplexity(ctx, toks, 0, nil); err == nil || !strings.Contains(err.Error(), "at least 128 tokens") {
+	if _, err := llamacpp.Perplexity(context.Background(), ctx, toks, 0, nil); err == nil || !strings.Contains(err.Error(), "at least 128 tokens") {
 		t.Fatalf("short perplexity text: %v", err)
 	}
 	if err := ctx.CaptureHidden(func(int, []float32, int, int) {}); err == nil {
@@ -361,7 +364,7 @@ func TestBadInput(t *testing.T) {
 
 // Loading and closing a model 100 times does not grow memory.
 func TestLoadCloseDoesNotLeak(t *testing.T) {
-	path := fixture.Shared(t, "models/story16-f32.gguf")
+	path := fixture.Asset(t, "models/story16-f16.gguf")
 	cycle := func() {
 		m, err := llamacpp.LoadModel(path, llamacpp.ModelParams{NoMmap: true})
 		if err != nil {
@@ -383,8 +386,8 @@ func TestLoadCloseDoesNotLeak(t *testing.T) {
 		cycle()
 	}
 	after := rssKB(t)
-	// Each model is 12 MB read into memory (no mmap): a leak of one per cycle
-	// would be 1.2 GB. llama.cpp itself loses about 5 kB per cycle (valgrind:
+	// Each model is 6 MB read into memory (no mmap): a leak of one per cycle
+	// would be 600 MB. llama.cpp itself loses about 5 kB per cycle (valgrind:
 	// buffer headers made in weight_buft_supported), and heap arenas of the
 	// threads that cgo calls run on hold some slack: tens of MB at most.
 	if after-before > 48<<10 {
@@ -399,7 +402,7 @@ func rssKB(t *testing.T) int64 {
 	debug.FreeOSMemory()
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		t.Skip("no /proc")
+		t.Fatal("no /proc/self/status: this test reads resident memory from Linux's /proc")
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, "VmRSS:") {
@@ -408,4 +411,60 @@ func rssKB(t *testing.T) int64 {
 		}
 	}
 	return 0
+}
+
+// A context keeps its model alive after the model's Close; every method
+// called after Close returns an error that unwraps to ErrClosed; Logits are
+// Go memory that the next decode does not change.
+func TestClosedAndKeptAlive(t *testing.T) {
+	m, err := llamacpp.LoadModel(fixture.Asset(t, "models/stories260K.gguf"), llamacpp.ModelParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: 16, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, err := m.Tokenize("x", true); !errors.Is(err, llamacpp.ErrClosed) {
+		t.Fatalf("Tokenize after Close: %v", err)
+	}
+	if _, err := m.NewContext(llamacpp.ContextParams{NCtx: 16}); !errors.Is(err, llamacpp.ErrClosed) {
+		t.Fatalf("NewContext after Close: %v", err)
+	}
+	bos := m.Info().BOS
+	// The context still decodes: the model is freed only with its last context.
+	if err := ctx.Decode([]int32{bos, 5, 6}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	first, err := ctx.Logits(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := append([]float32(nil), first...)
+	if err := ctx.ClearMemory(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Decode([]int32{bos, 7, 8}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	second, _ := ctx.Logits(2)
+	if !reflect.DeepEqual(first, kept) || reflect.DeepEqual(first, second) {
+		t.Fatal("Logits are not a copy that the next decode leaves alone")
+	}
+	ctx.Close()
+	ctx.Close()
+	for name, err := range map[string]error{
+		"Decode":        ctx.Decode([]int32{bos}, 0, 0),
+		"ClearMemory":   ctx.ClearMemory(),
+		"CaptureHidden": ctx.CaptureHidden(nil),
+	} {
+		var le *llamacpp.Error
+		if !errors.Is(err, llamacpp.ErrClosed) || !errors.As(err, &le) {
+			t.Errorf("%s after Close: %v", name, err)
+		}
+	}
+	if _, err := ctx.Logits(0); !errors.Is(err, llamacpp.ErrClosed) {
+		t.Errorf("Logits after Close: %v", err)
+	}
 }

@@ -13,10 +13,17 @@ type Model struct{}
 // Context is a llama.cpp context (unavailable in this build).
 type Context struct{}
 
-func SetLog(io.Writer)                                      {}
+// Log is the hook of llama.cpp's log (nothing to hook in this build).
+var Log = &LogHook{}
+
+// LogHook would send llama.cpp's log to an output.
+type LogHook struct{}
+
+func (*LogHook) SetOutput(io.Writer)                        {}
 func LoadModel(string, ModelParams) (*Model, error)         { return nil, ErrNoLlama }
 func (m *Model) Close() error                               { return nil }
 func (m *Model) Info() Info                                 { return Info{} }
+func (m *Model) Path() string                               { return "" }
 func (m *Model) Tokenize(string, bool) ([]int32, error)     { return nil, ErrNoLlama }
 func (m *Model) NewContext(ContextParams) (*Context, error) { return nil, ErrNoLlama }
 func (c *Context) Close() error                             { return nil }
@@ -24,9 +31,10 @@ func (c *Context) NCtx() int                                { return 0 }
 func (c *Context) Model() *Model                            { return nil }
 func (c *Context) CaptureHidden(HiddenFunc) error           { return ErrNoLlama }
 func (c *Context) CaptureMatmul(MatmulFunc) error           { return ErrNoLlama }
-func (c *Context) ClearMemory()                             {}
+func (c *Context) ClearMemory() error                       { return ErrNoLlama }
 func (c *Context) Decode([]int32, int, int) error           { return ErrNoLlama }
 func (c *Context) Logits(int) ([]float32, error)            { return nil, ErrNoLlama }
 func Quantize(string, string, QuantizeParams) error         { return ErrNoLlama }
 func ReadGGUF(string) (GGUFInfo, error)                     { return GGUFInfo{}, ErrNoLlama }
 func TypeInfo(uint32) (name string, bs, ts int64, ok bool)  { return "", 0, 0, false }
+func (c *Context) logitsView(int) ([]float32, error)        { return nil, ErrNoLlama }

@@ -8,12 +8,11 @@ import "C"
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"unsafe"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 )
 
 // Quantize writes a quantized copy of in to out with llama.cpp's own
@@ -33,7 +32,7 @@ func Quantize(in, out string, p QuantizeParams) error {
 	}
 	q := p.Type
 	if q.NeedImatrix && p.Imatrix == nil {
-		return fmt.Errorf("%s needs an importance matrix (--imatrix): without one llama.cpp's %s quality collapses", q.Name, q.Name)
+		return &Error{"quantizing to " + q.Name, in, fmt.Sprintf("%s needs an importance matrix: without one llama.cpp's %s quality collapses", q.Name, q.Name), ErrQuantize}
 	}
 	if p.Imatrix != nil {
 		if err := p.Imatrix.CheckModel(m); err != nil {
@@ -54,13 +53,13 @@ func Quantize(in, out string, p QuantizeParams) error {
 		}
 	}
 
-	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
+	pending, err := atomicfile.Create(out)
 	if err != nil {
 		return err
 	}
-	tmpName := tmp.Name()
-	tmp.Close()
-	defer os.Remove(tmpName) // gone after the rename, or after a failure
+	defer pending.Abort() // nothing after Commit; after a failure, the temporary file goes
+	pending.CloseFile()   // llama.cpp writes it by name
+	tmpName := pending.Name()
 
 	// The imatrix crosses as C arrays: names, value pointers and lengths.
 	var names []*C.char
@@ -95,13 +94,13 @@ func Quantize(in, out string, p QuantizeParams) error {
 	eb := newErrBuf()
 	defer eb.free()
 	if p.Progress != nil {
-		setLogProgress(p.Progress)
-		defer setLogProgress(nil)
+		Log.setProgress(p.Progress)
+		defer Log.setProgress(nil)
 	}
 	rc := C.gp_quantize(cin, cout, C.int32_t(max(ftype, 0)), C.int32_t(p.Threads), C.bool(q.ftype < 0), C.int32_t(override),
 		(**C.char)(cNames), (**C.float)(cValues), (*C.int64_t)(cLens), C.int32_t(len(names)), eb.p)
 	if rc != 0 {
-		return &Error{"quantizing to " + q.Name, in, strings.TrimSpace(eb.msg())}
+		return &Error{"quantizing to " + q.Name, in, strings.TrimSpace(eb.msg()), ErrQuantize}
 	}
 	// Check what llama.cpp wrote before it takes the output's name.
 	check, err := gguf.OpenModel(tmpName)
@@ -115,10 +114,7 @@ func Quantize(in, out string, p QuantizeParams) error {
 			return err
 		}
 	}
-	if err := syncFile(tmpName); err != nil {
-		return err
-	}
-	return os.Rename(tmpName, out)
+	return pending.Commit()
 }
 
 // cArray copies a Go slice of C values into C memory (nil-safe for empty slices).
@@ -127,16 +123,4 @@ func cArray[T any](s []T) unsafe.Pointer {
 	p := C.malloc(C.size_t(max(1, len(s))) * C.size_t(unsafe.Sizeof(zero)))
 	copy(unsafe.Slice((*T)(p), len(s)), s)
 	return p
-}
-
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	return f.Sync()
 }

@@ -1,6 +1,7 @@
 package llamacpp_test
 
 import (
+	"context"
 	"math"
 	"os"
 	"path/filepath"
@@ -29,21 +30,21 @@ func perplexity(t *testing.T, path, text string, nCtx, chunks int) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := llamacpp.Perplexity(newCtx(t, m, nCtx, false), toks, chunks, nil)
+	r, err := llamacpp.Perplexity(context.Background(), newCtx(t, m, nCtx, false), toks, chunks, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r.PPL
 }
 
-// Quantized outputs load and evaluate; Q8_0 stays within 1% of F32, Q4_K_M
+// Quantized outputs load and evaluate; Q8_0 stays within 1% of F16, Q4_K_M
 // is smaller than Q8_0.
 func TestQuantizeDeepestModel(t *testing.T) {
-	src := fixture.Shared(t, "models/story16-f32.gguf")
+	src := fixture.Asset(t, "models/story16-f16.gguf")
 	eval := text(t, "text/unseen/gutenberg_tails.txt", 200000)
 	dir := t.TempDir()
 	sizes := map[string]int64{}
-	ppl := map[string]float64{"F32": perplexity(t, src, eval, 256, 24)}
+	ppl := map[string]float64{"F16": perplexity(t, src, eval, 256, 24)}
 	for _, typ := range []string{"Q8_0", "Q4_K_M"} {
 		out := filepath.Join(dir, typ+".gguf")
 		if err := llamacpp.Quantize(src, out, llamacpp.QuantizeParams{Type: quantType(t, typ), Threads: 2}); err != nil {
@@ -53,18 +54,18 @@ func TestQuantizeDeepestModel(t *testing.T) {
 		sizes[typ] = st.Size()
 		ppl[typ] = perplexity(t, out, eval, 256, 24)
 	}
-	if d := math.Abs(ppl["Q8_0"]/ppl["F32"] - 1); d > 0.01 {
-		t.Errorf("Q8_0 perplexity %.4f is %.2f%% from F32 %.4f", ppl["Q8_0"], 100*d, ppl["F32"])
+	if d := math.Abs(ppl["Q8_0"]/ppl["F16"] - 1); d > 0.01 {
+		t.Errorf("Q8_0 perplexity %.4f is %.2f%% from F16 %.4f", ppl["Q8_0"], 100*d, ppl["F16"])
 	}
-	if sizes["Q4_K_M"] >= sizes["Q8_0"] || math.IsNaN(ppl["Q4_K_M"]) || ppl["Q4_K_M"] > 2*ppl["F32"] {
+	if sizes["Q4_K_M"] >= sizes["Q8_0"] || math.IsNaN(ppl["Q4_K_M"]) || ppl["Q4_K_M"] > 2*ppl["F16"] {
 		t.Errorf("Q4_K_M: %d bytes (Q8_0 %d), perplexity %.4f", sizes["Q4_K_M"], sizes["Q8_0"], ppl["Q4_K_M"])
 	}
-	t.Logf("perplexity F32 %.4f, Q8_0 %.4f, Q4_K_M %.4f; sizes %v", ppl["F32"], ppl["Q8_0"], ppl["Q4_K_M"], sizes)
+	t.Logf("perplexity F16 %.4f, Q8_0 %.4f, Q4_K_M %.4f; sizes %v", ppl["F16"], ppl["Q8_0"], ppl["Q4_K_M"], sizes)
 }
 
 // Shapes that do not fit: a fallback type, or an error naming the tensor.
 func TestQuantizeShapes(t *testing.T) {
-	src := fixture.Shared(t, "models/stories260K.gguf")
+	src := fixture.Asset(t, "models/stories260K.gguf")
 	dir := t.TempDir()
 	err := llamacpp.Quantize(src, filepath.Join(dir, "q4_0.gguf"), llamacpp.QuantizeParams{Type: quantType(t, "Q4_0")})
 	if err == nil || !strings.Contains(err.Error(), "blk.0.ffn_down.weight has rows of 172") {
@@ -103,7 +104,7 @@ func TestQuantizeShapes(t *testing.T) {
 			t.Fatalf("%s is %v: not a fallback type", tn.Name, tn.Type)
 		}
 	}
-	perplexity(t, out, text(t, "text/tinystories/tinystories_val_first1000.txt", 20000), 64, 4)
+	perplexity(t, out, text(t, "text/tinystories/tinystories_val_first100.txt", 20000), 64, 4)
 	if err := llamacpp.Quantize(src, filepath.Join(dir, "iq2.gguf"), llamacpp.QuantizeParams{Type: quantType(t, "IQ2_XS")}); err == nil || !strings.Contains(err.Error(), "needs an importance matrix") {
 		t.Fatalf("IQ2_XS without imatrix: %v", err)
 	}
@@ -132,7 +133,7 @@ func TestFailedQuantizeLeavesNothing(t *testing.T) {
 // An imatrix collected while scoring is accepted by ggml's GGUF reader and by
 // the quantizer, and can be pruned with the model.
 func TestImatrixFromScoring(t *testing.T) {
-	src := fixture.Shared(t, "models/story16-f32.gguf")
+	src := fixture.Asset(t, "models/story16-f16.gguf")
 	m := load(t, src)
 	toks, err := m.Tokenize(text(t, "text/gutenberg/pg1661.txt", 100000), true)
 	if err != nil {
@@ -141,10 +142,10 @@ func TestImatrixFromScoring(t *testing.T) {
 	chunks, _ := m.Chunks(toks, 128, 4)
 	ctx := newCtx(t, m, 128, true)
 	acc := bi.NewAccumulator(m.Info().NLayer)
-	imAcc := bi.NewImatrixAccumulator()
+	imAcc := gguf.NewImatrixAccumulator()
 	ctx.CaptureHidden(acc.Observe)
 	ctx.CaptureMatmul(imAcc.Observe)
-	if err := llamacpp.Scan(ctx, chunks, nil); err != nil {
+	if err := llamacpp.Scan(context.Background(), ctx, chunks, nil); err != nil {
 		t.Fatal(err)
 	}
 	im := imAcc.Imatrix("pg1661", len(chunks), 128)
@@ -198,7 +199,11 @@ func TestImatrixPrune(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pruned, err := read.Prune([]int{1, 3}, 5)
+		bm, err := gguf.NewBlockMap(5, []int{1, 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pruned, err := read.Prune(bm)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -125,10 +125,15 @@ int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_
     })
 }
 
-// block_of reads "l_out-N" (N >= 0) or "inp_embd" (-1); other names give -2.
+// Block boundaries: "inp_embd" (the input of block 0) and "l_out-N".
+enum { NOT_A_BOUNDARY = -2, EMBD_BOUNDARY = -1 };
+
+// block_of reads "l_out-N" (N >= 0) or "inp_embd"; other names give NOT_A_BOUNDARY.
+// Go receives inp_embd as a flag, not as a number: the numbering of
+// boundaries is defined once, in Go (bi.EmbeddingBoundary).
 static int block_of(const char *name) {
     if (strcmp(name, "inp_embd") == 0) {
-        return -1;
+        return EMBD_BOUNDARY;
     }
     if (strncmp(name, "l_out-", 6) == 0) {
         char *end = nullptr;
@@ -137,7 +142,7 @@ static int block_of(const char *name) {
             return (int)n;
         }
     }
-    return -2;
+    return NOT_A_BOUNDARY;
 }
 
 // host_data returns the n floats of a contiguous F32 tensor: in place when its
@@ -159,20 +164,20 @@ static float *host_data(gp_ctx *c, const struct ggml_tensor *t, size_t n) {
 static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
     gp_ctx *c = (gp_ctx *)user_data;
     bool is_matmul = c->want_imatrix && (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID);
-    int block = c->want_hidden ? block_of(t->name) : -2;
+    int block = c->want_hidden ? block_of(t->name) : NOT_A_BOUNDARY;
     if (ask) {
-        return block != -2 || is_matmul;
+        return block != NOT_A_BOUNDARY || is_matmul;
     }
     if (!c->cb_error.empty()) {
         return false;
     }
-    if (block != -2) {
+    if (block != NOT_A_BOUNDARY) {
         if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || t->ne[0] != c->n_embd) {
             c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 [n_embd, n_tokens] tensor";
             return false;
         }
         size_t n = (size_t)ggml_nelements(t);
-        goHiddenState(c->handle, block, host_data(c, t, n), (int)t->ne[0], (int)(n / t->ne[0]));
+        goHiddenState(c->handle, block == EMBD_BOUNDARY, block == EMBD_BOUNDARY ? 0 : block, host_data(c, t, n), (int)t->ne[0], (int)(n / t->ne[0]));
         return true;
     }
     if (is_matmul) {

@@ -3,17 +3,36 @@ package llamacpp
 import (
 	"errors"
 	"fmt"
+
+	"github.com/ggufprune/ggufprune/gguf"
 )
 
 // ErrNoLlama is returned by every llama.cpp feature of a build without cgo.
 var ErrNoLlama = errors.New("llamacpp: ggufprune was built without llama.cpp (CGO_ENABLED=0); build it with make")
 
-// Error is a failure reported by llama.cpp.
+// The kinds of failure an *Error unwraps to, for errors.Is.
+var (
+	ErrClosed   = errors.New("llamacpp: used after Close")
+	ErrLoad     = errors.New("llamacpp: loading the model failed")
+	ErrNoGPU    = errors.New("llamacpp: no GPU backend")
+	ErrTokenize = errors.New("llamacpp: tokenizing failed")
+	ErrContext  = errors.New("llamacpp: creating a context failed")
+	ErrDecode   = errors.New("llamacpp: decoding failed")
+	ErrCapture  = errors.New("llamacpp: capturing hidden states failed")
+	ErrQuantize = errors.New("llamacpp: quantizing failed")
+	ErrGGUF     = errors.New("llamacpp: ggml cannot read the GGUF file")
+)
+
+// Error is a failure reported by llama.cpp, or a misuse of this package
+// (use after Close, a context too large). errors.Is(err, Kind) tells which.
 type Error struct {
 	Op   string // what was being done
 	Path string // the model file, if any
 	Msg  string // llama.cpp's message
+	Kind error  // one of the Err* kinds above
 }
+
+func (e *Error) Unwrap() error { return e.Kind }
 
 func (e *Error) Error() string {
 	if e.Path != "" {
@@ -24,8 +43,9 @@ func (e *Error) Error() string {
 
 // ModelParams are the options of LoadModel.
 type ModelParams struct {
-	GPULayers int  // layers to offload to a GPU backend (-ngl); 0 on a CPU build
-	NoMmap    bool // read the file instead of mapping it
+	GPULayers int         // layers to offload to a GPU backend; 0 on a CPU build
+	NoMmap    bool        // read the file instead of mapping it
+	Header    *gguf.Model // the file already opened by the caller; nil: LoadModel reads its header
 }
 
 // Info holds facts about a loaded model.
@@ -41,9 +61,10 @@ type Info struct {
 }
 
 // HiddenFunc receives one block boundary's hidden state during a decode:
-// block -1 is the input of block 0 (the token embeddings, graph tensor
-// inp_embd) and block i the output of block i (l_out-i), before the final
-// norm. h holds nTokens rows of nEmbd floats and is valid only during the call.
+// block bi.EmbeddingBoundary is the input of block 0 (the token embeddings,
+// graph tensor inp_embd) and block i the output of block i (l_out-i), before
+// the final norm. h holds nTokens rows of nEmbd floats and is valid only
+// during the call.
 type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
 
 // MatmulFunc receives the input of one weight matrix multiplication: x holds

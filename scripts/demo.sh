@@ -1,13 +1,14 @@
 #!/bin/sh
 # The whole ShortGPT pipeline on one model: score the blocks on calibration
 # text, remove the 25% with the lowest Block Influence, and compare perplexity
-# before and after on text the model never saw.
+# before and after on text the model never saw. By default it runs on the model
+# and texts the repository carries (testdata/).
 #   make demo [MODEL=m.gguf] [CALIB=calib.txt] [EVAL=eval.txt] [CTX=256]
 set -eu
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-../shared/models/story16-f32.gguf}
-CALIB=${CALIB:-../shared/text/gutenberg/pg1342.txt}
-EVAL=${EVAL:-../shared/text/unseen/gutenberg_tails.txt}
+MODEL=${MODEL:-testdata/models/story16-f16.gguf}
+CALIB=${CALIB:-testdata/text/gutenberg/pg1342.txt}
+EVAL=${EVAL:-testdata/text/unseen/gutenberg_tails.txt}
 CTX=${CTX:-256}
 OUT=${OUT:-bin/demo}
 mkdir -p "$OUT"

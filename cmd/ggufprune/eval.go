@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 )
 
@@ -24,29 +24,19 @@ func evalCommand() *cli.Command {
 	})
 }
 
-type evalResult struct {
-	Model  string  `json:"model"`
-	PPL    float64 `json:"ppl"`
-	Tokens int     `json:"tokens"`
-	Chunks int     `json:"chunks"`
-}
-
 func runEval(c *cli.Context) error {
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
 	}
-	text, err := readText(c.String("file"))
+	verboseLog(c)
+	text, err := prune.ReadText(c.String("file"))
 	if err != nil {
 		return err
 	}
-	var results []evalResult
-	for _, path := range c.StringSlice("model") {
-		r, err := evalModel(path, o, c.String("file"), text, c)
-		if err != nil {
-			return err
-		}
-		results = append(results, r)
+	results, err := prune.Evaluate(c.Context, c.StringSlice("model"), text, c.String("file"), o)
+	if err != nil {
+		return withFlags(c, err)
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, results)
@@ -57,27 +47,4 @@ func runEval(c *cli.Context) error {
 		fmt.Fprintf(tw, "%s\t%.4f\t%d\t%d\n", r.Model, r.PPL, r.Tokens, r.Chunks)
 	}
 	return tw.Flush()
-}
-
-func evalModel(path string, o runOptions, textName, text string, c *cli.Context) (evalResult, error) {
-	m, err := loadModel(path, o)
-	if err != nil {
-		return evalResult{}, err
-	}
-	defer m.Close()
-	tokens, err := m.Tokenize(text, true)
-	if err != nil {
-		return evalResult{}, fmt.Errorf("%s: %w", textName, err)
-	}
-	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads})
-	if err != nil {
-		return evalResult{}, err
-	}
-	defer ctx.Close()
-	bar := newProgress(c.App.ErrWriter, "perplexity", "chunks", o.nCtx)
-	r, err := llamacpp.Perplexity(ctx, tokens, o.chunks, bar.update)
-	if err != nil {
-		return evalResult{}, fmt.Errorf("%s on %s: %w", path, textName, err)
-	}
-	return evalResult{Model: path, PPL: r.PPL, Tokens: r.Tokens, Chunks: r.Chunks}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 )
 
@@ -68,7 +69,7 @@ func runInspect(c *cli.Context) error {
 		return printJSON(c.App.Writer, r)
 	}
 	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "file\t%s (%d file(s), %s)\n", path, r.Files, humanBytes(r.FileSize))
+	fmt.Fprintf(w, "file\t%s (%d file(s), %s)\n", path, r.Files, prune.HumanBytes(r.FileSize))
 	fmt.Fprintf(w, "gguf version\t%d\n", r.GGUFVersion)
 	fmt.Fprintf(w, "architecture\t%s\n", r.Architecture)
 	fmt.Fprintf(w, "blocks\t%d\n", r.BlockCount)
@@ -86,19 +87,6 @@ func runInspect(c *cli.Context) error {
 		fmt.Fprintf(w, "%d\t%d\t%d\t%d\n", b.Index, b.Tensors, b.Bytes, b.Params)
 	}
 	return w.Flush()
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.2f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func humanCount(n uint64) string {

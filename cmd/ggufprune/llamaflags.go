@@ -1,14 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
-	"unicode/utf8"
 
+	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 )
 
@@ -24,63 +25,62 @@ func runFlags(defaultCtx int) []cli.Flag {
 	}
 }
 
-type runOptions struct {
-	nCtx, chunks, threads, gpuLayers int
-	noMmap                           bool
-}
-
-func runOptionsFrom(c *cli.Context) (runOptions, error) {
-	o := runOptions{nCtx: c.Int("ctx-size"), chunks: c.Int("chunks"), threads: c.Int("threads"), gpuLayers: c.Int("gpu-layers"), noMmap: c.Bool("no-mmap")}
+// runOptionsFrom reads the run flags into the library's options, with
+// progress bars and notes on stderr.
+func runOptionsFrom(c *cli.Context) (prune.RunOptions, error) {
+	o := prune.RunOptions{Ctx: c.Int("ctx-size"), Chunks: c.Int("chunks"), Threads: c.Int("threads"), GPULayers: c.Int("gpu-layers"), NoMmap: c.Bool("no-mmap")}
 	switch {
-	case o.nCtx < 2:
-		return o, usagef("-c %d: the context size must be at least 2", o.nCtx)
-	case o.chunks < 0:
-		return o, usagef("--chunks %d: must not be negative", o.chunks)
-	case o.threads < 0:
-		return o, usagef("-t %d: must not be negative", o.threads)
-	case o.gpuLayers < 0:
-		return o, usagef("-ngl %d: must not be negative", o.gpuLayers)
+	case o.Ctx < 2:
+		return o, usagef("-c %d: the context size must be at least 2", o.Ctx)
+	case o.Chunks < 0:
+		return o, usagef("--chunks %d: must not be negative", o.Chunks)
+	case o.Threads < 0:
+		return o, usagef("-t %d: must not be negative", o.Threads)
+	case o.GPULayers < 0:
+		return o, usagef("-ngl %d: must not be negative", o.GPULayers)
 	}
-	if c.Bool("verbose") {
-		llamacpp.SetLog(c.App.ErrWriter)
+	stderr := c.App.ErrWriter
+	var bar *progress
+	o.Progress = func(stage, unit string, tokensPerStep, done, total int) {
+		if bar == nil || bar.what != stage {
+			bar = newProgress(stderr, stage, unit, tokensPerStep)
+		}
+		bar.update(done, total)
 	}
+	o.Notify = func(msg string) { fmt.Fprintln(stderr, msg) }
 	return o, nil
 }
 
-// loadModel loads a model and checks that a context of o.nCtx fits it.
-func loadModel(path string, o runOptions) (*llamacpp.Model, error) {
-	m, err := llamacpp.LoadModel(path, llamacpp.ModelParams{GPULayers: o.gpuLayers, NoMmap: o.noMmap})
-	if err != nil {
-		return nil, err
+// verboseLog shows llama.cpp's log on stderr when -v was given.
+func verboseLog(c *cli.Context) {
+	if c.Bool("verbose") {
+		llamacpp.Log.SetOutput(c.App.ErrWriter)
 	}
-	if n := m.Info().NCtxTrain; n > 0 && o.nCtx > n {
-		m.Close()
-		return nil, usagef("-c %d is larger than the training context of %s (%d)", o.nCtx, path, n)
-	}
-	return m, nil
 }
 
-// readText reads a text file and refuses what cannot be text for a model.
-func readText(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
+// withFlags adds to a library error the flags that would change the
+// outcome, where the command line knows them.
+func withFlags(c *cli.Context, err error) error {
+	var ce *prune.ContextError
+	var se *prune.SizeError
+	var pe *gguf.PatternError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ce):
+		return usagef("-c %d is larger than the training context of %s (%d)", ce.Ctx, ce.Path, ce.Train)
+	case errors.As(err, &se):
+		return fmt.Errorf("--target-size %s: %w", c.String("target-size"), err)
+	case errors.As(err, &pe):
+		return fmt.Errorf("%w, or pass --force to remove them anyway", err)
+	case errors.Is(err, gguf.ErrIndexPattern):
+		return fmt.Errorf("%w (use --layers, or --force to choose by score anyway)", err)
+	case errors.Is(err, gguf.ErrImatrixMismatch):
+		return fmt.Errorf("%w (prune --imatrix-out writes the imatrix of a pruned model)", err)
+	case errors.Is(err, llamacpp.ErrShortText):
+		return fmt.Errorf("%w (give more text or a smaller -c)", err)
 	}
-	if len(b) == 0 {
-		return "", fmt.Errorf("%s: the text file is empty", path)
-	}
-	if !utf8.Valid(b) {
-		off := 0
-		for off < len(b) {
-			r, n := utf8.DecodeRune(b[off:])
-			if r == utf8.RuneError && n <= 1 {
-				break
-			}
-			off += n
-		}
-		return "", fmt.Errorf("%s: not UTF-8 text (invalid byte 0x%02x at offset %d)", path, b[off], off)
-	}
-	return string(b), nil
+	return err
 }
 
 // progress draws "what [###...] done/total unit  rate  left" on a terminal,

@@ -3,12 +3,12 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -85,11 +85,7 @@ func commandUsageErrors(c *cli.Command) *cli.Command {
 	return c
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
+func printJSON(w io.Writer, v any) error { return prune.WriteJSON(w, v) }
 
 // isTerminal reports whether w is a terminal, for progress output.
 func isTerminal(w io.Writer) bool {

@@ -13,6 +13,7 @@ import (
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/prune"
 )
 
 // TestMain runs the command itself when the tests re-execute their binary.
@@ -69,7 +70,7 @@ func decode(t *testing.T, s string, v any) {
 	}
 }
 
-func model(t *testing.T, name string) string { return fixture.Shared(t, "models/"+name) }
+func model(t *testing.T, name string) string { return fixture.Asset(t, "models/"+name) }
 
 func TestHelp(t *testing.T) {
 	r := runCLI(t, "--help").ok(t)
@@ -117,7 +118,7 @@ func TestInspectJSON(t *testing.T) {
 }
 
 func TestPruneLayers(t *testing.T) {
-	in := model(t, "story16-f32.gguf")
+	in := model(t, "story16-f16.gguf")
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out.gguf")
 	r := runCLI(t, "prune", "-m", in, "-o", out, "--layers", "3,5-7", "--json").ok(t)
@@ -133,7 +134,11 @@ func TestPruneLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(sum.Removed, []int{3, 5, 6, 7}) || sum.BlockCountBefore != 16 || sum.BlockCountAfter != 12 || sum.BytesBefore != 12161472 || sum.BytesAfter != st.Size() {
+	stIn, err := os.Stat(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(sum.Removed, []int{3, 5, 6, 7}) || sum.BlockCountBefore != 16 || sum.BlockCountAfter != 12 || sum.BytesBefore != stIn.Size() || sum.BytesAfter != st.Size() {
 		t.Fatalf("%+v (file %d bytes)", sum, st.Size())
 	}
 	// Errors: exit 2 for usage, 1 for what the model refuses; nothing written.
@@ -161,7 +166,7 @@ func TestPruneLayers(t *testing.T) {
 }
 
 func TestScoreAndEvalJSON(t *testing.T) {
-	calib := fixture.Shared(t, "text/gutenberg/pg11.txt")
+	calib := fixture.Asset(t, "text/gutenberg/pg11.txt")
 	r := runCLI(t, "score", "-m", model(t, "stories260K.gguf"), "-f", calib, "-c", "128", "--chunks", "4", "--json").ok(t)
 	var rep struct {
 		Model  string `json:"model"`
@@ -181,7 +186,7 @@ func TestScoreAndEvalJSON(t *testing.T) {
 	if strings.Contains(r.stderr, "chunks") {
 		t.Fatalf("progress on a non-terminal stderr: %q", r.stderr)
 	}
-	eval := fixture.Shared(t, "text/tinystories/tinystories_val_first1000.txt")
+	eval := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
 	r = runCLI(t, "eval", "-m", model(t, "stories260K.gguf"), "-m", model(t, "story16-f16.gguf"), "-f", eval, "-c", "128", "--chunks", "4", "--json").ok(t)
 	var ev []struct {
 		Model  string  `json:"model"`
@@ -221,8 +226,8 @@ func TestPruneFindsPlantedBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "pruned.gguf")
-	r := runCLI(t, "prune", "-m", planted, "-o", out, "--remove", "2", "-f", fixture.Shared(t, "text/gutenberg/pg11.txt"),
-		"-c", "128", "--chunks", "8", "--eval", fixture.Shared(t, "text/tinystories/tinystories_val_first1000.txt"), "--json").ok(t)
+	r := runCLI(t, "prune", "-m", planted, "-o", out, "--remove", "2", "-f", fixture.Asset(t, "text/gutenberg/pg11.txt"),
+		"-c", "128", "--chunks", "8", "--eval", fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"), "--json").ok(t)
 	var sum struct {
 		Removed []int  `json:"removed"`
 		Method  string `json:"method"`
@@ -250,7 +255,7 @@ func TestPruneByScores(t *testing.T) {
 	dir := t.TempDir()
 	in := model(t, "story16-f16.gguf")
 	scores := filepath.Join(dir, "scores.json")
-	runCLI(t, "score", "-m", in, "-f", fixture.Shared(t, "text/gutenberg/pg1661.txt"), "-c", "128", "--chunks", "6", "-o", scores, "--plot", filepath.Join(dir, "bi.svg")).ok(t)
+	runCLI(t, "score", "-m", in, "-f", fixture.Asset(t, "text/gutenberg/pg1661.txt"), "-c", "128", "--chunks", "6", "-o", scores, "--plot", filepath.Join(dir, "bi.svg")).ok(t)
 	if st, err := os.Stat(filepath.Join(dir, "bi.svg")); err != nil || st.Size() < 1000 {
 		t.Fatalf("plot: %v", err)
 	}
@@ -270,12 +275,12 @@ func TestPruneByScores(t *testing.T) {
 		}
 	}
 	// The output loads in llama.cpp and evaluates.
-	r = runCLI(t, "eval", "-m", out, "-f", fixture.Shared(t, "text/unseen/tinystories_last50.txt"), "-c", "128", "--chunks", "3", "--json").ok(t)
+	r = runCLI(t, "eval", "-m", out, "-f", fixture.Asset(t, "text/unseen/tinystories_last50.txt"), "-c", "128", "--chunks", "3", "--json").ok(t)
 	if !strings.Contains(r.stdout, `"ppl"`) {
 		t.Fatal(r.stdout)
 	}
-	// Scores of another model are refused.
-	runCLI(t, "prune", "-m", model(t, "story16-f32.gguf"), "-o", filepath.Join(dir, "x.gguf"), "--scores", scores, "--remove", "2").fails(t, 1, "made for another model")
+	// Scores of another model (here the pruned one) are refused.
+	runCLI(t, "prune", "-m", out, "-o", filepath.Join(dir, "x.gguf"), "--scores", scores, "--remove", "2").fails(t, 1, "made for another model")
 	// A size that needs protected blocks says what can be reached.
 	runCLI(t, "prune", "-m", in, "--dry-run", "--scores", scores, "--target-size", "10%").fails(t, 1, "the smallest reachable size is")
 	r = runCLI(t, "prune", "-m", in, "--dry-run", "--scores", scores, "--target-size", "5.5MB", "--json").ok(t)
@@ -306,32 +311,13 @@ func TestSelfCalibration(t *testing.T) {
 	}
 }
 
-func TestSizes(t *testing.T) {
-	for in, want := range map[string]int64{"3GiB": 3 << 30, "2.5GB": 2.5e9, "70%": 700, "123": 123, "1.5 MiB": 1.5 * (1 << 20)} {
-		got, err := parseSize(in, 1000)
-		if err != nil || got != want {
-			t.Errorf("%q: %d, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "GB", "-1GB", "x%"} {
-		if _, err := parseSize(bad, 1000); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-	for in, want := range map[string]int{"3": 3, "25%": 4, "1%": 1} {
-		if got, err := parseCount(in, 16); err != nil || got != want {
-			t.Errorf("%q: %d, %v", in, got, err)
-		}
-	}
-}
-
 // One pass of score gives scores and an imatrix; prune --quantize uses both
 // and leaves one output file, with the pruned imatrix beside it.
 func TestPruneQuantizeWithImatrix(t *testing.T) {
 	dir := t.TempDir()
-	in := model(t, "story16-f32.gguf")
+	in := model(t, "story16-f16.gguf")
 	scores, imatrix := filepath.Join(dir, "scores.json"), filepath.Join(dir, "full.imatrix")
-	runCLI(t, "score", "-m", in, "-f", fixture.Shared(t, "text/gutenberg/pg345.txt"), "-c", "128", "--chunks", "4", "-o", scores, "--imatrix-out", imatrix).ok(t)
+	runCLI(t, "score", "-m", in, "-f", fixture.Asset(t, "text/gutenberg/pg345.txt"), "-c", "128", "--chunks", "4", "-o", scores, "--imatrix-out", imatrix).ok(t)
 	r := runCLI(t, "inspect", "--json", imatrix).ok(t)
 	var im struct {
 		Imatrix    bool `json:"imatrix"`
@@ -345,7 +331,7 @@ func TestPruneQuantizeWithImatrix(t *testing.T) {
 	}
 	out, prunedIm := filepath.Join(dir, "out.gguf"), filepath.Join(dir, "pruned.imatrix.dat")
 	r = runCLI(t, "prune", "-m", in, "-o", out, "--scores", scores, "--remove", "4", "--quantize", "IQ4_XS",
-		"--imatrix", imatrix, "--imatrix-out", prunedIm, "--eval", fixture.Shared(t, "text/unseen/tinystories_last50.txt"), "-c", "128", "--chunks", "3", "--json").ok(t)
+		"--imatrix", imatrix, "--imatrix-out", prunedIm, "--eval", fixture.Asset(t, "text/unseen/tinystories_last50.txt"), "-c", "128", "--chunks", "3", "--json").ok(t)
 	var sum struct {
 		Quantized  string `json:"quantized"`
 		BytesAfter int64  `json:"bytes_after"`
@@ -396,7 +382,7 @@ func TestPruneSplitLoadsInLlama(t *testing.T) {
 	if len(sum.Outputs) != 3 || !strings.HasSuffix(sum.Outputs[0], "pruned-00001-of-00003.gguf") {
 		t.Fatalf("outputs %v", sum.Outputs)
 	}
-	text := fixture.Shared(t, "text/unseen/tinystories_last50.txt")
+	text := fixture.Asset(t, "text/unseen/tinystories_last50.txt")
 	r = runCLI(t, "eval", "-m", merged, "-m", sum.Outputs[0], "-f", text, "-c", "128", "--chunks", "3", "--json").ok(t)
 	var ev []struct{ PPL float64 }
 	decode(t, r.stdout, &ev)
@@ -407,7 +393,7 @@ func TestPruneSplitLoadsInLlama(t *testing.T) {
 
 // Flags that cannot work are refused before any scoring.
 func TestPruneRefusesEarly(t *testing.T) {
-	in := model(t, "story16-f32.gguf")
+	in := model(t, "story16-f16.gguf")
 	out := filepath.Join(t.TempDir(), "o.gguf")
 	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--quantize", "Q9").fails(t, 2, "unknown quantization type")
 	runCLI(t, "prune", "-m", in, "-o", out, "--remove", "2", "--plot", "x.pdf").fails(t, 2, "must end in .svg or .png")
@@ -429,9 +415,9 @@ func TestScoresOfMTPModel(t *testing.T) {
 	m, _ := gguf.OpenModel(in)
 	fp, _ := m.Fingerprint()
 	m.Close()
-	rep := scoreReport{Model: in, Fingerprint: fp, Metric: "bi", Blocks: []bi.BlockScore{{Index: 0, BI: 0.5}, {Index: 1, BI: 0.2}, {Index: 2, BI: 0.1}, {Index: 3, BI: 0.01}}}
+	rep := prune.ScoreReport{Model: in, Fingerprint: fp, Metric: "bi", Blocks: []bi.BlockScore{{Index: 0, BI: 0.5}, {Index: 1, BI: 0.2}, {Index: 2, BI: 0.1}, {Index: 3, BI: 0.01}}}
 	scores := filepath.Join(dir, "scores.json")
-	if err := writeJSONFile(scores, rep); err != nil {
+	if err := rep.WriteFile(scores); err != nil {
 		t.Fatal(err)
 	}
 	r := runCLI(t, "prune", "-m", in, "--scores", scores, "--remove", "2", "--keep-last", "0", "--dry-run", "--json").ok(t)
@@ -441,6 +427,6 @@ func TestScoresOfMTPModel(t *testing.T) {
 		t.Fatalf("removed %v", sum.Removed)
 	}
 	rep.Blocks = append(rep.Blocks, bi.BlockScore{Index: 4}, bi.BlockScore{Index: 5})
-	writeJSONFile(scores, rep)
+	rep.WriteFile(scores)
 	runCLI(t, "prune", "-m", in, "--scores", scores, "--remove", "1", "--dry-run").fails(t, 1, "6 block scores for a model of 4 scored blocks")
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 )
 
@@ -41,16 +42,21 @@ func runQuantize(c *cli.Context) error {
 		return usagef("quantize: expected IN.gguf OUT.gguf TYPE, got %d arguments", c.NArg())
 	}
 	in, out, typ := c.Args().Get(0), c.Args().Get(1), c.Args().Get(2)
-	if c.Bool("verbose") {
-		llamacpp.SetLog(c.App.ErrWriter)
+	q, ok := llamacpp.LookupQuantType(typ)
+	if !ok {
+		return unknownQuantType(typ)
 	}
-	p, err := quantizeParams(typ, c.String("imatrix"), c.Int("threads"))
-	if err != nil {
-		return err
+	verboseLog(c)
+	p := llamacpp.QuantizeParams{Type: q, Threads: c.Int("threads"), Progress: newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update}
+	if path := c.String("imatrix"); path != "" {
+		im, err := gguf.ReadImatrix(path)
+		if err != nil {
+			return err
+		}
+		p.Imatrix = im
 	}
-	p.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
 	if err := llamacpp.Quantize(in, out, p); err != nil {
-		return err
+		return withFlags(c, err)
 	}
 	m, err := gguf.OpenModel(out)
 	if err != nil {
@@ -62,22 +68,10 @@ func runQuantize(c *cli.Context) error {
 		return err
 	}
 	defer src.Close()
-	fmt.Fprintf(c.App.Writer, "wrote %s: %s, %s -> %s (%.1f%%)\n", out, p.Type.Name, humanBytes(src.Size()), humanBytes(m.Size()), 100*float64(m.Size())/float64(src.Size()))
+	fmt.Fprintf(c.App.Writer, "wrote %s: %s, %s -> %s (%.1f%%)\n", out, p.Type.Name, prune.HumanBytes(src.Size()), prune.HumanBytes(m.Size()), 100*float64(m.Size())/float64(src.Size()))
 	return nil
 }
 
-func quantizeParams(typ, imatrixPath string, threads int) (llamacpp.QuantizeParams, error) {
-	q, ok := llamacpp.LookupQuantType(typ)
-	if !ok {
-		return llamacpp.QuantizeParams{}, usagef("unknown quantization type %q; one of %s", typ, strings.Join(llamacpp.QuantTypeNames(), ", "))
-	}
-	p := llamacpp.QuantizeParams{Type: q, Threads: threads}
-	if imatrixPath != "" {
-		im, err := gguf.ReadImatrix(imatrixPath)
-		if err != nil {
-			return p, err
-		}
-		p.Imatrix = im
-	}
-	return p, nil
+func unknownQuantType(typ string) error {
+	return usagef("unknown quantization type %q; one of %s", typ, strings.Join(llamacpp.QuantTypeNames(), ", "))
 }

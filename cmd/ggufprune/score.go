@@ -3,13 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
-	"sort"
 	"text/tabwriter"
 
-	"github.com/ggufprune/ggufprune/bi"
-	"github.com/ggufprune/ggufprune/gguf"
-	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 )
 
@@ -32,33 +28,27 @@ func scoreCommand() *cli.Command {
 	})
 }
 
-// scoreReport is the JSON of score, also read back by prune --scores.
-type scoreReport struct {
-	Model       string          `json:"model"`
-	Fingerprint string          `json:"fingerprint"`
-	Metric      string          `json:"metric"`
-	Calibration string          `json:"calibration"`
-	Tokens      int64           `json:"tokens"`
-	Ctx         int             `json:"ctx"`
-	Chunks      int             `json:"chunks"`
-	Blocks      []bi.BlockScore `json:"blocks"`
-}
-
 func runScore(c *cli.Context) error {
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
 	}
-	if p := c.String("plot"); p != "" && !validPlotName(p) {
+	if p := c.String("plot"); p != "" && !prune.ValidPlotName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
-	src, err := calibrationFrom(c)
+	verboseLog(c)
+	cal, err := calibrationFrom(c)
 	if err != nil {
 		return err
 	}
-	rep, im, err := scoreModel(c.String("model"), o, src, c.String("imatrix-out") != "", c.App.ErrWriter)
+	m, err := prune.Open(c.String("model"))
 	if err != nil {
 		return err
+	}
+	defer m.Close()
+	rep, im, err := m.Score(c.Context, cal, o, c.String("imatrix-out") != "")
+	if err != nil {
+		return withFlags(c, err)
 	}
 	if out := c.String("imatrix-out"); out != "" {
 		if err := im.Write(out); err != nil {
@@ -66,12 +56,12 @@ func runScore(c *cli.Context) error {
 		}
 	}
 	if out := c.String("output"); out != "" {
-		if err := writeJSONFile(out, rep); err != nil {
+		if err := rep.WriteFile(out); err != nil {
 			return err
 		}
 	}
 	if plot := c.String("plot"); plot != "" {
-		if err := plotScores(plot, rep, nil); err != nil {
+		if err := prune.PlotScores(plot, rep, nil); err != nil {
 			return err
 		}
 	}
@@ -82,130 +72,17 @@ func runScore(c *cli.Context) error {
 	return nil
 }
 
-// calibration is where scoring tokens come from: a text file, or text the
-// model writes itself.
-type calibration struct {
-	file string // "" for self-generated text
-	text string
-	seed uint64
-}
-
-func (cal calibration) name() string {
-	if cal.file == "" {
-		return fmt.Sprintf("self-generated (seed %d)", cal.seed)
+// calibrationFrom reads -f, or asks for self-generated text seeded by --seed.
+func calibrationFrom(c *cli.Context) (prune.Calibration, error) {
+	if f := c.String("file"); f != "" {
+		return prune.CalibrationFile(f)
 	}
-	return cal.file
-}
-
-func calibrationFrom(c *cli.Context) (calibration, error) {
-	cal := calibration{file: c.String("file"), seed: c.Uint64("seed")}
-	if cal.file == "" {
-		return cal, nil
-	}
-	var err error
-	cal.text, err = readText(cal.file)
-	return cal, err
-}
-
-// selfCalibrationChunks is how many chunks of text a model writes for its
-// own calibration when --chunks does not say.
-const selfCalibrationChunks = 8
-
-// calibrationTokens returns the chunks to score on.
-func calibrationTokens(m *llamacpp.Model, o runOptions, cal calibration, stderr io.Writer) ([][]int32, error) {
-	if cal.file != "" {
-		tokens, err := m.Tokenize(cal.text, true)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cal.file, err)
-		}
-		chunks, err := m.Chunks(tokens, o.nCtx, o.chunks)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cal.file, err)
-		}
-		return chunks, nil
-	}
-	n := o.chunks
-	if n == 0 {
-		n = selfCalibrationChunks
-	}
-	fmt.Fprintf(stderr, "no calibration text given: the model writes %d chunks of %d tokens itself (seed %d)\n", n, o.nCtx, cal.seed)
-	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads})
-	if err != nil {
-		return nil, err
-	}
-	defer ctx.Close()
-	bar := newProgress(stderr, "generating", "tokens", 1)
-	tokens, err := llamacpp.Generate(ctx, n*o.nCtx, llamacpp.SampleParams{Seed: cal.seed}, bar.update)
-	if err != nil {
-		return nil, err
-	}
-	return m.Chunks(tokens, o.nCtx, n)
-}
-
-// scoreModel loads a model and scores every block on the calibration; with
-// imatrix it also collects an importance matrix in the same pass.
-func scoreModel(path string, o runOptions, cal calibration, imatrix bool, stderr io.Writer) (*scoreReport, *gguf.Imatrix, error) {
-	fp, err := fingerprint(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	m, err := loadModel(path, o)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer m.Close()
-	chunks, err := calibrationTokens(m, o, cal, stderr)
-	if err != nil {
-		return nil, nil, err
-	}
-	ctx, err := m.NewContext(llamacpp.ContextParams{NCtx: o.nCtx, Threads: o.threads, Capture: true})
-	if err != nil {
-		return nil, nil, err
-	}
-	defer ctx.Close()
-	// Multi-token-prediction blocks are not run by a decode: they get no score
-	// (and prune never removes them).
-	acc := bi.NewAccumulator(m.Info().RunBlocks())
-	if err := ctx.CaptureHidden(acc.Observe); err != nil {
-		return nil, nil, err
-	}
-	var imAcc *bi.ImatrixAccumulator
-	if imatrix {
-		imAcc = bi.NewImatrixAccumulator()
-		if err := ctx.CaptureMatmul(imAcc.Observe); err != nil {
-			return nil, nil, err
-		}
-	}
-	bar := newProgress(stderr, "scoring", "chunks", o.nCtx)
-	if err := llamacpp.Scan(ctx, chunks, bar.update); err != nil {
-		return nil, nil, err
-	}
-	if err := acc.Err(); err != nil {
-		return nil, nil, err
-	}
-	rep := &scoreReport{
-		Model: path, Fingerprint: fp, Metric: "bi", Calibration: cal.name(),
-		Tokens: acc.Tokens(), Ctx: o.nCtx, Chunks: len(chunks), Blocks: acc.Scores(),
-	}
-	var im *gguf.Imatrix
-	if imAcc != nil {
-		im = imAcc.Imatrix(cal.name(), len(chunks), o.nCtx)
-	}
-	return rep, im, nil
-}
-
-func fingerprint(path string) (string, error) {
-	gm, err := gguf.OpenModel(path)
-	if err != nil {
-		return "", err
-	}
-	defer gm.Close()
-	return gm.Fingerprint()
+	return prune.Calibration{Seed: c.Uint64("seed")}, nil
 }
 
 // printScores prints the block table; removed blocks are marked.
-func printScores(w io.Writer, rep *scoreReport, removed []int) {
-	rank := ranks(rep.Blocks)
+func printScores(w io.Writer, rep *prune.ScoreReport, removed []int) {
+	rank := rep.Ranks()
 	gone := map[int]bool{}
 	for _, b := range removed {
 		gone[b] = true
@@ -221,19 +98,4 @@ func printScores(w io.Writer, rep *scoreReport, removed []int) {
 		fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, rank[b.Index], mark)
 	}
 	tw.Flush()
-}
-
-// ranks gives each block its rank by BI, 1 for the lowest (most redundant).
-func ranks(blocks []bi.BlockScore) map[int]int {
-	order := append([]bi.BlockScore(nil), blocks...)
-	sort.SliceStable(order, func(i, j int) bool { return order[i].BI < order[j].BI })
-	r := make(map[int]int, len(order))
-	for i, b := range order {
-		r[b.Index] = i + 1
-	}
-	return r
-}
-
-func writeJSONFile(path string, v any) error {
-	return gguf.CreateAtomic(path, func(f *os.File) error { return printJSON(f, v) })
 }

@@ -1,0 +1,106 @@
+package gguf
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// BlockMap says which blocks of a model go and where each kept block goes:
+// kept blocks are renumbered contiguously, in order. Surgery, importance
+// matrices, plots and reports all use it, so that renumbering is written
+// once.
+type BlockMap struct {
+	newIndex []int // per old block: its new index, or -1 when removed
+	removed  []int // old indices, ascending
+	kept     []int // old indices, ascending: kept[new] = old
+}
+
+// NewBlockMap maps the n blocks of a model from which the given blocks are
+// removed (in any order; duplicates count once).
+func NewBlockMap(n int, remove []int) (*BlockMap, error) {
+	gone := make([]bool, n)
+	for _, b := range remove {
+		if b < 0 || b >= n {
+			if n == 0 {
+				return nil, fmt.Errorf("block %d is out of range (the model has no blocks)", b)
+			}
+			return nil, fmt.Errorf("block %d is out of range (the model has blocks 0-%d)", b, n-1)
+		}
+		gone[b] = true
+	}
+	m := &BlockMap{newIndex: make([]int, n)}
+	for b := 0; b < n; b++ {
+		if gone[b] {
+			m.newIndex[b] = -1
+			m.removed = append(m.removed, b)
+			continue
+		}
+		m.newIndex[b] = len(m.kept)
+		m.kept = append(m.kept, b)
+	}
+	return m, nil
+}
+
+// Before is the number of blocks before removal.
+func (m *BlockMap) Before() int { return len(m.newIndex) }
+
+// After is the number of blocks kept.
+func (m *BlockMap) After() int { return len(m.kept) }
+
+// Removed are the removed blocks' old indices, ascending.
+func (m *BlockMap) Removed() []int { return append([]int(nil), m.removed...) }
+
+// Kept are the kept blocks' old indices, ascending: Kept()[i] is the old
+// index of new block i.
+func (m *BlockMap) Kept() []int { return append([]int(nil), m.kept...) }
+
+// NewIndex is the new index of old block b, or -1 when it is removed.
+func (m *BlockMap) NewIndex(b int) int { return m.newIndex[b] }
+
+// Rename gives the name a tensor (or importance-matrix entry) of the old
+// model has in the new one: "blk.N.rest" becomes "blk.M.rest" with M the new
+// index of N; names outside blocks stay. keep is false for a removed block.
+func (m *BlockMap) Rename(name string) (newName string, keep bool, err error) {
+	b, rest, isBlock, err := SplitBlockName(name)
+	if err != nil {
+		return "", false, err
+	}
+	if !isBlock {
+		return name, true, nil
+	}
+	if b >= len(m.newIndex) {
+		return "", false, fmt.Errorf("%q belongs to block %d but there are %d blocks", name, b, len(m.newIndex))
+	}
+	if m.newIndex[b] < 0 {
+		return "", false, nil
+	}
+	return BlockName(m.newIndex[b], rest), true, nil
+}
+
+// BlockName is the name of tensor rest of block b: "blk.B.rest".
+func BlockName(b int, rest string) string { return "blk." + strconv.Itoa(b) + "." + rest }
+
+// SplitBlockName splits "blk.N.rest". Names outside blocks return isBlock
+// false; a "blk." name without a plain decimal block number is an error.
+func SplitBlockName(name string) (block int, rest string, isBlock bool, err error) {
+	s, ok := strings.CutPrefix(name, "blk.")
+	if !ok {
+		return 0, "", false, nil
+	}
+	num, rest, ok := strings.Cut(s, ".")
+	b, perr := strconv.Atoi(num)
+	if !ok || perr != nil || b < 0 || strconv.Itoa(b) != num {
+		return 0, "", false, fmt.Errorf("tensor %q: cannot read its block number", name)
+	}
+	return b, rest, true, nil
+}
+
+// BlockOf returns the block index of a tensor name, or -1 outside blocks.
+func BlockOf(name string) int {
+	b, _, ok, err := SplitBlockName(name)
+	if !ok || err != nil {
+		return -1
+	}
+	return b
+}

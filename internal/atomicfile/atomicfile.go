@@ -1,0 +1,217 @@
+// Package atomicfile writes files so that a path holds either its old
+// contents or the whole new file, never a part: the data goes to a temporary
+// file in the same folder, which is synced and then renamed into place, and
+// the folder is synced so that the rename survives a crash. It is the one
+// place in the project where output files are created.
+package atomicfile
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Mode is the permission of every file written.
+const Mode os.FileMode = 0o644
+
+// pending holds every temporary file not yet committed or removed, so that
+// RemovePending can clean up after an interrupt.
+var (
+	pendingMu sync.Mutex
+	pending   = map[*Pending]bool{}
+)
+
+// Pending is a file being written under a temporary name in the folder of
+// its final path.
+type Pending struct {
+	path string   // the final path ("" for a temporary file that is never committed)
+	name string   // the temporary file
+	f    *os.File // nil once closed
+	done bool
+}
+
+// Create starts writing path: it creates an empty temporary file
+// ".BASE.tmp-*" next to it.
+func Create(path string) (*Pending, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	return register(&Pending{path: path, name: f.Name(), f: f}), nil
+}
+
+// Temp creates a temporary file in dir for an intermediate result that is
+// never renamed into place (pattern as for os.CreateTemp). Remove it with
+// Abort.
+func Temp(dir, pattern string) (*Pending, error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, err
+	}
+	return register(&Pending{name: f.Name(), f: f}), nil
+}
+
+func register(p *Pending) *Pending {
+	pendingMu.Lock()
+	pending[p] = true
+	pendingMu.Unlock()
+	return p
+}
+
+func (p *Pending) forget() {
+	pendingMu.Lock()
+	delete(pending, p)
+	pendingMu.Unlock()
+}
+
+// File is the open temporary file.
+func (p *Pending) File() *os.File { return p.f }
+
+// Name is the temporary file's path, for writers that open it by name (such
+// as llama.cpp's quantizer); CloseFile first.
+func (p *Pending) Name() string { return p.name }
+
+// CloseFile closes the temporary file without committing it.
+func (p *Pending) CloseFile() error {
+	if p.f == nil {
+		return nil
+	}
+	err := p.f.Close()
+	p.f = nil
+	return err
+}
+
+// sync makes the temporary file durable and gives it Mode.
+func (p *Pending) sync() error {
+	f := p.f
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(p.name, os.O_RDWR, 0); err != nil {
+			return err
+		}
+	}
+	err := f.Chmod(Mode)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	p.f = nil
+	return err
+}
+
+// Commit renames the synced temporary file to its path and syncs the folder.
+// On failure the temporary file is removed.
+func (p *Pending) Commit() error {
+	if p.done {
+		return errors.New("atomicfile: commit after commit or abort")
+	}
+	if p.path == "" {
+		return errors.New("atomicfile: a temporary file has no final path")
+	}
+	if err := p.sync(); err != nil {
+		p.Abort()
+		return err
+	}
+	if err := os.Rename(p.name, p.path); err != nil {
+		p.Abort()
+		return err
+	}
+	p.done = true
+	p.forget()
+	syncDir(filepath.Dir(p.path))
+	return nil
+}
+
+// Abort closes and removes the temporary file. It does nothing after Commit
+// or a first Abort.
+func (p *Pending) Abort() {
+	if p.done {
+		return
+	}
+	p.CloseFile()
+	os.Remove(p.name)
+	p.done = true
+	p.forget()
+}
+
+// Write writes one file atomically: path is either written whole or left as
+// it was.
+func Write(path string, write func(*os.File) error) error {
+	return WriteSet([]string{path}, func(_ int, f *os.File) error { return write(f) })
+}
+
+// WriteSet writes several files, each through a temporary file in its folder;
+// all are renamed into place only when every one was written and synced.
+func WriteSet(paths []string, write func(i int, f *os.File) error) (err error) {
+	ps := make([]*Pending, 0, len(paths))
+	defer func() {
+		if err != nil {
+			for _, p := range ps {
+				p.Abort()
+			}
+		}
+	}()
+	for i, path := range paths {
+		p, err := Create(path)
+		if err != nil {
+			return err
+		}
+		ps = append(ps, p)
+		if err := write(i, p.f); err != nil {
+			return err
+		}
+		if err := p.sync(); err != nil {
+			return err
+		}
+	}
+	for i, p := range ps {
+		if err := os.Rename(p.name, p.path); err != nil {
+			// Shards already renamed stay: report which.
+			if i > 0 {
+				return fmt.Errorf("%w (after %d of %d files were in place)", err, i, len(ps))
+			}
+			return err
+		}
+		p.done = true
+		p.forget()
+	}
+	seen := map[string]bool{}
+	for _, path := range paths {
+		if d := filepath.Dir(path); !seen[d] {
+			seen[d] = true
+			syncDir(d)
+		}
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable. Some systems cannot sync a folder;
+// the rename has happened either way.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// RemovePending removes every temporary file that was neither committed nor
+// aborted, and returns their names: what an interrupted process must not
+// leave behind.
+func RemovePending() []string {
+	pendingMu.Lock()
+	ps := make([]*Pending, 0, len(pending))
+	for p := range pending {
+		ps = append(ps, p)
+	}
+	pendingMu.Unlock()
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.name)
+		p.Abort()
+	}
+	return names
+}

@@ -1,0 +1,56 @@
+package prune
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ggufprune/ggufprune/llamacpp"
+)
+
+// EvalResult is the perplexity of one model on a text.
+type EvalResult struct {
+	Model  string  `json:"model"`
+	PPL    float64 `json:"ppl"`
+	Tokens int     `json:"tokens"` // tokens scored
+	Chunks int     `json:"chunks"`
+}
+
+// Evaluate computes the perplexity of each model on the same text, exactly
+// as llama.cpp's llama-perplexity does (see llamacpp.Perplexity). name
+// names the text in errors.
+func Evaluate(ctx context.Context, paths []string, text, name string, o RunOptions) ([]EvalResult, error) {
+	if err := checkEvalText(text, name); err != nil {
+		return nil, err
+	}
+	var rs []EvalResult
+	for _, path := range paths {
+		r, err := perplexity(ctx, path, text, name, o)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
+func perplexity(ctx context.Context, path, text, name string, o RunOptions) (EvalResult, error) {
+	lm, err := load(path, nil, o)
+	if err != nil {
+		return EvalResult{}, err
+	}
+	defer lm.Close()
+	tokens, err := lm.Tokenize(text, true)
+	if err != nil {
+		return EvalResult{}, fmt.Errorf("%s: %w", name, err)
+	}
+	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads})
+	if err != nil {
+		return EvalResult{}, err
+	}
+	defer lctx.Close()
+	r, err := llamacpp.Perplexity(ctx, lctx, tokens, o.Chunks, o.progress("perplexity", "chunks", o.ctx()))
+	if err != nil {
+		return EvalResult{}, fmt.Errorf("%s on %s: %w", path, name, err)
+	}
+	return EvalResult{Model: path, PPL: r.PPL, Tokens: r.Tokens, Chunks: r.Chunks}, nil
+}

@@ -1,0 +1,182 @@
+package prune
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+
+	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/llamacpp"
+)
+
+// ScoreReport is the scores of every block of a model, as the score command
+// prints it with --json and as prune --scores reads it back.
+type ScoreReport struct {
+	Model       string          `json:"model"`
+	Fingerprint string          `json:"fingerprint"`
+	Metric      string          `json:"metric"`
+	Calibration string          `json:"calibration"`
+	Tokens      int64           `json:"tokens"`
+	Ctx         int             `json:"ctx"`
+	Chunks      int             `json:"chunks"`
+	Blocks      []bi.BlockScore `json:"blocks"`
+}
+
+// MetricBI is ScoreReport.Metric of Block Influence scores.
+const MetricBI = "bi"
+
+// SelfCalibrationChunks is how many chunks of text a model writes for its
+// own calibration when RunOptions.Chunks does not say.
+const SelfCalibrationChunks = 8
+
+// Score runs the model on the calibration and scores every block it runs
+// (BI and angular distance). With imatrix it also collects, in the same
+// pass, the importance matrix llama.cpp's llama-imatrix would.
+func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatrix bool) (*ScoreReport, *gguf.Imatrix, error) {
+	fp, err := m.Fingerprint()
+	if err != nil {
+		return nil, nil, err
+	}
+	lm, err := m.load(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer lm.Close()
+	chunks, err := calibrationChunks(ctx, lm, cal, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads, Capture: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer lctx.Close()
+	acc := bi.NewAccumulator(lm.Info().RunBlocks())
+	if err := lctx.CaptureHidden(acc.Observe); err != nil {
+		return nil, nil, err
+	}
+	var imAcc *gguf.ImatrixAccumulator
+	if imatrix {
+		imAcc = gguf.NewImatrixAccumulator()
+		if err := lctx.CaptureMatmul(imAcc.Observe); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := llamacpp.Scan(ctx, lctx, chunks, o.progress("scoring", "chunks", o.ctx())); err != nil {
+		return nil, nil, err
+	}
+	if err := acc.Err(); err != nil {
+		return nil, nil, err
+	}
+	rep := &ScoreReport{
+		Model: m.Path, Fingerprint: fp, Metric: MetricBI, Calibration: cal.String(),
+		Tokens: acc.Tokens(), Ctx: o.ctx(), Chunks: len(chunks), Blocks: acc.Scores(),
+	}
+	var im *gguf.Imatrix
+	if imAcc != nil {
+		im = imAcc.Imatrix(cal.String(), len(chunks), o.ctx())
+	}
+	return rep, im, nil
+}
+
+// calibrationChunks tokenizes and cuts the calibration text as
+// llama-perplexity does, or lets the model write it.
+func calibrationChunks(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) ([][]int32, error) {
+	if !cal.SelfGenerated() {
+		tokens, err := lm.Tokenize(cal.Text, true)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cal.Name, err)
+		}
+		chunks, err := lm.Chunks(tokens, o.ctx(), o.Chunks)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cal.Name, err)
+		}
+		return chunks, nil
+	}
+	n := o.Chunks
+	if n == 0 {
+		n = SelfCalibrationChunks
+	}
+	o.notify("no calibration text given: the model writes %d chunks of %d tokens itself (seed %d)", n, o.ctx(), cal.Seed)
+	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads})
+	if err != nil {
+		return nil, err
+	}
+	defer lctx.Close()
+	tokens, err := llamacpp.Generate(ctx, lctx, n*o.ctx(), llamacpp.SampleParams{Seed: cal.Seed}, o.progress("generating", "tokens", 1))
+	if err != nil {
+		return nil, err
+	}
+	return lm.Chunks(tokens, o.ctx(), n)
+}
+
+// Ranks gives each block its rank by BI, 1 for the lowest (most redundant).
+func (r *ScoreReport) Ranks() map[int]int {
+	order := append([]bi.BlockScore(nil), r.Blocks...)
+	sort.SliceStable(order, func(i, j int) bool { return order[i].BI < order[j].BI })
+	rank := make(map[int]int, len(order))
+	for i, b := range order {
+		rank[b.Index] = i + 1
+	}
+	return rank
+}
+
+// WriteFile writes the report as indented JSON, atomically.
+func (r *ScoreReport) WriteFile(path string) error {
+	return atomicfile.Write(path, func(f *os.File) error { return WriteJSON(f, r) })
+}
+
+// WriteJSON writes v as indented JSON, the format of every JSON output.
+func WriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// ReadScoreReport reads a score report and checks that it was made for m.
+func ReadScoreReport(path string, m *Model) (*ScoreReport, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep ScoreReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("%s: not a score JSON file: %w", path, err)
+	}
+	if err := rep.check(m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rep, nil
+}
+
+// Check checks that the report was made for m (by fingerprint) and holds
+// one well-formed score per scored block.
+func (r *ScoreReport) Check(m *Model) error { return r.check(m) }
+
+func (r *ScoreReport) check(m *Model) error {
+	if r.Metric != MetricBI || len(r.Blocks) == 0 {
+		return fmt.Errorf("not a score file of ggufprune (metric %q, %d blocks)", r.Metric, len(r.Blocks))
+	}
+	fp, err := m.Fingerprint()
+	if err != nil {
+		return err
+	}
+	if r.Fingerprint != fp {
+		return fmt.Errorf("the scores were made for another model (%s, fingerprint %.12s…), not for %s (%.12s…)", r.Model, r.Fingerprint, m.Path, fp)
+	}
+	for i, s := range r.Blocks {
+		if s.Index != i || math.IsNaN(s.BI) {
+			return fmt.Errorf("block entry %d is malformed", i)
+		}
+	}
+	if scored := m.ScoredBlocks(); len(r.Blocks) != scored {
+		return fmt.Errorf("%d block scores for a model of %d scored blocks", len(r.Blocks), scored)
+	}
+	return nil
+}

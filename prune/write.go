@@ -1,0 +1,132 @@
+package prune
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/llamacpp"
+)
+
+// WriteOptions say how a plan is written.
+type WriteOptions struct {
+	Output    string // the output file (with KeepSplit: named like its first shard)
+	KeepSplit bool   // write a split input as as many shards instead of one file
+	Force     bool   // remove blocks even where the architecture derives block kinds from the index
+	DryRun    bool   // plan and size only; write nothing
+
+	// Quantize, when its Name is set, quantizes the pruned model into
+	// Output (one file; the pruned intermediate is a temporary file).
+	Quantize        llamacpp.QuantType
+	QuantizeThreads int
+
+	// Imatrix is the input model's importance matrix (ImatrixName its
+	// file): pruned with the model, used by Quantize, and written to
+	// ImatrixOut when that is set.
+	Imatrix     *gguf.Imatrix
+	ImatrixName string
+	ImatrixOut  string
+
+	// Progress, when not nil, is told how many tensors are quantized.
+	Progress func(done, total int)
+}
+
+// Result is what a prune did, as the prune command prints it.
+type Result struct {
+	Model            string       `json:"model"`
+	Outputs          []string     `json:"outputs,omitempty"`
+	Method           string       `json:"method"`
+	Removed          []int        `json:"removed"`
+	BlockCountBefore int          `json:"block_count_before"`
+	BlockCountAfter  int          `json:"block_count_after"`
+	BytesBefore      int64        `json:"bytes_before"`
+	BytesAfter       int64        `json:"bytes_after"`
+	DryRun           bool         `json:"dry_run"`
+	Quantized        string       `json:"quantized,omitempty"`
+	ImatrixOut       string       `json:"imatrix_out,omitempty"`
+	Scores           *ScoreReport `json:"scores,omitempty"`
+	Eval             []EvalResult `json:"eval,omitempty"`
+}
+
+// Plan works out the removal of the given blocks (see gguf.PlanRemoval).
+func (m *Model) Plan(remove []int, force bool) (*gguf.Plan, error) {
+	return gguf.PlanRemoval(m.GGUF, remove, force)
+}
+
+// Write writes the plan as o says and reports what it wrote. Every file goes
+// through a temporary file next to it and is renamed into place only when
+// complete; a failure leaves no output and no temporary file.
+func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Result, error) {
+	quantize := o.Quantize.Name != ""
+	if quantize && o.KeepSplit {
+		return nil, fmt.Errorf("a quantized output is one file; it cannot keep the input's split")
+	}
+	if o.Output == "" && !o.DryRun {
+		return nil, fmt.Errorf("no output file given")
+	}
+	after, err := plan.Size(o.KeepSplit && !quantize)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{
+		Model: m.Path, Removed: plan.Removed,
+		BlockCountBefore: plan.BlockCountBefore, BlockCountAfter: plan.BlockCountAfter,
+		BytesBefore: m.Size(), BytesAfter: after, DryRun: o.DryRun,
+	}
+	var im *gguf.Imatrix
+	if o.Imatrix != nil {
+		if im, err = o.Imatrix.Prune(plan.Map); err != nil {
+			return nil, fmt.Errorf("%s: %w", o.ImatrixName, err)
+		}
+	}
+	if o.DryRun {
+		return res, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !quantize {
+		if res.Outputs, err = plan.Write(o.Output, o.KeepSplit); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := m.writeQuantized(plan, o, im); err != nil {
+			return nil, err
+		}
+		st, err := os.Stat(o.Output)
+		if err != nil {
+			return nil, err
+		}
+		res.Outputs, res.BytesAfter, res.Quantized = []string{o.Output}, st.Size(), o.Quantize.Name
+	}
+	if o.ImatrixOut != "" && im != nil {
+		if err := im.Write(o.ImatrixOut); err != nil {
+			return nil, err
+		}
+		res.ImatrixOut = o.ImatrixOut
+	}
+	return res, nil
+}
+
+// writeQuantized writes the pruned model to a temporary file next to the
+// output, quantizes it into the output, and removes it whatever happens.
+func (m *Model) writeQuantized(plan *gguf.Plan, o WriteOptions, im *gguf.Imatrix) error {
+	if plan.Model.SameFile(o.Output) {
+		return fmt.Errorf("%s: output would overwrite an input file", o.Output)
+	}
+	tmp, err := atomicfile.Temp(filepath.Dir(o.Output), "."+filepath.Base(o.Output)+".pruned-*.gguf")
+	if err != nil {
+		return err
+	}
+	defer tmp.Abort()
+	tmp.CloseFile()
+	if _, err := plan.Write(tmp.Name(), false); err != nil {
+		return err
+	}
+	return llamacpp.Quantize(tmp.Name(), o.Output, llamacpp.QuantizeParams{
+		Type: o.Quantize, Threads: o.QuantizeThreads, Imatrix: im, Progress: o.Progress,
+	})
+}
