@@ -174,6 +174,9 @@ func (m *Model) BlockCount() (int, error) {
 	if !ok || !isInt || n < 0 || n > 1<<20 {
 		return 0, fmt.Errorf("%s: %s is missing or not a valid count (%v)", m.Name(), key, v)
 	}
+	if n == 0 {
+		return 0, fmt.Errorf("%s: %s is 0: the model has no blocks", m.Name(), key)
+	}
 	return int(n), nil
 }
 

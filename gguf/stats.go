@@ -26,8 +26,9 @@ type Stats struct {
 	Blocks      []BlockStats `json:"blocks"`
 }
 
-// Stats sums parameters and bytes per block and per tensor type. Blocks that
-// hold no tensors still get a row, up to the block count.
+// Stats sums parameters and bytes per block and per tensor type. There is
+// one row per block of the block count (CheckBlocks refuses tensors named
+// for blocks past it); their tensors count in the totals only.
 func (m *Model) Stats() Stats {
 	var s Stats
 	n, _ := m.BlockCount()
@@ -45,9 +46,6 @@ func (m *Model) Stats() Stats {
 		ts.Tensors++
 		ts.Bytes += t.Size
 		ts.Params += el
-		if b := BlockOf(t.Name); b >= 0 {
-			n = max(n, b+1)
-		}
 	}
 	s.Blocks = make([]BlockStats, n)
 	for i := range s.Blocks {
@@ -55,7 +53,7 @@ func (m *Model) Stats() Stats {
 	}
 	for i := range m.Tensors {
 		t := &m.Tensors[i]
-		if b := BlockOf(t.Name); b >= 0 {
+		if b := BlockOf(t.Name); b >= 0 && b < n {
 			s.Blocks[b].Tensors++
 			s.Blocks[b].Bytes += t.Size
 			s.Blocks[b].Params += t.Elements()

@@ -7,11 +7,13 @@ import "C"
 import (
 	"fmt"
 	"io"
+	"os"
 	"runtime/cgo"
 	"strings"
 	"unsafe"
 
 	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 )
 
 // The functions here are called from C (shim.cpp) on the thread that is in a
@@ -31,6 +33,15 @@ func goLog(level C.int, text *C.char) {
 			progress(done, total)
 		}
 	}
+}
+
+//export goAbort
+func goAbort(msg *C.char) {
+	// ggml is about to abort the process: take the temporary files with it
+	// and exit with the status that says llama.cpp crashed.
+	atomicfile.RemovePending()
+	fmt.Fprintf(os.Stderr, "ggufprune: llama.cpp aborted: %s\nggufprune: this is a bug of ggufprune's checks: please report it with the file's metadata (ggufprune inspect)\n", strings.TrimSpace(C.GoString(msg)))
+	os.Exit(ExitCrash)
 }
 
 //export goHiddenState

@@ -23,6 +23,7 @@ import (
 	"unsafe"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	// llama.cpp, ggml and ggml's CPU backend, as cgo packages.
 	_ "github.com/ollama/ollama/llama/llama.cpp/src"
 )
@@ -31,7 +32,38 @@ import (
 
 var initOnce sync.Once
 
+// initBackend starts llama.cpp's backends once, and with them the handlers
+// that turn a crash inside llama.cpp into exit status ExitCrash.
 func initBackend() { initOnce.Do(func() { C.gp_init() }) }
+
+// ExitCrash is the exit status of a process in which llama.cpp aborted or
+// faulted: a value of a model that this package's checks let through. The
+// process's temporary files are removed first.
+const ExitCrash = C.GP_EXIT_CRASH
+
+var pendingMu sync.Mutex
+
+func init() {
+	// Temporary files are registered with the shim too, so that a crash
+	// inside llama.cpp, which ends the process without running Go code,
+	// still removes them.
+	atomicfile.OnPending(func(name string) func() {
+		cname := C.CString(name)
+		defer C.free(unsafe.Pointer(cname))
+		pendingMu.Lock()
+		slot := C.gp_pending_add(cname)
+		pendingMu.Unlock()
+		return func() {
+			pendingMu.Lock()
+			C.gp_pending_remove(slot)
+			pendingMu.Unlock()
+		}
+	})
+}
+
+// testCrash makes llama.cpp's side crash: 0 through ggml's abort, 1 by a
+// division by zero, 2 through std::terminate. For tests of ExitCrash.
+func testCrash(kind int) { initBackend(); C.gp_test_crash(C.int(kind)) }
 
 var (
 	gpuOnce  sync.Once
@@ -126,6 +158,15 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 	arch, err := gm.Architecture()
 	if err != nil {
 		return nil, err
+	}
+	// Refuse what llama.cpp would abort on, before it sees the file.
+	if err := gguf.CheckLlama(gm, true); err != nil {
+		return nil, err
+	}
+	if !gguf.MappedAlignmentOK(gm) {
+		// ggml asserts that mapped tensor data is 32-byte aligned; a legal
+		// file with a smaller general.alignment is read into memory instead.
+		p.NoMmap = true
 	}
 	nBlocks, _ := gm.BlockCount()
 	mtp := len(gguf.MTPBlocks(gm, nBlocks))
@@ -399,6 +440,15 @@ func TypeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
 // a file this project wrote.
 func ReadGGUF(path string) (GGUFInfo, error) {
 	initBackend()
+	f, err := gguf.Open(path)
+	if err != nil {
+		return GGUFInfo{}, err
+	}
+	err = gguf.CheckGGML(f)
+	f.Close()
+	if err != nil {
+		return GGUFInfo{}, err
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	eb := newErrBuf()

@@ -468,3 +468,34 @@ func TestClosedAndKeptAlive(t *testing.T) {
 		t.Errorf("Logits after Close: %v", err)
 	}
 }
+
+// A file whose general.alignment (8) leaves tensor data off ggml's 32-byte
+// alignment loads although mapping was asked for (it is read instead), and
+// computes what the original computes; a file llama.cpp would abort on is
+// refused before llama.cpp opens it.
+func TestCheckedBeforeLlama(t *testing.T) {
+	src := fixture.Asset(t, "models/stories260K.gguf")
+	dir := t.TempDir()
+	aligned8 := filepath.Join(dir, "align8.gguf")
+	if err := fixture.Rewrite(src, aligned8, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		return fixture.SetKV(append(kvs, gguf.KV{Key: "x.pad", Value: gguf.String("abc")}), "general.alignment", gguf.Uint32(8)), ts
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eval := text(t, "text/unseen/tinystories_last50.txt", 20000)
+	if a, b := perplexity(t, src, eval, 64, 4), perplexity(t, aligned8, eval, 64, 4); a != b {
+		t.Fatalf("perplexity %v of the 8-aligned copy, %v of the original", b, a)
+	}
+	bad := filepath.Join(dir, "zero-blocks.gguf")
+	if err := fixture.Rewrite(src, bad, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		return fixture.SetKV(kvs, "llama.attention.head_count_kv", gguf.Uint32(3)), ts
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := llamacpp.LoadModel(bad, llamacpp.ModelParams{}); !errors.Is(err, gguf.ErrLlamaRule) || !strings.Contains(err.Error(), "head_count_kv") {
+		t.Fatalf("loading a file llama.cpp aborts on: %v", err)
+	}
+	if err := llamacpp.Quantize(bad, filepath.Join(dir, "q.gguf"), llamacpp.QuantizeParams{Type: quantType(t, "Q8_0")}); !errors.Is(err, gguf.ErrLlamaRule) {
+		t.Fatalf("quantizing a file llama.cpp aborts on: %v", err)
+	}
+}

@@ -30,6 +30,9 @@ func Quantize(in, out string, p QuantizeParams) error {
 	if m.SameFile(out) {
 		return fmt.Errorf("%s: output would overwrite the input", out)
 	}
+	if err := gguf.CheckLlama(m, false); err != nil {
+		return err
+	}
 	q := p.Type
 	if q.NeedImatrix && p.Imatrix == nil {
 		return &Error{"quantizing to " + q.Name, in, fmt.Sprintf("%s needs an importance matrix: without one llama.cpp's %s quality collapses", q.Name, q.Name), ErrQuantize}

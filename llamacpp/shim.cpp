@@ -1,6 +1,8 @@
 #include "shim.h"
 
 #include <atomic>
+#include <csignal>
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -59,7 +61,68 @@ static void gp_log(enum ggml_log_level level, const char *text, void *) {
     }
 }
 
+// Crashes inside llama.cpp. ggml aborts through ggml_abort, which first calls
+// the abort callback: Go then removes its temporary files, says what
+// happened and exits with status 3 (goAbort). A division by zero in C (Go code
+// never raises SIGFPE: it checks divisions itself) or an abort that bypasses
+// ggml_abort (std::terminate) arrives as a signal: the handler removes the
+// temporary files registered below with unlink (async-signal-safe), writes a
+// line and exits with status 3 too, so that a crash never looks like success
+// (0), a failure we report (1) or a usage error (2).
+#define GP_MAX_PENDING 64
+#define GP_PATH_MAX 4096
+static char g_pending[GP_MAX_PENDING][GP_PATH_MAX];
+static std::atomic<bool> g_pending_used[GP_MAX_PENDING];
+
+int gp_pending_add(const char *path) {
+    if (strlen(path) >= GP_PATH_MAX) {
+        return -1;
+    }
+    for (int i = 0; i < GP_MAX_PENDING; i++) {
+        if (!g_pending_used[i].load() && g_pending[i][0] == '\0') {
+            snprintf(g_pending[i], GP_PATH_MAX, "%s", path);
+            g_pending_used[i].store(true);
+            return i;
+        }
+    }
+    return -1;
+}
+
+void gp_pending_remove(int slot) {
+    if (slot >= 0 && slot < GP_MAX_PENDING) {
+        g_pending_used[slot].store(false);
+        g_pending[slot][0] = '\0';
+    }
+}
+
+static void write_str(const char *s) {
+    ssize_t r = write(2, s, strlen(s));
+    (void)r;
+}
+
+static void crash_handler(int sig) {
+    for (int i = 0; i < GP_MAX_PENDING; i++) {
+        if (g_pending_used[i].load()) {
+            unlink(g_pending[i]);
+        }
+    }
+    write_str(sig == SIGFPE ? "ggufprune: llama.cpp crashed: arithmetic fault (SIGFPE) on a value of the model it does not check\n"
+                            : "ggufprune: llama.cpp aborted (SIGABRT)\n");
+    write_str("ggufprune: this is a bug of ggufprune's checks: please report it with the file's metadata (ggufprune inspect)\n");
+    _exit(GP_EXIT_CRASH);
+}
+
+static void abort_callback(const char *msg) { goAbort((char *)msg); }
+
 void gp_init(void) {
+    ggml_set_abort_callback(abort_callback);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = crash_handler;
+    sa.sa_flags = SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGFPE, &sa, nullptr);
+    sigaction(SIGABRT, &sa, nullptr);
 #ifdef __GLIBC__
     // Model weights read without mmap, KV caches and compute buffers are large
     // allocations. glibc raises its mmap threshold after the first of them is
@@ -371,4 +434,18 @@ int32_t gp_type_size(int32_t type, int64_t *block_size, char *name, size_t name_
     *block_size = ggml_blck_size((enum ggml_type)type);
     snprintf(name, name_len, "%s", ggml_type_name((enum ggml_type)type));
     return (int32_t)ggml_type_size((enum ggml_type)type);
+}
+
+int gp_test_crash(int kind) {
+    // Both volatile: with a constant numerator the compiler replaces the
+    // division by comparisons.
+    volatile int num = 7, zero = 0;
+    switch (kind) {
+    case 0:
+        GGML_ABORT("test abort from ggufprune's shim");
+    case 1:
+        return num / zero;
+    default:
+        std::terminate();
+    }
 }

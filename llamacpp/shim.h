@@ -16,9 +16,19 @@ extern "C" {
 
 #define GP_ERRLEN 512
 
+// GP_EXIT_CRASH is the exit status of the process when llama.cpp aborts or
+// faults on a value that slipped past the checks.
+#define GP_EXIT_CRASH 3
+
 typedef struct gp_ctx gp_ctx;
 
 void gp_init(void);
+// Temporary files to unlink if the process dies inside llama.cpp: add
+// returns a slot (-1 when full), remove frees it.
+int gp_pending_add(const char *path);
+void gp_pending_remove(int slot);
+// gp_test_crash aborts (0), divides by zero (1) or terminates (2): for tests.
+int gp_test_crash(int kind);
 // gp_set_log says whether llama.cpp's log lines go to Go (goLog) or nowhere.
 void gp_set_log(bool forward);
 // gp_load_backends loads ggml's dynamic backends (GPU builds) from dir and

@@ -28,7 +28,9 @@ func Open(path string) (*Model, error) {
 	}
 	m := &Model{Path: path, GGUF: g}
 	if m.Arch, err = g.Architecture(); err == nil {
-		m.Blocks, err = g.BlockCount()
+		if m.Blocks, err = g.BlockCount(); err == nil {
+			err = gguf.CheckBlocks(g)
+		}
 	}
 	if err != nil {
 		g.Close()

@@ -51,9 +51,18 @@ type Result struct {
 	Eval             []EvalResult `json:"eval,omitempty"`
 }
 
-// Plan works out the removal of the given blocks (see gguf.PlanRemoval).
+// Plan works out the removal of the given blocks (see gguf.PlanRemoval) and
+// checks that llama.cpp would load the result (gguf.LlamaRules): with force
+// too, a file llama.cpp would abort on is never written.
 func (m *Model) Plan(remove []int, force bool) (*gguf.Plan, error) {
-	return gguf.PlanRemoval(m.GGUF, remove, force)
+	plan, err := gguf.PlanRemoval(m.GGUF, remove, force)
+	if err != nil {
+		return nil, err
+	}
+	if err := plan.CheckLlama(); err != nil {
+		return nil, err
+	}
+	return plan, nil
 }
 
 // Write writes the plan as o says and reports what it wrote. Every file goes

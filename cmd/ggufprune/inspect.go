@@ -59,6 +59,9 @@ func runInspect(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := gguf.CheckBlocks(m); err != nil {
+		return err
+	}
 	st := m.Stats()
 	r := inspectReport{
 		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: arch, BlockCount: n,

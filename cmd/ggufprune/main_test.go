@@ -408,7 +408,11 @@ func TestPruneRefusesEarly(t *testing.T) {
 func TestScoresOfMTPModel(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "mtp.gguf")
-	err := fixture.Write(in, fixture.Spec{Arch: "glm4moe", Blocks: 6, Extra: []gguf.KV{{Key: "glm4moe.nextn_predict_layers", Value: gguf.Uint32(2)}}})
+	err := fixture.Write(in, fixture.Spec{Arch: "glm4moe", Blocks: 6, Extra: []gguf.KV{
+		{Key: "glm4moe.nextn_predict_layers", Value: gguf.Uint32(2)},
+		{Key: "glm4moe.expert_count", Value: gguf.Uint32(4)},
+		{Key: "glm4moe.expert_used_count", Value: gguf.Uint32(2)},
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,8 +20,19 @@ const Mode os.FileMode = 0o644
 // RemovePending can clean up after an interrupt.
 var (
 	pendingMu sync.Mutex
-	pending   = map[*Pending]bool{}
+	pending   = map[*Pending]func(){} // each with its OnPending release
+	onPending func(name string) (release func())
 )
+
+// OnPending sets a function told of every temporary file as it is made; the
+// function it returns is called when the file is committed or removed. A
+// process that can die without running Go code (inside C) uses it to keep
+// its own list of files to remove.
+func OnPending(fn func(name string) (release func())) {
+	pendingMu.Lock()
+	onPending = fn
+	pendingMu.Unlock()
+}
 
 // Pending is a file being written under a temporary name in the folder of
 // its final path.
@@ -55,14 +66,21 @@ func Temp(dir, pattern string) (*Pending, error) {
 
 func register(p *Pending) *Pending {
 	pendingMu.Lock()
-	pending[p] = true
+	release := func() {}
+	if onPending != nil {
+		release = onPending(p.name)
+	}
+	pending[p] = release
 	pendingMu.Unlock()
 	return p
 }
 
 func (p *Pending) forget() {
 	pendingMu.Lock()
-	delete(pending, p)
+	if release, ok := pending[p]; ok {
+		release()
+		delete(pending, p)
+	}
 	pendingMu.Unlock()
 }
 

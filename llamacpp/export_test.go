@@ -1,0 +1,4 @@
+package llamacpp
+
+// TestCrash exposes testCrash to the external tests.
+var TestCrash = testCrash
