@@ -30,7 +30,7 @@ type LlamaRule struct {
 	// matter only when the model is run (tokenized, decoded), not when it is
 	// only read or quantized.
 	File, Run bool
-	check func(v *ruleView) error
+	check     func(v *ruleView) error
 }
 
 // LlamaRuleError is a file that breaks a LlamaRule.
@@ -62,7 +62,7 @@ type ruleView struct {
 }
 
 func (v *ruleView) get(key string) (Value, bool) { return lookup(v.kvs, key) }
-func (v *ruleView) archKey(key string) string   { return v.arch + "." + key }
+func (v *ruleView) archKey(key string) string    { return v.arch + "." + key }
 func (v *ruleView) getArch(key string) (Value, bool) {
 	return v.get(v.archKey(key))
 }
