@@ -21,10 +21,21 @@ func seeds(t testing.TB) map[string][]byte {
 	kvs, ts := fixture.Build(fixture.Spec{Arch: "llama", Blocks: 2, Embd: 32, PerLayer: map[string][]int{"feed_forward_length": {1, 2}}})
 	q := fixture.Spec{Arch: "llama", Blocks: 1, Embd: 256, Type: gguf.TypeQ4_K}
 	qkvs, qts := fixture.Build(q)
+	// A model with the metadata the checks before llama.cpp read.
+	toks, _ := gguf.NewArray(gguf.TypeString, []gguf.Value{gguf.String("a"), gguf.String("b"), gguf.String(""), gguf.String("d")})
+	scores, _ := gguf.NewArray(gguf.TypeFloat32, []gguf.Value{gguf.Float32(0), gguf.Float32(-1), gguf.Float32(-2), gguf.Float32(-3)})
+	kvHeads, _ := gguf.NewArray(gguf.TypeUint32, []gguf.Value{gguf.Uint32(2), gguf.Uint32(2)})
+	vkvs, vts := fixture.Build(fixture.Spec{Arch: "llama", Blocks: 2, Embd: 32, Extra: []gguf.KV{
+		{Key: "llama.attention.head_count", Value: gguf.Uint32(4)}, {Key: "llama.attention.head_count_kv", Value: kvHeads},
+		{Key: "llama.expert_count", Value: gguf.Uint32(4)},
+		{Key: "llama.expert_used_count", Value: gguf.Uint32(2)}, {Key: "tokenizer.ggml.model", Value: gguf.String("llama")},
+		{Key: "tokenizer.ggml.tokens", Value: toks}, {Key: "tokenizer.ggml.scores", Value: scores},
+	}})
 	return map[string][]byte{
 		"tiny-v3.gguf":    encode(t, 3, kvs, ts),
 		"tiny-v2.gguf":    encode(t, 2, kvs, ts),
 		"tiny-q4k.gguf":   encode(t, 3, qkvs, qts),
+		"vocab.gguf":      encode(t, 3, vkvs, vts),
 		"nested.gguf":     encode(t, 3, []gguf.KV{{Key: "n", Value: nested}, {Key: "general.alignment", Value: gguf.Uint32(64)}}, nil),
 		"no-tensors.gguf": encode(t, 3, []gguf.KV{{Key: "general.architecture", Value: gguf.String("llama")}}, nil),
 		"split-0001.gguf": encode(t, 3, append(kvs, gguf.KV{Key: gguf.KeySplitNo, Value: gguf.Uint16(0)}, gguf.KV{Key: gguf.KeySplitCount, Value: gguf.Uint16(2)}), ts[:3]),
@@ -87,10 +98,16 @@ func FuzzNewFile(f *testing.F) {
 				t.Fatalf("tensor %d differs", i)
 			}
 		}
-		// Surgery on any accepted file fails cleanly or plans.
+		// The checks before llama.cpp, and surgery, on any accepted file
+		// refuse cleanly or pass.
+		gguf.CheckGGML(file)
 		if m, err := gguf.NewModel(file); err == nil {
+			gguf.CheckLlama(m, true)
+			gguf.CheckBlocks(m)
+			gguf.MappedAlignmentOK(m)
 			if plan, err := gguf.PlanRemoval(m, []int{0}, false); err == nil {
 				plan.Size(false)
+				plan.CheckLlama()
 			}
 			m.Stats()
 		}

@@ -83,6 +83,12 @@ func (f *File) Name() string { return f.name }
 
 // Open opens and parses the named file.
 func Open(path string) (*File, error) {
+	// Stat before opening: opening a FIFO blocks until a writer comes.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%v)", path, st.Mode().Type())
+	}
 	fp, err := os.Open(path)
 	if err != nil {
 		return nil, err

@@ -312,6 +312,18 @@ func (p *Plan) Write(out string, keepSplit bool) ([]string, error) {
 	})
 }
 
+// WriteFile writes the pruned model as one file into f, an open, empty
+// file that the caller owns (an intermediate result; Write is for outputs),
+// and checks what it wrote.
+func (p *Plan) WriteFile(f *os.File) error {
+	fp := p.parts(false)[0]
+	l, err := Write(f, p.Model.Shards[0].Version, fp.kvs, fp.tensors)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return verifyWritten(f.Name(), f, l, fp)
+}
+
 // verifyWritten re-reads a written file and checks it holds what was planned.
 func verifyWritten(path string, f *os.File, l *Layout, fp fileParts) error {
 	got, err := NewFile(f, l.Size)
@@ -330,9 +342,15 @@ func verifyWritten(path string, f *os.File, l *Layout, fp fileParts) error {
 	return nil
 }
 
+// MaxBlockIndex bounds the indices ParseBlockList accepts: no model has
+// that many blocks (llama.cpp takes 512), and a bound keeps a hostile list
+// from taking memory.
+const MaxBlockIndex = 1 << 16
+
 // ParseBlockList parses "3,5-7" into sorted, unique block indices.
 func ParseBlockList(s string) ([]int, error) {
-	set := map[int]bool{}
+	type span struct{ lo, hi int }
+	var spans []span
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
@@ -348,18 +366,22 @@ func ParseBlockList(s string) ([]int, error) {
 		if err1 != nil || err2 != nil || a < 0 || b < a {
 			return nil, fmt.Errorf("block list %q: %q is not an index or an ascending range like 5-7", s, part)
 		}
-		if b-a > 1<<20 {
-			return nil, fmt.Errorf("block list %q: range %q is too long", s, part)
+		if b >= MaxBlockIndex {
+			return nil, fmt.Errorf("block list %q: block %d is past any model's blocks (at most %d)", s, b, MaxBlockIndex-1)
 		}
-		for i := a; i <= b; i++ {
-			set[i] = true
+		spans = append(spans, span{a, b})
+	}
+	// Merge the spans before expanding them: the result is at most
+	// MaxBlockIndex indices, however many items the list has.
+	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
+	var out []int
+	next := 0 // the lowest index not yet in out
+	for _, sp := range spans {
+		for i := max(sp.lo, next); i <= sp.hi; i++ {
+			out = append(out, i)
 		}
+		next = max(next, sp.hi+1)
 	}
-	out := make([]int, 0, len(set))
-	for i := range set {
-		out = append(out, i)
-	}
-	sort.Ints(out)
 	return out, nil
 }
 

@@ -307,6 +307,7 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
+	threads = min(threads, 4*runtime.NumCPU(), 512) // 512: GGML_MAX_N_THREADS
 	c := &Context{model: m, nCtx: p.NCtx, capture: p.Capture}
 	c.handle = cgo.NewHandle(c)
 	eb := newErrBuf()

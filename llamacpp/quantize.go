@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"unsafe"
 
@@ -56,6 +57,13 @@ func Quantize(in, out string, p QuantizeParams) error {
 		}
 	}
 
+	// llama.cpp reports a full disk as "basic_ios::clear: iostream error":
+	// check the space before, and say what happened after.
+	need := estimateSize(m, q)
+	free, known := atomicfile.FreeSpace(filepath.Dir(out))
+	if known && free < need {
+		return &Error{"quantizing to " + q.Name, in, fmt.Sprintf("the output needs about %d MiB, and the disk of %s has %d MiB free", need>>20, filepath.Dir(out), free>>20), ErrQuantize}
+	}
 	pending, err := atomicfile.Create(out)
 	if err != nil {
 		return err
@@ -103,7 +111,11 @@ func Quantize(in, out string, p QuantizeParams) error {
 	rc := C.gp_quantize(cin, cout, C.int32_t(max(ftype, 0)), C.int32_t(p.Threads), C.bool(q.ftype < 0), C.int32_t(override),
 		(**C.char)(cNames), (**C.float)(cValues), (*C.int64_t)(cLens), C.int32_t(len(names)), eb.p)
 	if rc != 0 {
-		return &Error{"quantizing to " + q.Name, in, strings.TrimSpace(eb.msg()), ErrQuantize}
+		msg := strings.TrimSpace(eb.msg())
+		if free, known := atomicfile.FreeSpace(filepath.Dir(out)); known && free < 1<<20 {
+			msg = fmt.Sprintf("no space left on the disk of %s (llama.cpp: %s)", filepath.Dir(out), msg)
+		}
+		return &Error{"quantizing to " + q.Name, in, msg, ErrQuantize}
 	}
 	// Check what llama.cpp wrote before it takes the output's name.
 	check, err := gguf.OpenModel(tmpName)
@@ -118,6 +130,22 @@ func Quantize(in, out string, p QuantizeParams) error {
 		}
 	}
 	return pending.Commit()
+}
+
+// estimateSize is a generous estimate of the quantized file's size: weights
+// at the type's size (K-quant mixes give some tensors more bits: a third is
+// added), everything else as it is.
+func estimateSize(m *gguf.Model, q QuantType) int64 {
+	var n float64
+	per := float64(q.base.BlockBytes()) / float64(q.base.BlockSize())
+	for _, t := range m.Tensors {
+		if q.ftype >= 0 && len(t.Dims) >= 2 && strings.HasSuffix(t.Name, ".weight") {
+			n += float64(t.Elements()) * max(per*4/3, 0)
+		} else {
+			n += float64(t.Size)
+		}
+	}
+	return int64(n) + m.Shards[0].DataOffset
 }
 
 // cArray copies a Go slice of C values into C memory (nil-safe for empty slices).

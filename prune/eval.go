@@ -16,15 +16,11 @@ type EvalResult struct {
 }
 
 // Evaluate computes the perplexity of each model on the same text, exactly
-// as llama.cpp's llama-perplexity does (see llamacpp.Perplexity). name
-// names the text in errors.
-func Evaluate(ctx context.Context, paths []string, text, name string, o RunOptions) ([]EvalResult, error) {
-	if err := checkEvalText(text, name); err != nil {
-		return nil, err
-	}
+// as llama.cpp's llama-perplexity does (see llamacpp.Perplexity).
+func Evaluate(ctx context.Context, paths []string, text *Text, o RunOptions) ([]EvalResult, error) {
 	var rs []EvalResult
 	for _, path := range paths {
-		r, err := perplexity(ctx, path, text, name, o)
+		r, err := perplexity(ctx, path, text, o)
 		if err != nil {
 			return nil, err
 		}
@@ -33,15 +29,15 @@ func Evaluate(ctx context.Context, paths []string, text, name string, o RunOptio
 	return rs, nil
 }
 
-func perplexity(ctx context.Context, path, text, name string, o RunOptions) (EvalResult, error) {
+func perplexity(ctx context.Context, path string, text *Text, o RunOptions) (EvalResult, error) {
 	lm, err := load(path, nil, o)
 	if err != nil {
 		return EvalResult{}, err
 	}
 	defer lm.Close()
-	tokens, err := lm.Tokenize(text, true)
+	tokens, err := text.tokens(lm, o.Chunks*o.ctx())
 	if err != nil {
-		return EvalResult{}, fmt.Errorf("%s: %w", name, err)
+		return EvalResult{}, err
 	}
 	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads})
 	if err != nil {
@@ -50,7 +46,7 @@ func perplexity(ctx context.Context, path, text, name string, o RunOptions) (Eva
 	defer lctx.Close()
 	r, err := llamacpp.Perplexity(ctx, lctx, tokens, o.Chunks, o.progress("perplexity", "chunks", o.ctx()))
 	if err != nil {
-		return EvalResult{}, fmt.Errorf("%s on %s: %w", path, name, err)
+		return EvalResult{}, fmt.Errorf("%s on %s: %w", path, text.Name, err)
 	}
 	return EvalResult{Model: path, PPL: r.PPL, Tokens: r.Tokens, Chunks: r.Chunks}, nil
 }

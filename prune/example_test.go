@@ -58,7 +58,7 @@ func ExampleRun() {
 		log.Fatal(err)
 	}
 	defer m.Close()
-	text, err := prune.ReadText("../testdata/text/unseen/tinystories_last50.txt")
+	text, err := prune.TextFile("../testdata/text/unseen/tinystories_last50.txt")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func ExampleRun() {
 		Layers:   []int{2},
 		Write:    prune.WriteOptions{Output: filepath.Join(dir, "pruned.gguf")},
 		Run:      prune.RunOptions{Ctx: 128, Chunks: 4},
-		EvalText: text, EvalName: "tinystories_last50.txt",
+		EvalText: text,
 	})
 	if err != nil {
 		log.Fatal(err)

@@ -3,6 +3,7 @@ package prune
 import (
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/llamacpp"
@@ -86,6 +87,10 @@ type RunOptions struct {
 	Notify func(msg string)
 }
 
+// MaxThreads is the most CPU threads a model runs on: 4 per core (ggml's
+// threads spin at every synchronisation, so more only slow it down).
+func MaxThreads() int { return 4 * runtime.NumCPU() }
+
 // DefaultCtx is the chunk size when RunOptions.Ctx is 0.
 const DefaultCtx = 256
 
@@ -120,8 +125,8 @@ func (o RunOptions) Check() error {
 		return fmt.Errorf("the context size %d must be at least 2", o.Ctx)
 	case o.Chunks < 0:
 		return fmt.Errorf("the chunk count %d must not be negative", o.Chunks)
-	case o.Threads < 0:
-		return fmt.Errorf("the thread count %d must not be negative", o.Threads)
+	case o.Threads < 0 || o.Threads > MaxThreads():
+		return fmt.Errorf("the thread count %d must be between 0 (all cores) and %d", o.Threads, MaxThreads())
 	case o.GPULayers < 0:
 		return fmt.Errorf("the GPU layer count %d must not be negative", o.GPULayers)
 	}

@@ -36,9 +36,9 @@ type Options struct {
 
 	Write WriteOptions
 
-	// EvalText, when not empty, is evaluated on the input and the output
-	// after writing (perplexity); EvalName names it in reports.
-	EvalText, EvalName string
+	// EvalText, when not nil, is evaluated on the input before writing and
+	// on the output after (perplexity).
+	EvalText *Text
 }
 
 // Run prunes m as Options say: choose the blocks (scoring when needed), plan
@@ -48,14 +48,27 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if len(o.Layers) == 0 && o.Select.empty() {
 		return nil, errors.New("prune: no blocks given and no selection asked for")
 	}
+	// Everything that can be refused is checked before scoring, which may
+	// take long, and before anything is written.
+	if !o.Write.DryRun {
+		if o.Write.Output != "" && m.GGUF.SameFile(o.Write.Output) {
+			return nil, fmt.Errorf("%s: output would overwrite an input file", o.Write.Output)
+		}
+		if err := CheckOutput(o.Write.Output, o.Write.Overwrite); err != nil {
+			return nil, err
+		}
+		if o.Write.ImatrixOut != "" {
+			if err := CheckOutput(o.Write.ImatrixOut, o.Write.Overwrite); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if t := o.Select.TargetSize; len(o.Layers) == 0 && o.Select.Count <= 0 && t >= m.Size() {
+		return nil, fmt.Errorf("%s is %s, already at most the target size %s (%d bytes): no block needs to go", m.Path, HumanBytes(m.Size()), HumanBytes(t), t)
+	}
 	if o.Write.Imatrix != nil {
 		if err := o.Write.Imatrix.CheckModel(m.GGUF); err != nil {
 			return nil, fmt.Errorf("%s: %w", o.Write.ImatrixName, err)
-		}
-	}
-	if o.EvalText != "" && !o.Write.DryRun {
-		if err := checkEvalText(o.EvalText, o.EvalName); err != nil {
-			return nil, err
 		}
 	}
 	remove := o.Layers
@@ -90,15 +103,25 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The input is evaluated before anything is written, so that a text the
+	// evaluation refuses (too short, say) fails the run with nothing written.
+	var evalIn []EvalResult
+	if o.EvalText != nil && !o.Write.DryRun {
+		if evalIn, err = Evaluate(ctx, []string{m.Path}, o.EvalText, o.Run); err != nil {
+			return nil, err
+		}
+	}
 	res, err := m.Write(ctx, plan, o.Write)
 	if err != nil {
 		return nil, err
 	}
 	res.Method, res.Scores = method, rep
-	if o.EvalText != "" && !o.Write.DryRun {
-		if res.Eval, err = Evaluate(ctx, []string{m.Path, res.Outputs[0]}, o.EvalText, o.EvalName, o.Run); err != nil {
+	if evalIn != nil {
+		evalOut, err := Evaluate(ctx, res.Outputs[:1], o.EvalText, o.Run)
+		if err != nil {
 			return nil, err
 		}
+		res.Eval = append(evalIn, evalOut...)
 	}
 	return res, nil
 }

@@ -89,13 +89,13 @@ func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatri
 // llama-perplexity does, or lets the model write it.
 func calibrationChunks(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) ([][]int32, error) {
 	if !cal.SelfGenerated() {
-		tokens, err := lm.Tokenize(cal.Text, true)
+		tokens, err := cal.Text.tokens(lm, o.Chunks*o.ctx())
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cal.Name, err)
+			return nil, err
 		}
 		chunks, err := lm.Chunks(tokens, o.ctx(), o.Chunks)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cal.Name, err)
+			return nil, fmt.Errorf("%s: %w", cal.Text.Name, err)
 		}
 		return chunks, nil
 	}

@@ -75,7 +75,7 @@ func (e *SizeError) Error() string {
 func ParseCount(s string, n int) (int, error) {
 	if p, ok := strings.CutSuffix(strings.TrimSpace(s), "%"); ok {
 		f, err := strconv.ParseFloat(p, 64)
-		if err != nil || f <= 0 || f >= 100 {
+		if err != nil || !(f > 0 && f < 100) { // NaN too
 			return 0, fmt.Errorf("%s: a percentage must be between 0 and 100", s)
 		}
 		k := int(math.Round(f / 100 * float64(n)))
@@ -113,8 +113,9 @@ func ParseSize(s string, whole int64) (int64, error) {
 		}
 	}
 	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f <= 0 || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("%q: give bytes, a size like 3GiB or 2.5GB, or a percentage like 70%%", s)
+	// NaN fails every comparison; a size must fit in an int64 (8 EiB).
+	if err != nil || !(f > 0) || !(f*mult < math.MaxInt64/2) || f*mult < 1 {
+		return 0, fmt.Errorf("%q: give bytes (1 to 4 EiB), a size like 3GiB or 2.5GB, or a percentage like 70%%", s)
 	}
 	return int64(f * mult), nil
 }

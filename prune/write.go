@@ -17,6 +17,7 @@ type WriteOptions struct {
 	KeepSplit bool   // write a split input as as many shards instead of one file
 	Force     bool   // remove blocks even where the architecture derives block kinds from the index
 	DryRun    bool   // plan and size only; write nothing
+	Overwrite bool   // replace output files that exist (they keep their permissions)
 
 	// Quantize, when its Name is set, quantizes the pruned model into
 	// Output (one file; the pruned intermediate is a temporary file).
@@ -73,8 +74,8 @@ func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Re
 	if quantize && o.KeepSplit {
 		return nil, fmt.Errorf("a quantized output is one file; it cannot keep the input's split")
 	}
-	if o.Output == "" && !o.DryRun {
-		return nil, fmt.Errorf("no output file given")
+	if err := o.check(plan); err != nil {
+		return nil, err
 	}
 	after, err := plan.Size(o.KeepSplit && !quantize)
 	if err != nil {
@@ -120,21 +121,41 @@ func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Re
 	return res, nil
 }
 
+// check refuses outputs that cannot be written (see CheckOutput).
+func (o WriteOptions) check(plan *gguf.Plan) error {
+	if o.DryRun {
+		return nil
+	}
+	outs := plan.Outputs(o.Output, o.KeepSplit && o.Quantize.Name == "")
+	if o.ImatrixOut != "" {
+		outs = append(outs, o.ImatrixOut)
+	}
+	for _, out := range outs {
+		if plan.Model.SameFile(out) {
+			return fmt.Errorf("%s: output would overwrite an input file", out)
+		}
+		if err := CheckOutput(out, o.Overwrite); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // writeQuantized writes the pruned model to a temporary file next to the
 // output, quantizes it into the output, and removes it whatever happens.
 func (m *Model) writeQuantized(plan *gguf.Plan, o WriteOptions, im *gguf.Imatrix) error {
 	if plan.Model.SameFile(o.Output) {
 		return fmt.Errorf("%s: output would overwrite an input file", o.Output)
 	}
-	tmp, err := atomicfile.Temp(filepath.Dir(o.Output), "."+filepath.Base(o.Output)+".pruned-*.gguf")
+	tmp, err := atomicfile.Temp(filepath.Dir(o.Output), "."+filepath.Base(o.Output)+".pruned-")
 	if err != nil {
 		return err
 	}
 	defer tmp.Abort()
-	tmp.CloseFile()
-	if _, err := plan.Write(tmp.Name(), false); err != nil {
+	if err := plan.WriteFile(tmp.File()); err != nil {
 		return err
 	}
+	tmp.CloseFile()
 	return llamacpp.Quantize(tmp.Name(), o.Output, llamacpp.QuantizeParams{
 		Type: o.Quantize, Threads: o.QuantizeThreads, Imatrix: im, Progress: o.Progress,
 	})

@@ -19,17 +19,17 @@ $bin inspect "$MODEL" | sed -n '1,7p'
 
 echo
 echo "== 2. score every block on $CALIB"
-$bin score -m "$MODEL" -f "$CALIB" -c "$CTX" --chunks 32 -o "$OUT/scores.json" --plot "$OUT/scores.svg"
+$bin score -m "$MODEL" -f "$CALIB" -c "$CTX" --chunks 32 -o "$OUT/scores.json" --plot "$OUT/scores.svg" --overwrite
 
 echo
 echo "== 3. remove the 25% of blocks with the lowest BI"
-$bin prune -m "$MODEL" --scores "$OUT/scores.json" --remove 25% -o "$OUT/pruned.gguf" --plot "$OUT/pruned.svg" | sed -n '/^model  /,$p'
+$bin prune -m "$MODEL" --scores "$OUT/scores.json" --remove 25% -o "$OUT/pruned.gguf" --plot "$OUT/pruned.svg" --overwrite | sed -n '/^model  /,$p'
 
 echo
 echo "== 4. baseline: remove as many blocks, but the deepest ones before the last"
 n=$($bin inspect --json "$MODEL" | sed -n 's/^  "block_count": \([0-9]*\),/\1/p')
 k=$(( (n + 2) / 4 ))
-$bin prune -m "$MODEL" --layers "$((n - 1 - k))-$((n - 2))" -o "$OUT/baseline.gguf" | sed -n '/^removed/p'
+$bin prune -m "$MODEL" --layers "$((n - 1 - k))-$((n - 2))" -o "$OUT/baseline.gguf" --overwrite | sed -n '/^removed/p'
 
 echo
 echo "== 5. perplexity before and after on $EVAL"

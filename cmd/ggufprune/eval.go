@@ -16,8 +16,8 @@ func evalCommand() *cli.Command {
 			"start of each, the second half of each chunk scored), so the numbers compare with it.\n" +
 			"Give -m several times to compare models (e.g. before and after pruning) on the same tokens.",
 		Flags: append(runFlags(512),
-			&cli.StringSliceFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf` (repeat for several)", Required: true},
-			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "evaluation text `FILE` (UTF-8)", Required: true},
+			&cli.StringSliceFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf` (repeat for several)"},
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "evaluation text `FILE` (UTF-8)"},
 			&cli.BoolFlag{Name: "json", Usage: "print [{model, ppl, tokens}] as JSON"},
 		),
 		Action: runEval,
@@ -25,16 +25,19 @@ func evalCommand() *cli.Command {
 }
 
 func runEval(c *cli.Context) error {
+	if err := requireFlags(c, "model", "file"); err != nil {
+		return err
+	}
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
 	}
 	verboseLog(c)
-	text, err := prune.ReadText(c.String("file"))
+	text, err := prune.TextFile(c.String("file"))
 	if err != nil {
 		return err
 	}
-	results, err := prune.Evaluate(c.Context, c.StringSlice("model"), text, c.String("file"), o)
+	results, err := prune.Evaluate(c.Context, c.StringSlice("model"), text, o)
 	if err != nil {
 		return withFlags(c, err)
 	}

@@ -39,6 +39,7 @@ func runOptionsFrom(c *cli.Context) (prune.RunOptions, error) {
 	case o.GPULayers < 0:
 		return o, usagef("-ngl %d: must not be negative", o.GPULayers)
 	}
+	o.Threads = capThreads(c, o.Threads)
 	stderr := c.App.ErrWriter
 	var bar *progress
 	o.Progress = func(stage, unit string, tokensPerStep, done, total int) {
@@ -49,6 +50,15 @@ func runOptionsFrom(c *cli.Context) (prune.RunOptions, error) {
 	}
 	o.Notify = func(msg string) { fmt.Fprintln(stderr, msg) }
 	return o, nil
+}
+
+// capThreads caps a thread count at prune.MaxThreads, and says so.
+func capThreads(c *cli.Context, n int) int {
+	if limit := prune.MaxThreads(); n > limit {
+		fmt.Fprintf(c.App.ErrWriter, "ggufprune: -t %d: using %d threads (4 per core); more only slow ggml down\n", n, limit)
+		return limit
+	}
+	return n
 }
 
 // verboseLog shows llama.cpp's log on stderr when -v was given.
@@ -77,6 +87,10 @@ func withFlags(c *cli.Context, err error) error {
 		return fmt.Errorf("%w (use --layers, or --force to choose by score anyway)", err)
 	case errors.Is(err, gguf.ErrImatrixMismatch):
 		return fmt.Errorf("%w (prune --imatrix-out writes the imatrix of a pruned model)", err)
+	case errors.Is(err, prune.ErrOutputExists):
+		return fmt.Errorf("%w (--overwrite replaces it)", err)
+	case errors.Is(err, prune.ErrTextTooLarge):
+		return fmt.Errorf("%w (--chunks N reads only what N chunks need)", err)
 	case errors.Is(err, llamacpp.ErrShortText):
 		return fmt.Errorf("%w (give more text or a smaller -c)", err)
 	}

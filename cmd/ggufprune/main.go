@@ -3,17 +3,22 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
 
-// Exit codes.
+// Exit codes. A crash inside llama.cpp exits with llamacpp.ExitCrash (3);
+// a signal with 128 + its number (130 for SIGINT).
 const (
 	exitOK    = 0
 	exitError = 1 // the command failed: bad input file, I/O error, llama.cpp error
@@ -25,11 +30,44 @@ type usageError struct{ error }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
-func main() { os.Exit(run(os.Args, os.Stdout, os.Stderr)) }
+func main() { os.Exit(runMain()) }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// runMain runs the command of the process's arguments. SIGINT, SIGTERM and
+// SIGHUP stop it: every temporary file is removed (work inside llama.cpp
+// cannot be stopped midway, so the process exits at once) and the exit
+// status is 128 + the signal's number.
+func runMain() int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	stopping := make(chan struct{})
+	go func() {
+		sig := <-sigs
+		close(stopping)
+		cancel()
+		removed := atomicfile.Shutdown()
+		fmt.Fprintf(os.Stderr, "\nggufprune: %v: stopped (%d temporary files removed)\n", sig, len(removed))
+		code := 130
+		if s, ok := sig.(syscall.Signal); ok {
+			code = 128 + int(s)
+		}
+		os.Exit(code)
+	}()
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	select {
+	case <-stopping:
+		// The command failed because it was stopped: the signal's exit
+		// status, not the failure's, is the one to give.
+		select {}
+	default:
+		return code
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	err := app.Run(args)
+	err := app.RunContext(ctx, args)
 	if err == nil {
 		return exitOK
 	}
@@ -91,6 +129,31 @@ func printJSON(w io.Writer, v any) error { return prune.WriteJSON(w, v) }
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// requireFlags makes missing flags a usage error (exit status 2).
+func requireFlags(c *cli.Context, names ...string) error {
+	for _, n := range names {
+		if !c.IsSet(n) {
+			return usagef("%s: the flag -%s is required (see ggufprune %s --help)", c.Command.Name, flagName(c, n), c.Command.Name)
+		}
+	}
+	return nil
+}
+
+// flagName is the short name of a flag when it has one.
+func flagName(c *cli.Context, name string) string {
+	for _, f := range c.Command.Flags {
+		names := f.Names()
+		if names[0] == name {
+			for _, a := range names[1:] {
+				if len(a) < len(name) {
+					return a
+				}
+			}
+		}
+	}
+	return "-" + name
 }
 
 // oneArg returns the single positional argument a command takes.

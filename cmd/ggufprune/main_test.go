@@ -19,7 +19,7 @@ import (
 // TestMain runs the command itself when the tests re-execute their binary.
 func TestMain(m *testing.M) {
 	if os.Getenv("GGUFPRUNE_RUN_MAIN") == "1" {
-		os.Exit(run(os.Args, os.Stdout, os.Stderr))
+		os.Exit(runMain())
 	}
 	os.Exit(m.Run())
 }

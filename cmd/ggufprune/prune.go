@@ -23,7 +23,7 @@ func pruneCommand() *cli.Command {
 			"model writes itself) and remove the lowest Block Influence first (ShortGPT). The first and last\n" +
 			"blocks are protected by default.",
 		Flags: append(runFlags(256),
-			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "input `IN.gguf` (a split set's first shard opens the whole set)", Required: true},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "input `IN.gguf` (a split set's first shard opens the whole set)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output `OUT.gguf` (never one of the input files)"},
 			&cli.StringFlag{Name: "layers", Usage: "blocks to remove: 0-based `LIST` of indices and inclusive ranges, e.g. 3,5-7"},
 			&cli.StringFlag{Name: "remove", Usage: "remove `N` blocks, or P% of the blocks (rounded), lowest BI first"},
@@ -42,6 +42,7 @@ func pruneCommand() *cli.Command {
 			&cli.BoolFlag{Name: "force", Usage: "remove blocks even where the architecture derives layer kinds from the block index"},
 			&cli.BoolFlag{Name: "keep-split", Usage: "write a split input as the same number of shards (OUT-0000i-of-0000n.gguf) instead of one file"},
 			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON"},
+			overwriteFlag,
 		),
 		Action: runPrune,
 	})
@@ -51,10 +52,16 @@ func runPrune(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("prune: unexpected arguments %v (the model is given with -m)", c.Args().Slice())
 	}
+	if err := requireFlags(c, "model"); err != nil {
+		return err
+	}
 	out := c.String("output")
 	dryRun := c.Bool("dry-run")
 	if out == "" && !dryRun {
 		return usagef("prune: -o OUT.gguf is required (or --dry-run)")
+	}
+	if out == "-" {
+		return usagef("prune: -o -: outputs are files; standard output is not one")
 	}
 	how := 0
 	for _, f := range []string{"layers", "remove", "target-size"} {
@@ -92,9 +99,15 @@ func runPrune(c *cli.Context) error {
 	}
 	verboseLog(c)
 	// Everything that can be refused is checked before scoring, which may take long.
+	if !dryRun {
+		// -o is checked by prune.Run, after the check that it is not the input.
+		if err := checkOutputs(c, "plot", "imatrix-out"); err != nil {
+			return err
+		}
+	}
 	o := prune.Options{Run: run, Write: prune.WriteOptions{
 		Output: out, KeepSplit: c.Bool("keep-split"), Force: c.Bool("force"), DryRun: dryRun,
-		ImatrixOut: c.String("imatrix-out"),
+		ImatrixOut: c.String("imatrix-out"), Overwrite: c.Bool("overwrite"),
 	}}
 	if typ := c.String("quantize"); typ != "" {
 		q, ok := llamacpp.LookupQuantType(typ)
@@ -105,10 +118,9 @@ func runPrune(c *cli.Context) error {
 		o.Write.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
 	}
 	if p := c.String("eval"); p != "" {
-		if o.EvalText, err = prune.ReadText(p); err != nil {
+		if o.EvalText, err = prune.TextFile(p); err != nil {
 			return err
 		}
-		o.EvalName = p
 	}
 	if p := c.String("imatrix"); p != "" {
 		if o.Write.Imatrix, err = gguf.ReadImatrix(p); err != nil {

@@ -32,6 +32,7 @@ func quantizeCommand() *cli.Command {
 			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` for the model being quantized"},
 			&cli.IntFlag{Name: "threads", Aliases: []string{"t"}, Usage: "threads (`N`; 0: all cores)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "show llama.cpp's log (per-tensor progress) on stderr"},
+			overwriteFlag,
 		},
 		Action: runQuantize,
 	})
@@ -46,8 +47,14 @@ func runQuantize(c *cli.Context) error {
 	if !ok {
 		return unknownQuantType(typ)
 	}
+	if t := c.Int("threads"); t < 0 {
+		return usagef("-t %d: must not be negative", t)
+	}
+	if err := prune.CheckOutput(out, c.Bool("overwrite")); err != nil {
+		return withFlags(c, err)
+	}
 	verboseLog(c)
-	p := llamacpp.QuantizeParams{Type: q, Threads: c.Int("threads"), Progress: newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update}
+	p := llamacpp.QuantizeParams{Type: q, Threads: capThreads(c, c.Int("threads")), Progress: newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update}
 	if path := c.String("imatrix"); path != "" {
 		im, err := gguf.ReadImatrix(path)
 		if err != nil {

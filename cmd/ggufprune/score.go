@@ -16,25 +16,32 @@ func scoreCommand() *cli.Command {
 		Description: "Runs the model in llama.cpp on the text, captures the hidden state before and after every\n" +
 			"block, and prints BI = 1 - mean cos(h_in, h_out) and the angular distance per block (low = redundant).",
 		Flags: append(runFlags(256),
-			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`", Required: true},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8); without it the model calibrates on text it writes itself"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
 			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png"},
 			&cli.StringFlag{Name: "imatrix-out", Usage: "in the same pass, collect an importance matrix for quantization and write it to `FILE` (GGUF; .dat: legacy format)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the scores as JSON instead of a table"},
+			overwriteFlag,
 		),
 		Action: runScore,
 	})
 }
 
 func runScore(c *cli.Context) error {
+	if err := requireFlags(c, "model"); err != nil {
+		return err
+	}
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
 	}
 	if p := c.String("plot"); p != "" && !prune.ValidPlotName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
+	}
+	if err := checkOutputs(c, "output", "plot", "imatrix-out"); err != nil {
+		return err
 	}
 	verboseLog(c)
 	cal, err := calibrationFrom(c)
@@ -69,6 +76,24 @@ func runScore(c *cli.Context) error {
 		return printJSON(c.App.Writer, rep)
 	}
 	printScores(c.App.Writer, rep, nil)
+	return nil
+}
+
+// overwriteFlag lets a command replace output files that exist.
+var overwriteFlag = &cli.BoolFlag{Name: "overwrite", Usage: "replace output files that exist (they keep their permissions); without it an existing output is an error"}
+
+// checkOutputs checks, before any work, that the files the named flags give
+// can be written (see prune.CheckOutput).
+func checkOutputs(c *cli.Context, flags ...string) error {
+	for _, f := range flags {
+		if p := c.String(f); p == "-" {
+			return usagef("--%s -: outputs are files; standard output is not one", f)
+		} else if p != "" {
+			if err := prune.CheckOutput(p, c.Bool("overwrite")); err != nil {
+				return withFlags(c, fmt.Errorf("--%s: %w", f, err))
+			}
+		}
+	}
 	return nil
 }
 

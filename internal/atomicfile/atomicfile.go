@@ -8,13 +8,15 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 )
 
-// Mode is the permission of every file written.
-const Mode os.FileMode = 0o644
+// ErrShutdown is returned by Create and Temp once Shutdown has run.
+var ErrShutdown = errors.New("atomicfile: the process is shutting down")
 
 // pending holds every temporary file not yet committed or removed, so that
 // RemovePending can clean up after an interrupt.
@@ -22,6 +24,7 @@ var (
 	pendingMu sync.Mutex
 	pending   = map[*Pending]func(){} // each with its OnPending release
 	onPending func(name string) (release func())
+	shutdown  bool
 )
 
 // OnPending sets a function told of every temporary file as it is made; the
@@ -44,35 +47,45 @@ type Pending struct {
 }
 
 // Create starts writing path: it creates an empty temporary file
-// ".BASE.tmp-*" next to it.
+// ".BASE.tmp-*" next to it. A path that exists and is not a regular file
+// (a folder, a device, a FIFO) is refused: the rename would replace it.
 func Create(path string) (*Pending, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return nil, err
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s exists and is not a regular file (%v)", path, st.Mode().Type())
 	}
-	return register(&Pending{path: path, name: f.Name(), f: f}), nil
+	return create(path, filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 }
 
-// Temp creates a temporary file in dir for an intermediate result that is
-// never renamed into place (pattern as for os.CreateTemp). Remove it with
-// Abort.
-func Temp(dir, pattern string) (*Pending, error) {
-	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return nil, err
-	}
-	return register(&Pending{name: f.Name(), f: f}), nil
-}
+// Temp creates a temporary file "prefix*" in dir for an intermediate
+// result that is never renamed into place. Remove it with Abort.
+func Temp(dir, prefix string) (*Pending, error) { return create("", dir, prefix) }
 
-func register(p *Pending) *Pending {
+// create makes a new temporary file with the permissions a new file gets
+// (0666 less the umask), registered for cleanup. The lock is held from
+// creation to registration, so that Shutdown misses none.
+func create(path, dir, prefix string) (*Pending, error) {
 	pendingMu.Lock()
-	release := func() {}
-	if onPending != nil {
-		release = onPending(p.name)
+	defer pendingMu.Unlock()
+	if shutdown {
+		return nil, ErrShutdown
 	}
-	pending[p] = release
-	pendingMu.Unlock()
-	return p
+	for try := 0; ; try++ {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(rand.Uint64()%1e12, 10))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, os.ErrExist) && try < 100 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		p := &Pending{path: path, name: name, f: f}
+		release := func() {}
+		if onPending != nil {
+			release = onPending(name)
+		}
+		pending[p] = release
+		return p, nil
+	}
 }
 
 func (p *Pending) forget() {
@@ -101,7 +114,8 @@ func (p *Pending) CloseFile() error {
 	return err
 }
 
-// sync makes the temporary file durable and gives it Mode.
+// sync makes the temporary file durable. A file that replaces another
+// takes the other's permissions; a new one keeps those it was made with.
 func (p *Pending) sync() error {
 	f := p.f
 	if f == nil {
@@ -110,7 +124,14 @@ func (p *Pending) sync() error {
 			return err
 		}
 	}
-	err := f.Chmod(Mode)
+	var err error
+	if st, serr := os.Stat(p.path); serr == nil && p.path != "" {
+		if !st.Mode().IsRegular() {
+			err = fmt.Errorf("%s exists and is not a regular file (%v)", p.path, st.Mode().Type())
+		} else {
+			err = f.Chmod(st.Mode().Perm())
+		}
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -226,6 +247,28 @@ func RemovePending() []string {
 		ps = append(ps, p)
 	}
 	pendingMu.Unlock()
+	return removeAll(ps)
+}
+
+// Shutdown removes every pending temporary file and makes later Create and
+// Temp calls fail: what a process does when a signal ends it. Files still
+// being written are unlinked, not closed: their writers carry on into
+// nothing until the process exits.
+func Shutdown() []string {
+	pendingMu.Lock()
+	shutdown = true
+	var names []string
+	for p, release := range pending {
+		os.Remove(p.name)
+		release()
+		names = append(names, p.name)
+	}
+	clear(pending)
+	pendingMu.Unlock()
+	return names
+}
+
+func removeAll(ps []*Pending) []string {
 	var names []string
 	for _, p := range ps {
 		names = append(names, p.name)

@@ -34,8 +34,16 @@ func TestWrite(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "new" {
 		t.Fatalf("contents %q", b)
 	}
-	if st, _ := os.Stat(path); st.Mode().Perm() != Mode {
-		t.Fatalf("mode %v", st.Mode())
+	// A new file gets 0666 less the umask; a replaced one keeps its mode.
+	if st, _ := os.Stat(path); st.Mode().Perm()&0o066 == 0o066 || st.Mode().Perm()&0o600 != 0o600 {
+		t.Fatalf("new file mode %v", st.Mode())
+	}
+	os.Chmod(path, 0o600)
+	if err := Write(path, func(f *os.File) error { _, err := f.WriteString("new"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Fatalf("a 0600 file became %v", st.Mode())
 	}
 	boom := errors.New("boom")
 	err := Write(path, func(f *os.File) error { f.WriteString("half"); return boom })
@@ -91,7 +99,7 @@ func TestPendingAndRemovePending(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dir, "q.gguf")); string(b) != "by name" {
 		t.Fatalf("%q", b)
 	}
-	tmp, err := Temp(dir, ".inter-*")
+	tmp, err := Temp(dir, ".inter-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +107,7 @@ func TestPendingAndRemovePending(t *testing.T) {
 		t.Fatal("a temporary file committed")
 	}
 	p2, _ := Create(filepath.Join(dir, "r.gguf"))
-	tmp2, _ := Temp(dir, ".inter-*")
+	tmp2, _ := Temp(dir, ".inter-")
 	removed := RemovePending()
 	sort.Strings(removed)
 	want := []string{tmp.Name(), p2.Name(), tmp2.Name()} // tmp: a refused Commit leaves it to Abort
@@ -109,5 +117,28 @@ func TestPendingAndRemovePending(t *testing.T) {
 	}
 	if got := names(t, dir); !reflect.DeepEqual(got, []string{"q.gguf"}) {
 		t.Fatalf("left behind: %v", got)
+	}
+}
+
+// Paths that are not regular files are never replaced; after Shutdown no
+// file is created.
+func TestRefusals(t *testing.T) {
+	dir := t.TempDir()
+	if err := Write(dir, func(*os.File) error { return nil }); err == nil {
+		t.Fatal("a folder was replaced")
+	}
+	if err := Write("/dev/null", func(*os.File) error { return nil }); err == nil {
+		t.Fatal("a device was replaced")
+	}
+	p, _ := Create(filepath.Join(dir, "a"))
+	if removed := Shutdown(); len(removed) != 1 || removed[0] != p.Name() {
+		t.Fatalf("shutdown removed %v", removed)
+	}
+	defer func() { pendingMu.Lock(); shutdown = false; pendingMu.Unlock() }()
+	if _, err := Create(filepath.Join(dir, "b")); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("create after shutdown: %v", err)
+	}
+	if got := names(t, dir); len(got) != 0 {
+		t.Fatalf("left %v", got)
 	}
 }
