@@ -180,6 +180,10 @@ func TestBoundedByRequest(t *testing.T) {
 		t.Fatalf("exit %d, %d MiB\n%s\n%s\n%s", b.code, rss>>20, a.stdout, b.stdout, b.stderr)
 	}
 	t.Logf("peak memory: eval of the %d MB text with --chunks 3: %d MiB", 27*len(line)>>20, rss>>20)
+	r, rss = runCLIRSS(t, "score", "-m", src, "-f", long, "-c", "64", "--chunks", "2")
+	if r.code != 0 || rss > 256<<20 {
+		t.Fatalf("score: exit %d, %d MiB, stderr %q", r.code, rss>>20, r.stderr)
+	}
 
 	// Files that are not regular files are refused without blocking on them.
 	fifo := filepath.Join(dir, "fifo")
