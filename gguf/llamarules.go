@@ -462,11 +462,16 @@ func CheckLlama(m *Model, run bool) error {
 	if err != nil {
 		return err
 	}
-	ts := make([]TensorInfo, len(m.Tensors))
-	for i := range m.Tensors {
-		ts[i] = m.Tensors[i].TensorInfo
+	return checkLlama(m.Name(), &ruleView{kvs: m.KV(), tensors: infos(m.Tensors), arch: arch}, run)
+}
+
+// infos are the tensor infos of model tensors.
+func infos(ts []ModelTensor) []TensorInfo {
+	out := make([]TensorInfo, len(ts))
+	for i := range ts {
+		out[i] = ts[i].TensorInfo
 	}
-	return checkLlama(m.Name(), &ruleView{kvs: m.KV(), tensors: ts, arch: arch}, run)
+	return out
 }
 
 // CheckLlama checks what the plan would write (see CheckLlama): a pruned
@@ -476,11 +481,7 @@ func (p *Plan) CheckLlama() error {
 	if err != nil {
 		return err
 	}
-	ts := make([]TensorInfo, len(p.Tensors))
-	for i := range p.Tensors {
-		ts[i] = p.Tensors[i].TensorInfo
-	}
-	return checkLlama("the pruned "+p.Model.Name(), &ruleView{kvs: p.KV, tensors: ts, arch: arch}, false)
+	return checkLlama("the pruned "+p.Model.Name(), &ruleView{kvs: p.KV, tensors: infos(p.Tensors), arch: arch}, false)
 }
 
 // CheckGGML checks a GGUF file against the rules of ggml's own GGUF reader
@@ -496,12 +497,8 @@ func CheckBlocks(m *Model) error {
 	if err != nil {
 		return err
 	}
-	ts := make([]TensorInfo, len(m.Tensors))
-	for i := range m.Tensors {
-		ts[i] = m.Tensors[i].TensorInfo
-	}
 	arch, _ := m.Architecture()
-	if err := checkBlocksPresent(ts, n, arch+".block_count"); err != nil {
+	if err := checkBlocksPresent(infos(m.Tensors), n, arch+".block_count"); err != nil {
 		return fmt.Errorf("%s: %w", m.Name(), err)
 	}
 	return nil

@@ -18,22 +18,7 @@ type llamaCase struct {
 	name string
 	rule string
 	msg  string // part of the error
-	edit func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor)
-}
-
-func setKV(key string, v gguf.Value) func([]gguf.KV, []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
-	return func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
-		return fixture.SetKV(kvs, key, v), ts
-	}
-}
-
-func u32Array(vals ...uint32) gguf.Value {
-	vs := make([]gguf.Value, len(vals))
-	for i, v := range vals {
-		vs[i] = gguf.Uint32(v)
-	}
-	a, _ := gguf.NewArray(gguf.TypeUint32, vs)
-	return a
+	edit fixture.Edit
 }
 
 func arrayOf(typ gguf.ValueType, vals ...gguf.Value) gguf.Value {
@@ -42,7 +27,7 @@ func arrayOf(typ gguf.ValueType, vals ...gguf.Value) gguf.Value {
 }
 
 // tokens edits the vocabulary of stories260K (512 tokens).
-func tokens(edit func([]string) []string) func([]gguf.KV, []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+func tokens(edit func([]string) []string) fixture.Edit {
 	return func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		for i, kv := range kvs {
 			if kv.Key != "tokenizer.ggml.tokens" {
@@ -65,7 +50,7 @@ func tokens(edit func([]string) []string) func([]gguf.KV, []gguf.WriterTensor) (
 }
 
 // tensorShape gives a tensor another shape and empty-or-matching data.
-func tensorShape(name string, dims ...uint64) func([]gguf.KV, []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+func tensorShape(name string, dims ...uint64) fixture.Edit {
 	return func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		for i := range ts {
 			if ts[i].Info.Name == name {
@@ -93,12 +78,12 @@ func (zeroReader) ReadAt(p []byte, _ int64) (int, error) {
 // known crashes of llama.cpp come first.
 var llamaCases = []llamaCase{
 	{"zero dimension", "tensor-dims", "blk.0.attn_q.weight has shape [64 0]", tensorShape("blk.0.attn_q.weight", 64, 0)},
-	{"block count 0", "block-count", "llama.block_count is 0", setKV("llama.block_count", gguf.Uint32(0))},
+	{"block count 0", "block-count", "llama.block_count is 0", fixture.EditKV("llama.block_count", gguf.Uint32(0))},
 	{"duplicated token", "vocabulary", `tokens 3 and 300 are both`, tokens(func(t []string) []string { t[300] = t[3]; return t })},
-	{"tokens as integers", "vocabulary", "tokenizer.ggml.tokens is an array of 2 uint32", setKV("tokenizer.ggml.tokens", u32Array(1, 2))},
-	{"experts used without experts", "experts", "llama.expert_used_count is 2 but llama.expert_count is 0", setKV("llama.expert_used_count", gguf.Uint32(2))},
-	{"1000 experts", "experts", "llama.expert_count is 1000", setKV("llama.expert_count", gguf.Uint32(1000))},
-	{"zero in per-layer KV heads", "head-counts", "block 2 has 8 attention heads and 0 KV heads", setKV("llama.attention.head_count_kv", u32Array(4, 4, 0, 4, 4))},
+	{"tokens as integers", "vocabulary", "tokenizer.ggml.tokens is an array of 2 uint32", fixture.EditKV("tokenizer.ggml.tokens", fixture.Uint32s(1, 2))},
+	{"experts used without experts", "experts", "llama.expert_used_count is 2 but llama.expert_count is 0", fixture.EditKV("llama.expert_used_count", gguf.Uint32(2))},
+	{"1000 experts", "experts", "llama.expert_count is 1000", fixture.EditKV("llama.expert_count", gguf.Uint32(1000))},
+	{"zero in per-layer KV heads", "head-counts", "block 2 has 8 attention heads and 0 KV heads", fixture.EditKV("llama.attention.head_count_kv", fixture.Uint32s(4, 4, 0, 4, 4))},
 	{"empty metadata key", "metadata-key", "empty key", func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		return append(kvs, gguf.KV{Key: "", Value: gguf.Uint32(1)}), ts
 	}},
@@ -117,25 +102,25 @@ var llamaCases = []llamaCase{
 		info := gguf.TensorInfo{Name: "rope_freqs.weight", Type: gguf.TypeF16, Dims: []uint64{4}, Size: 8}
 		return kvs, append(ts, gguf.WriterTensor{Info: info, Data: io.NewSectionReader(zeroReader{}, 0, 8)})
 	}},
-	{"block count past the tensors", "blocks-present", "blocks 5-8 have no tensors", setKV("llama.block_count", gguf.Uint32(9))},
-	{"block count over the limit", "block-count", "llama.cpp takes 1 to 512 blocks", setKV("llama.block_count", gguf.Uint32(600))},
-	{"float head counts", "head-counts", "array of float32", setKV("llama.attention.head_count", arrayOf(gguf.TypeFloat32, gguf.Float32(8), gguf.Float32(8), gguf.Float32(8), gguf.Float32(8), gguf.Float32(8)))},
-	{"uneven per-layer heads", "head-counts", "block 1 has 4 attention heads", setKV("llama.attention.head_count", u32Array(8, 4, 8, 8, 8))},
-	{"heads not a multiple of KV heads", "head-counts", "not a multiple of 3 KV heads", setKV("llama.attention.head_count_kv", gguf.Uint32(3))},
-	{"odd RoPE dimension", "head-size", "llama.rope.dimension_count 7 differs", setKV("llama.rope.dimension_count", gguf.Uint32(7))},
-	{"value length", "head-size", "llama.attention.value_length 16 differs", setKV("llama.attention.value_length", gguf.Uint32(16))},
+	{"block count past the tensors", "blocks-present", "blocks 5-8 have no tensors", fixture.EditKV("llama.block_count", gguf.Uint32(9))},
+	{"block count over the limit", "block-count", "llama.cpp takes 1 to 512 blocks", fixture.EditKV("llama.block_count", gguf.Uint32(600))},
+	{"float head counts", "head-counts", "array of float32", fixture.EditKV("llama.attention.head_count", arrayOf(gguf.TypeFloat32, gguf.Float32(8), gguf.Float32(8), gguf.Float32(8), gguf.Float32(8), gguf.Float32(8)))},
+	{"uneven per-layer heads", "head-counts", "block 1 has 4 attention heads", fixture.EditKV("llama.attention.head_count", fixture.Uint32s(8, 4, 8, 8, 8))},
+	{"heads not a multiple of KV heads", "head-counts", "not a multiple of 3 KV heads", fixture.EditKV("llama.attention.head_count_kv", gguf.Uint32(3))},
+	{"odd RoPE dimension", "head-size", "llama.rope.dimension_count 7 differs", fixture.EditKV("llama.rope.dimension_count", gguf.Uint32(7))},
+	{"value length", "head-size", "llama.attention.value_length 16 differs", fixture.EditKV("llama.attention.value_length", gguf.Uint32(16))},
 	{"experts in groups", "experts", "do not fit", func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		kvs = fixture.SetKV(kvs, "llama.expert_count", gguf.Uint32(8))
 		kvs = fixture.SetKV(kvs, "llama.expert_used_count", gguf.Uint32(2))
 		kvs = fixture.SetKV(kvs, "llama.expert_group_count", gguf.Uint32(3))
 		return kvs, ts
 	}},
-	{"rope scaling type", "enum-values", `llama.rope.scaling.type is "cubic"`, setKV("llama.rope.scaling.type", gguf.String("cubic"))},
-	{"pooling type", "enum-values", "llama.pooling_type is 9", setKV("llama.pooling_type", gguf.Uint32(9))},
-	{"gating function", "enum-values", "llama.expert_gating_func is 7", setKV("llama.expert_gating_func", gguf.Uint32(7))},
-	{"short scores", "vocabulary", "tokenizer.ggml.scores is an array of 1 float32", setKV("tokenizer.ggml.scores", arrayOf(gguf.TypeFloat32, gguf.Float32(0)))},
-	{"token types as strings", "vocabulary", "tokenizer.ggml.token_type is an array of 1 string", setKV("tokenizer.ggml.token_type", arrayOf(gguf.TypeString, gguf.String("x")))},
-	{"merges as integers", "vocabulary", "tokenizer.ggml.merges is an array of 2 uint32", setKV("tokenizer.ggml.merges", u32Array(1, 2))},
+	{"rope scaling type", "enum-values", `llama.rope.scaling.type is "cubic"`, fixture.EditKV("llama.rope.scaling.type", gguf.String("cubic"))},
+	{"pooling type", "enum-values", "llama.pooling_type is 9", fixture.EditKV("llama.pooling_type", gguf.Uint32(9))},
+	{"gating function", "enum-values", "llama.expert_gating_func is 7", fixture.EditKV("llama.expert_gating_func", gguf.Uint32(7))},
+	{"short scores", "vocabulary", "tokenizer.ggml.scores is an array of 1 float32", fixture.EditKV("tokenizer.ggml.scores", arrayOf(gguf.TypeFloat32, gguf.Float32(0)))},
+	{"token types as strings", "vocabulary", "tokenizer.ggml.token_type is an array of 1 string", fixture.EditKV("tokenizer.ggml.token_type", arrayOf(gguf.TypeString, gguf.String("x")))},
+	{"merges as integers", "vocabulary", "tokenizer.ggml.merges is an array of 2 uint32", fixture.EditKV("tokenizer.ggml.merges", fixture.Uint32s(1, 2))},
 	{"end of sequence past the vocabulary", "vocabulary", "end-of-sequence token is 11", func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		kvs = fixture.SetKV(kvs, "tokenizer.ggml.model", gguf.String("gpt2"))
 		kvs = fixture.SetKV(kvs, "tokenizer.ggml.eos_token_id", gguf.Uint32(9999))
@@ -147,7 +132,7 @@ var llamaCases = []llamaCase{
 		}
 		return tokens(func(t []string) []string { return t[:8] })(kept, ts)
 	}},
-	{"no tokenizer", "tokenizer-model", `tokenizer.ggml.model is "none"`, setKV("tokenizer.ggml.model", gguf.String("none"))},
+	{"no tokenizer", "tokenizer-model", `tokenizer.ggml.model is "none"`, fixture.EditKV("tokenizer.ggml.model", gguf.String("none"))},
 }
 
 // Crafted writes the case's variant of stories260K into dir.

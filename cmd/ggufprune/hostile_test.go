@@ -15,42 +15,6 @@ import (
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
 
-// runCLIRSS runs ggufprune as runCLI does and also returns its peak
-// resident memory in bytes.
-func runCLIRSS(t *testing.T, args ...string) (result, int64) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "GGUFPRUNE_RUN_MAIN=1")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return result{code, out.String(), errb.String()}, ru.Maxrss << 10
-}
-
-type editFunc = func([]gguf.KV, []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor)
-
-func setKV(key string, v gguf.Value) editFunc {
-	return func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
-		return fixture.SetKV(kvs, key, v), ts
-	}
-}
-
-func u32s(vals ...uint32) gguf.Value {
-	vs := make([]gguf.Value, len(vals))
-	for i, v := range vals {
-		vs[i] = gguf.Uint32(v)
-	}
-	a, _ := gguf.NewArray(gguf.TypeUint32, vs)
-	return a
-}
-
 // The files that aborted the whole process inside llama.cpp (a C assertion
 // or SIGFPE) now give a clear error naming the file and the key or tensor,
 // exit status 1, and no output, for every command that runs a model.
@@ -59,7 +23,7 @@ func TestCrashingFilesRefused(t *testing.T) {
 	text := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
 	cases := []struct {
 		name, want string
-		edit       editFunc
+		edit       fixture.Edit
 	}{
 		{"zero-dim", "blk.0.attn_q.weight has shape [64 0]", func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 			for i := range ts {
@@ -84,12 +48,12 @@ func TestCrashingFilesRefused(t *testing.T) {
 			}
 			return kvs, ts
 		}},
-		{"int-tokens", "tokenizer.ggml.tokens is an array of 3 uint32", setKV("tokenizer.ggml.tokens", u32s(1, 2, 3))},
-		{"experts-used", "llama.expert_used_count is 2 but llama.expert_count is 0", setKV("llama.expert_used_count", gguf.Uint32(2))},
-		{"experts-1000", "llama.expert_count is 1000", setKV("llama.expert_count", gguf.Uint32(1000))},
-		{"kv-heads-zero", "0 KV heads", setKV("llama.attention.head_count_kv", u32s(4, 0, 4, 4, 4))},
-		{"block-count-9", "blocks 5-8 have no tensors", setKV("llama.block_count", gguf.Uint32(9))},
-		{"block-count-0", "llama.block_count is 0", setKV("llama.block_count", gguf.Uint32(0))},
+		{"int-tokens", "tokenizer.ggml.tokens is an array of 3 uint32", fixture.EditKV("tokenizer.ggml.tokens", fixture.Uint32s(1, 2, 3))},
+		{"experts-used", "llama.expert_used_count is 2 but llama.expert_count is 0", fixture.EditKV("llama.expert_used_count", gguf.Uint32(2))},
+		{"experts-1000", "llama.expert_count is 1000", fixture.EditKV("llama.expert_count", gguf.Uint32(1000))},
+		{"kv-heads-zero", "0 KV heads", fixture.EditKV("llama.attention.head_count_kv", fixture.Uint32s(4, 0, 4, 4, 4))},
+		{"block-count-9", "blocks 5-8 have no tensors", fixture.EditKV("llama.block_count", gguf.Uint32(9))},
+		{"block-count-0", "llama.block_count is 0", fixture.EditKV("llama.block_count", gguf.Uint32(0))},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -150,7 +114,7 @@ func TestBoundedByRequest(t *testing.T) {
 		t.Fatalf("exit %d, %d MiB, stderr %q", r.code, rss>>20, r.stderr)
 	}
 	huge := filepath.Join(dir, "huge.gguf")
-	if err := fixture.Rewrite(src, huge, setKV("llama.block_count", gguf.Uint32(1<<20))); err != nil {
+	if err := fixture.Rewrite(src, huge, fixture.EditKV("llama.block_count", gguf.Uint32(1<<20))); err != nil {
 		t.Fatal(err)
 	}
 	r, rss = runCLIRSS(t, "inspect", huge)

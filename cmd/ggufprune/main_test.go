@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ggufprune/ggufprune/bi"
@@ -32,9 +33,16 @@ type result struct {
 // runCLI runs ggufprune as a subprocess.
 func runCLI(t *testing.T, args ...string) result {
 	t.Helper()
+	r, _ := runCLIRSS(t, args...)
+	return r
+}
+
+// runCLIRSS runs ggufprune as a subprocess and also returns its peak
+// resident memory in bytes.
+func runCLIRSS(t *testing.T, args ...string) (result, int64) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Args[0] = "ggufprune"
-	cmd.Path = os.Args[0]
 	cmd.Env = append(os.Environ(), "GGUFPRUNE_RUN_MAIN=1")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -45,7 +53,8 @@ func runCLI(t *testing.T, args ...string) result {
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	return result{code, out.String(), errb.String()}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return result{code, out.String(), errb.String()}, ru.Maxrss << 10
 }
 
 func (r result) ok(t *testing.T) result {
