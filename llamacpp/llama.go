@@ -178,7 +178,7 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 		return nil, &Error{"loading model", path, fmt.Sprintf("%d GPU layers asked for, but this build has no GPU backend (put a ggml GPU backend library such as libggml-cuda.so next to the executable or name it in GGML_BACKEND_PATH; see the README)", p.GPULayers), ErrNoGPU}
 	}
 	m := &Model{path: path}
-	if C.gp_model_load(cpath, C.int(p.GPULayers), C.bool(!p.NoMmap), &m.c, eb.p) != 0 {
+	if C.gp_model_load(cpath, C.int(p.GPULayers), C.bool(!p.NoMmap), C.bool(p.VocabOnly), &m.c, eb.p) != 0 {
 		return nil, &Error{"loading model", path, eb.msg(), ErrLoad}
 	}
 	vocab := C.llama_model_get_vocab(m.c)
@@ -410,6 +410,20 @@ func (c *Context) Logits(i int) ([]float32, error) {
 		return nil, err
 	}
 	return append([]float32(nil), v...), nil
+}
+
+// LogitsInto copies the logits of the token at index i of the last decode
+// into dst, which must hold one per vocabulary token.
+func (c *Context) LogitsInto(i int, dst []float32) error {
+	v, err := c.logitsView(i)
+	if err != nil {
+		return err
+	}
+	if len(dst) != len(v) {
+		return &Error{"reading logits", c.model.path, fmt.Sprintf("a buffer of %d for %d logits", len(dst), len(v)), ErrDecode}
+	}
+	copy(dst, v)
+	return nil
 }
 
 // logitsView is Logits without the copy: a view into llama.cpp's memory,

@@ -38,6 +38,7 @@ func Quantize(string, string, QuantizeParams) error         { return ErrNoLlama 
 func ReadGGUF(string) (GGUFInfo, error)                     { return GGUFInfo{}, ErrNoLlama }
 func TypeInfo(uint32) (name string, bs, ts int64, ok bool)  { return "", 0, 0, false }
 func (c *Context) logitsView(int) ([]float32, error)        { return nil, ErrNoLlama }
+func (c *Context) LogitsInto(int, []float32) error          { return ErrNoLlama }
 
 // ExitCrash is the exit status of a process in which llama.cpp crashed
 // (never, in this build).

@@ -153,11 +153,12 @@ int gp_load_backends(const char *dir) {
     }
 }
 
-int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, struct llama_model **out, char *err) {
+int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, bool vocab_only, struct llama_model **out, char *err) {
     GUARD(err, {
         llama_model_params p = llama_model_default_params();
         p.n_gpu_layers = n_gpu_layers;
         p.use_mmap = use_mmap;
+        p.vocab_only = vocab_only;
         *out = llama_model_load_from_file(path, p);
         if (*out == nullptr) {
             set_err(err, "llama.cpp could not load the model (run with -v for its log)");

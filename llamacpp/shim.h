@@ -35,7 +35,7 @@ void gp_set_log(bool forward);
 // GGML_BACKEND_PATH, and returns how many GPU devices there then are.
 int gp_load_backends(const char *dir);
 
-int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, struct llama_model **out, char *err);
+int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, bool vocab_only, struct llama_model **out, char *err);
 void gp_model_free(struct llama_model *model);
 
 // gp_tokenize writes at most n_max tokens and the count needed to *n_out;

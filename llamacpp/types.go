@@ -46,6 +46,7 @@ type ModelParams struct {
 	GPULayers int         // layers to offload to a GPU backend; 0 on a CPU build
 	NoMmap    bool        // read the file instead of mapping it
 	Header    *gguf.Model // the file already opened by the caller; nil: LoadModel reads its header
+	VocabOnly bool        // load only the vocabulary: enough to tokenize, no weights
 }
 
 // Info holds facts about a loaded model.

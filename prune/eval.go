@@ -4,15 +4,18 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/llamacpp"
 )
 
-// EvalResult is the perplexity of one model on a text.
+// EvalResult is the perplexity of one model on a text, and how far its
+// predictions are from a base model's when it was compared with one.
 type EvalResult struct {
-	Model  string  `json:"model"`
-	PPL    float64 `json:"ppl"`
-	Tokens int     `json:"tokens"` // tokens scored
-	Chunks int     `json:"chunks"`
+	Model  string       `json:"model"`
+	PPL    float64      `json:"ppl"`
+	Tokens int          `json:"tokens"` // tokens scored
+	Chunks int          `json:"chunks"`
+	KLD    *bi.KLDStats `json:"kld,omitempty"` // against the base (Compare)
 }
 
 // Evaluate computes the perplexity of each model on the same text, exactly
@@ -50,3 +53,6 @@ func perplexity(ctx context.Context, path string, text *Text, o RunOptions) (Eva
 	}
 	return EvalResult{Model: path, PPL: r.PPL, Tokens: r.Tokens, Chunks: r.Chunks}, nil
 }
+
+// Percentiles are those of bi.KLDStats.
+type Percentiles = bi.Percentiles

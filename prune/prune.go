@@ -103,11 +103,11 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The input is evaluated before anything is written, so that a text the
-	// evaluation refuses (too short, say) fails the run with nothing written.
-	var evalIn []EvalResult
+	// The evaluation text is checked before anything is written, so that a
+	// text the evaluation refuses (too short, say) fails the run with
+	// nothing written.
 	if o.EvalText != nil && !o.Write.DryRun {
-		if evalIn, err = Evaluate(ctx, []string{m.Path}, o.EvalText, o.Run); err != nil {
+		if err := m.checkEvalText(o.EvalText, o.Run); err != nil {
 			return nil, err
 		}
 	}
@@ -116,14 +116,33 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		return nil, err
 	}
 	res.Method, res.Scores = method, rep
-	if evalIn != nil {
-		evalOut, err := Evaluate(ctx, res.Outputs[:1], o.EvalText, o.Run)
-		if err != nil {
+	if o.EvalText != nil && !o.Write.DryRun {
+		// Input and output in one pass: perplexity of both, and the
+		// output's divergence from the input.
+		if res.Eval, err = Compare(ctx, Base{Model: m.Path}, res.Outputs[:1], o.EvalText, o.Run); err != nil {
 			return nil, err
 		}
-		res.Eval = append(evalIn, evalOut...)
 	}
 	return res, nil
+}
+
+// checkEvalText tokenizes the evaluation text with the model's vocabulary
+// alone (no weights are loaded) and refuses a text too short to evaluate.
+func (m *Model) checkEvalText(text *Text, o RunOptions) error {
+	vocab := o
+	lm, err := llamacpp.LoadModel(m.Path, llamacpp.ModelParams{VocabOnly: true, Header: m.GGUF})
+	if err != nil {
+		return err
+	}
+	defer lm.Close()
+	toks, err := text.tokens(lm, vocab.Chunks*vocab.ctx())
+	if err != nil {
+		return err
+	}
+	if n := vocab.ctx(); len(toks) < 2*n {
+		return fmt.Errorf("%s: evaluating needs at least %d tokens (2 × context %d), the text has %d: %w", text.Name, 2*n, n, len(toks), llamacpp.ErrShortText)
+	}
+	return nil
 }
 
 // MethodLayers is Result.Method when the blocks were given.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/prune"
@@ -11,43 +12,131 @@ import (
 func evalCommand() *cli.Command {
 	return commandUsageErrors(&cli.Command{
 		Name:  "eval",
-		Usage: "perplexity of one or more models on the same text",
+		Usage: "perplexity of one or more models on the same text, and their divergence from a base model",
 		Description: "Computes perplexity as llama.cpp's llama-perplexity does (chunks of -c tokens, BOS at the\n" +
 			"start of each, the second half of each chunk scored), so the numbers compare with it.\n" +
-			"Give -m several times to compare models (e.g. before and after pruning) on the same tokens.",
+			"Give -m several times to compare models (e.g. before and after pruning) on the same tokens.\n\n" +
+			"With --base ORIG.gguf the original runs beside them in one pass, and each model's next-token\n" +
+			"distributions are compared with the original's, as llama-perplexity --kl-divergence does:\n" +
+			"KL divergence, same top token, Δp. --kl-divergence-base FILE writes the original's\n" +
+			"log-probabilities in llama-perplexity's format (with --base), or reads such a file as the base\n" +
+			"(without it; the tokens come from the file, -f is not needed).",
 		Flags: append(runFlags(512),
 			&cli.StringSliceFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf` (repeat for several)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "evaluation text `FILE` (UTF-8)"},
-			&cli.BoolFlag{Name: "json", Usage: "print [{model, ppl, tokens}] as JSON"},
+			&cli.StringFlag{Name: "base", Usage: "the original model `ORIG.gguf`: compare every -m model with it"},
+			&cli.StringFlag{Name: "kl-divergence-base", Usage: "llama-perplexity's logits `FILE`: written from --base, or read as the base without it"},
+			&cli.BoolFlag{Name: "json", Usage: "print [{model, ppl, tokens, chunks, kld}] as JSON"},
+			overwriteFlag,
 		),
 		Action: runEval,
 	})
 }
 
 func runEval(c *cli.Context) error {
-	if err := requireFlags(c, "model", "file"); err != nil {
+	if err := requireFlags(c, "model"); err != nil {
 		return err
+	}
+	readBase := c.IsSet("kl-divergence-base") && !c.IsSet("base")
+	if !readBase {
+		if err := requireFlags(c, "file"); err != nil {
+			return err
+		}
+	} else if c.IsSet("file") {
+		return usagef("eval: the tokens come from --kl-divergence-base %s; -f is not used with it (give --base to write that file instead)", c.String("kl-divergence-base"))
 	}
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
 	}
-	verboseLog(c)
-	text, err := prune.TextFile(c.String("file"))
-	if err != nil {
-		return err
+	if c.IsSet("base") {
+		if err := checkOutputs(c, "kl-divergence-base"); err != nil {
+			return err
+		}
 	}
-	results, err := prune.Evaluate(c.Context, c.StringSlice("model"), text, o)
+	verboseLog(c)
+	var text *prune.Text
+	if !readBase {
+		if text, err = prune.TextFile(c.String("file")); err != nil {
+			return err
+		}
+	}
+	var results []prune.EvalResult
+	if c.IsSet("base") || readBase {
+		base := prune.Base{Model: c.String("base"), Overwrite: c.Bool("overwrite")}
+		if readBase {
+			base.LogitsIn = c.String("kl-divergence-base")
+		} else {
+			base.LogitsOut = c.String("kl-divergence-base")
+		}
+		results, err = prune.Compare(c.Context, base, c.StringSlice("model"), text, o)
+	} else {
+		results, err = prune.Evaluate(c.Context, c.StringSlice("model"), text, o)
+	}
 	if err != nil {
 		return withFlags(c, err)
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, results)
 	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "model\tperplexity\ttokens scored\tchunks")
-	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%.4f\t%d\t%d\n", r.Model, r.PPL, r.Tokens, r.Chunks)
+	return printEval(c.App.Writer, results)
+}
+
+// printEval prints perplexities, with the divergence from the base where
+// models were compared with one (the base is the first row).
+func printEval(w io.Writer, results []prune.EvalResult) error {
+	compared := len(results) > 1 && results[1].KLD != nil
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if !compared {
+		fmt.Fprintln(tw, "model\tperplexity\ttokens scored\tchunks")
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t%.4f\t%d\t%d\n", r.Model, r.PPL, r.Tokens, r.Chunks)
+		}
+		return tw.Flush()
+	}
+	fmt.Fprintln(tw, "model\tperplexity\tln(PPL/PPL base)\tmean KLD\tsame top\tRMS Δp\ttokens scored\tchunks")
+	for i, r := range results {
+		if i == 0 {
+			fmt.Fprintf(tw, "%s (base)\t%.4f\t\t\t\t\t%d\t%d\n", r.Model, r.PPL, r.Tokens, r.Chunks)
+			continue
+		}
+		k := r.KLD
+		fmt.Fprintf(tw, "%s\t%.4f ± %.4f\t%.5f ± %.5f\t%.6f ± %.6f\t%.2f ± %.2f %%\t%.3f ± %.3f %%\t%d\t%d\n", r.Model, r.PPL, k.PPLErr,
+			k.LnPPLRatio, k.LnPPLRatioErr, k.KLD, k.KLDErr, 100*k.SameTop, 100*k.SameTopErr, 100*k.DpRMS, 100*k.DpRMSErr, r.Tokens, r.Chunks)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// llama-perplexity's percentiles, one model a column.
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "KLD / Δp")
+	for _, r := range results[1:] {
+		fmt.Fprintf(tw, "\t%s KLD\tΔp", r.Model)
+	}
+	fmt.Fprintln(tw)
+	rows := []struct {
+		name string
+		get  func(p prune.Percentiles) float64
+	}{
+		{"max", func(p prune.Percentiles) float64 { return p.Max }},
+		{"99.9%", func(p prune.Percentiles) float64 { return p.P99_9 }},
+		{"99%", func(p prune.Percentiles) float64 { return p.P99 }},
+		{"95%", func(p prune.Percentiles) float64 { return p.P95 }},
+		{"90%", func(p prune.Percentiles) float64 { return p.P90 }},
+		{"median", func(p prune.Percentiles) float64 { return p.Median }},
+		{"10%", func(p prune.Percentiles) float64 { return p.P10 }},
+		{"5%", func(p prune.Percentiles) float64 { return p.P5 }},
+		{"1%", func(p prune.Percentiles) float64 { return p.P1 }},
+		{"0.1%", func(p prune.Percentiles) float64 { return p.P0_1 }},
+		{"min", func(p prune.Percentiles) float64 { return p.Min }},
+	}
+	for _, row := range rows {
+		fmt.Fprint(tw, row.name)
+		for _, r := range results[1:] {
+			fmt.Fprintf(tw, "\t%.6f\t%+.3f%%", row.get(r.KLD.KLDPct), 100*row.get(r.KLD.DpPct))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

@@ -210,6 +210,9 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 	}
 	if len(s.Eval) == 2 {
 		fmt.Fprintf(tw, "perplexity\t%.4f -> %.4f (%+.1f%%, %d tokens)\n", s.Eval[0].PPL, s.Eval[1].PPL, 100*(s.Eval[1].PPL/s.Eval[0].PPL-1), s.Eval[0].Tokens)
+		if k := s.Eval[1].KLD; k != nil {
+			fmt.Fprintf(tw, "KL divergence\t%.6f ± %.6f from the input; same top token %.2f ± %.2f %%\n", k.KLD, k.KLDErr, 100*k.SameTop, 100*k.SameTopErr)
+		}
 	}
 	tw.Flush()
 }
