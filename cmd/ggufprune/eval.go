@@ -20,12 +20,18 @@ func evalCommand() *cli.Command {
 			"distributions are compared with the original's, as llama-perplexity --kl-divergence does:\n" +
 			"KL divergence, same top token, Δp. --kl-divergence-base FILE writes the original's\n" +
 			"log-probabilities in llama-perplexity's format (with --base), or reads such a file as the base\n" +
-			"(without it; the tokens come from the file, -f is not needed).",
+			"(without it; the tokens come from the file, -f is not needed).\n\n" +
+			"--hellaswag, --winogrande or --multiple-choice FILE measure task accuracy instead, with\n" +
+			"llama-perplexity's file formats, task draws and scoring rules.",
 		Flags: append(runFlags(512),
 			&cli.StringSliceFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf` (repeat for several)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "evaluation text `FILE` (UTF-8)"},
 			&cli.StringFlag{Name: "base", Usage: "the original model `ORIG.gguf`: compare every -m model with it"},
 			&cli.StringFlag{Name: "kl-divergence-base", Usage: "llama-perplexity's logits `FILE`: written from --base, or read as the base without it"},
+			&cli.StringFlag{Name: "hellaswag", Usage: "task accuracy on a HellaSwag `FILE` (llama-perplexity's format: 6 lines a task)"},
+			&cli.StringFlag{Name: "winogrande", Usage: "task accuracy on a WinoGrande CSV `FILE` (index,sentence,option1,option2,answer)"},
+			&cli.StringFlag{Name: "multiple-choice", Usage: "task accuracy on a multiple-choice `FILE` (llama-perplexity's binary format)"},
+			&cli.IntFlag{Name: "tasks", Usage: "evaluate `N` tasks drawn as llama-perplexity draws them (default: 400 for HellaSwag, all for the others)"},
 			&cli.BoolFlag{Name: "json", Usage: "print [{model, ppl, tokens, chunks, kld}] as JSON"},
 			overwriteFlag,
 		),
@@ -36,6 +42,18 @@ func evalCommand() *cli.Command {
 func runEval(c *cli.Context) error {
 	if err := requireFlags(c, "model"); err != nil {
 		return err
+	}
+	var kinds []prune.TaskKind
+	for _, k := range []prune.TaskKind{prune.HellaSwag, prune.WinoGrande, prune.MultipleChoice} {
+		if c.IsSet(string(k)) {
+			kinds = append(kinds, k)
+		}
+	}
+	if len(kinds) > 0 {
+		return runTasks(c, kinds)
+	}
+	if c.IsSet("tasks") {
+		return usagef("eval: --tasks goes with --hellaswag, --winogrande or --multiple-choice")
 	}
 	readBase := c.IsSet("kl-divergence-base") && !c.IsSet("base")
 	if !readBase {
@@ -137,6 +155,43 @@ func printEval(w io.Writer, results []prune.EvalResult) error {
 			fmt.Fprintf(tw, "\t%.6f\t%+.3f%%", row.get(r.KLD.KLDPct), 100*row.get(r.KLD.DpPct))
 		}
 		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
+}
+
+// runTasks evaluates task accuracy.
+func runTasks(c *cli.Context, kinds []prune.TaskKind) error {
+	if len(kinds) > 1 {
+		return usagef("eval: give one of --hellaswag, --winogrande and --multiple-choice")
+	}
+	for _, f := range []string{"file", "base", "kl-divergence-base"} {
+		if c.IsSet(f) {
+			return usagef("eval: --%s does not go with --%s", f, kinds[0])
+		}
+	}
+	n := c.Int("tasks")
+	if n < 0 {
+		return usagef("--tasks %d: must not be negative", n)
+	}
+	if !c.IsSet("tasks") {
+		n = prune.DefaultTasks(kinds[0])
+	}
+	o, err := runOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	verboseLog(c)
+	results, err := prune.EvaluateTasks(c.Context, kinds[0], c.String(string(kinds[0])), n, c.StringSlice("model"), o)
+	if err != nil {
+		return withFlags(c, err)
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, results)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "model\t%s tasks\taccuracy\t95%% interval\tchance\n", kinds[0])
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%d of %d\t%.2f ± %.2f %%\t[%.2f%%, %.2f%%]\t%.2f %%\n", r.Model, r.Tasks, r.FileTasks, 100*r.Accuracy, 100*r.StdErr, 100*r.Low, 100*r.High, 100*r.Chance)
 	}
 	return tw.Flush()
 }
