@@ -288,6 +288,8 @@ type Context struct {
 	matmul  MatmulFunc
 	blocks  int // block boundaries seen in the last decode
 	capture bool
+	skip    []int // blocks skipped at run time
+	noHead  bool  // decodes stop after the last block: no logits
 }
 
 // NewContext makes a context for decoding chunks of up to p.NCtx tokens.
@@ -364,6 +366,56 @@ func (c *Context) setCapture() error {
 	return nil
 }
 
+// SetSkip makes the following decodes behave as if the given blocks were
+// removed from the model: when block N of the set has produced its output
+// (graph tensor l_out-N), the output is replaced by the block's input, kept
+// from the boundary before. Empty or nil ends skipping. The context must
+// have been made with Capture, and the architecture must name its block
+// boundaries (Decode fails otherwise).
+func (c *Context) SetSkip(blocks []int) error {
+	if c.c == nil {
+		return closedError("skipping blocks", c.model.path, "context")
+	}
+	if !c.capture {
+		return &Error{"skipping blocks", c.model.path, "skipping needs a context made with ContextParams.Capture", ErrCapture}
+	}
+	run := c.model.info.RunBlocks()
+	cb := make([]C.int32_t, 0, len(blocks))
+	for _, b := range blocks {
+		if b < 0 || b >= run {
+			return &Error{"skipping blocks", c.model.path, fmt.Sprintf("block %d is not one of the %d blocks a decode runs", b, run), ErrCapture}
+		}
+		cb = append(cb, C.int32_t(b))
+	}
+	c.skip = append(c.skip[:0], blocks...)
+	p := (*C.int32_t)(cArray(cb))
+	defer C.free(unsafe.Pointer(p))
+	C.gp_ctx_set_skip(c.c, p, C.int32_t(len(cb)), C.int32_t(run))
+	return nil
+}
+
+// Skipped returns the blocks SetSkip set.
+func (c *Context) Skipped() []int { return append([]int(nil), c.skip...) }
+
+// SetNoHead makes the following decodes stop after the last block's output:
+// the output head (the largest matrix of many models) is not computed, and
+// there are no logits. For hidden-state capture only.
+func (c *Context) SetNoHead(on bool) error {
+	if c.c == nil {
+		return closedError("setting the output head", c.model.path, "context")
+	}
+	if !c.capture {
+		return &Error{"setting the output head", c.model.path, "stopping after the last block needs a context made with ContextParams.Capture", ErrCapture}
+	}
+	c.noHead = on
+	stop := -2
+	if on {
+		stop = c.model.info.RunBlocks() - 1
+	}
+	C.gp_ctx_set_stop(c.c, C.int32_t(stop))
+	return nil
+}
+
 // ClearMemory empties the KV cache, so that the next decode starts a new sequence.
 func (c *Context) ClearMemory() error {
 	if c.c == nil {
@@ -431,6 +483,9 @@ func (c *Context) LogitsInto(i int, dst []float32) error {
 func (c *Context) logitsView(i int) ([]float32, error) {
 	if c.c == nil {
 		return nil, closedError("reading logits", c.model.path, "context")
+	}
+	if c.noHead {
+		return nil, &Error{"reading logits", c.model.path, "the context stops after the last block (SetNoHead): there are no logits", ErrDecode}
 	}
 	p := C.gp_logits(c.c, C.int32_t(i))
 	if p == nil {

@@ -44,4 +44,7 @@ func (c *Context) LogitsInto(int, []float32) error          { return ErrNoLlama 
 // (never, in this build).
 const ExitCrash = 3
 
-func testCrash(int) {}
+func testCrash(int)                     {}
+func (c *Context) SetSkip([]int) error  { return ErrNoLlama }
+func (c *Context) Skipped() []int       { return nil }
+func (c *Context) SetNoHead(bool) error { return ErrNoLlama }

@@ -35,6 +35,15 @@ struct gp_ctx {
     bool want_imatrix;
     std::vector<float> buf;
     std::string cb_error;
+    // Run-time block skipping: a skipped block's output is replaced by its
+    // input, kept from the boundary before (the graph may reuse its memory).
+    std::vector<char> skip;
+    bool skip_any = false;
+    int32_t n_run = 0;          // block boundaries a decode has: n_run + 1
+    int32_t seen = 0;           // boundaries seen in the current decode
+    int32_t stop_after = -2;    // stop the graph after this block's output (-2: never)
+    std::vector<float> prev;    // the last boundary kept for skipping
+    int64_t prev_rows = 0;
 };
 
 static void set_err(char *err, const char *msg) {
@@ -228,7 +237,8 @@ static float *host_data(gp_ctx *c, const struct ggml_tensor *t, size_t n) {
 static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
     gp_ctx *c = (gp_ctx *)user_data;
     bool is_matmul = c->want_imatrix && (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID);
-    int block = c->want_hidden ? block_of(t->name) : NOT_A_BOUNDARY;
+    bool boundaries = c->want_hidden || c->skip_any || c->stop_after != -2;
+    int block = boundaries ? block_of(t->name) : NOT_A_BOUNDARY;
     if (ask) {
         return block != NOT_A_BOUNDARY || is_matmul;
     }
@@ -240,9 +250,35 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
             c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 [n_embd, n_tokens] tensor";
             return false;
         }
+        c->seen++;
         size_t n = (size_t)ggml_nelements(t);
-        goHiddenState(c->handle, block == EMBD_BOUNDARY, block == EMBD_BOUNDARY ? 0 : block, host_data(c, t, n), (int)t->ne[0], (int)(n / t->ne[0]));
-        return true;
+        int64_t rows = (int64_t)(n / t->ne[0]);
+        if (c->skip_any) {
+            if (block >= 0 && block < (int)c->skip.size() && c->skip[block]) {
+                // The last block computes only the rows whose logits are
+                // asked for: the last ones of the batch.
+                if (c->prev_rows < rows) {
+                    c->cb_error = std::string("no input kept to skip ") + t->name;
+                    return false;
+                }
+                const float *src = c->prev.data() + (size_t)(c->prev_rows - rows) * t->ne[0];
+                if (t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer)) {
+                    memcpy(t->data, src, n * sizeof(float));
+                } else {
+                    ggml_backend_tensor_set(t, src, 0, n * sizeof(float));
+                }
+            } else {
+                const float *h = host_data(c, t, n);
+                c->prev.assign(h, h + n);
+                c->prev_rows = rows;
+            }
+        }
+        if (c->want_hidden) {
+            goHiddenState(c->handle, block == EMBD_BOUNDARY, block == EMBD_BOUNDARY ? 0 : block, host_data(c, t, n), (int)t->ne[0], (int)rows);
+        }
+        // Returning false ends the graph computation here: what follows (the
+        // final norm and the output head) is not computed.
+        return block != c->stop_after;
     }
     if (is_matmul) {
         // src[0] is the weight, src[1] the activations [n_in, n_tokens(, n_expert_used)].
@@ -324,6 +360,17 @@ void gp_ctx_set_capture(gp_ctx *c, bool hidden, bool imatrix) {
     c->want_imatrix = imatrix;
 }
 
+void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run) {
+    c->skip.assign(n_run, 0);
+    c->skip_any = n > 0;
+    c->n_run = n_run;
+    for (int32_t i = 0; i < n; i++) {
+        c->skip[blocks[i]] = 1;
+    }
+}
+
+void gp_ctx_set_stop(gp_ctx *c, int32_t after_block) { c->stop_after = after_block; }
+
 void gp_memory_clear(gp_ctx *c) {
     try {
         llama_memory_clear(llama_get_memory(c->ctx), true);
@@ -343,6 +390,8 @@ int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t 
         }
         b.n_tokens = n;
         c->cb_error.clear();
+        c->seen = 0;
+        c->prev_rows = 0;
         int32_t rc;
         try {
             rc = llama_decode(c->ctx, b);
@@ -353,6 +402,10 @@ int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t 
         llama_batch_free(b);
         if (!c->cb_error.empty()) {
             snprintf(err, GP_ERRLEN, "%s", c->cb_error.c_str());
+            return -1;
+        }
+        if (c->skip_any && c->seen != c->n_run + 1) {
+            snprintf(err, GP_ERRLEN, "the graph named %d of the %d block boundaries (inp_embd, l_out-N) that skipping blocks needs", c->seen, c->n_run + 1);
             return -1;
         }
         if (rc != 0) {

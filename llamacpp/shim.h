@@ -50,6 +50,12 @@ int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool
                gp_ctx **out, char *err);
 void gp_ctx_free(gp_ctx *c);
 void gp_ctx_set_capture(gp_ctx *c, bool hidden, bool imatrix);
+// gp_ctx_set_skip makes the following decodes skip the given blocks (of
+// n_run): each one's output is replaced by its input.
+void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run);
+// gp_ctx_set_stop ends each decode's graph after block after_block's output
+// (-1: after the embeddings; -2: never).
+void gp_ctx_set_stop(gp_ctx *c, int32_t after_block);
 
 // gp_decode clears nothing: it decodes n tokens at positions pos..pos+n-1 of
 // sequence 0, asking for logits from index logits_from on.
