@@ -61,6 +61,10 @@ func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatri
 	if err := lctx.CaptureHidden(acc.Observe); err != nil {
 		return nil, nil, err
 	}
+	// Scores need hidden states only: the output head is not computed.
+	if err := lctx.SetNoHead(true); err != nil {
+		return nil, nil, err
+	}
 	var imAcc *gguf.ImatrixAccumulator
 	if imatrix {
 		imAcc = gguf.NewImatrixAccumulator()
