@@ -51,6 +51,10 @@ type BlockScore struct {
 	Index   int     `json:"index"`
 	BI      float64 `json:"bi"`
 	Angular float64 `json:"angular"`
+	// Loss is the calibration loss of the model with this block skipped
+	// (mean NLL for the ppl metric, mean KL divergence from the whole model
+	// for kld); absent for bi.
+	Loss float64 `json:"loss,omitempty"`
 }
 
 // Accumulator streams hidden states through and keeps only per-block sums:
@@ -125,4 +129,76 @@ func (a *Accumulator) Scores() []BlockScore {
 		}
 	}
 	return s
+}
+
+// RunAccumulator measures runs of n consecutive blocks as Gromov et al.
+// (2024) do: for the run of blocks l … l+n-1, the mean over tokens of the
+// angular distance between the run's input and its output,
+//
+//	d(l, n) = mean over tokens of arccos(cos(h_in_l, h_out_(l+n-1))) / π
+//
+// with cosines in float64. It keeps the last n+1 boundaries of a chunk.
+type RunAccumulator struct {
+	nBlocks, n int
+	ring       [][]float32
+	sum        []float64
+	tokens     int64
+	next       int
+	err        error
+}
+
+// NewRunAccumulator measures the runs of n of nBlocks blocks.
+func NewRunAccumulator(nBlocks, n int) *RunAccumulator {
+	if n < 1 || n > nBlocks {
+		panic(fmt.Sprintf("bi: runs of %d of %d blocks", n, nBlocks))
+	}
+	return &RunAccumulator{nBlocks: nBlocks, n: n, ring: make([][]float32, n+1), sum: make([]float64, nBlocks-n+1), next: EmbeddingBoundary}
+}
+
+// Observe takes the hidden state at one block boundary, in order, as
+// Accumulator.Observe does.
+func (a *RunAccumulator) Observe(block int, h []float32, nEmbd, nTokens int) {
+	if a.err != nil {
+		return
+	}
+	if block != a.next {
+		a.err = fmt.Errorf("bi: got block boundary %d, expected %d", block, a.next)
+		return
+	}
+	idx := block + 1 // 0 is the embeddings
+	slot := idx % (a.n + 1)
+	a.ring[slot] = append(a.ring[slot][:0], h...)
+	if idx >= a.n {
+		in := a.ring[(idx-a.n)%(a.n+1)]
+		if len(in) != len(h) {
+			a.err = fmt.Errorf("bi: boundaries of %d and %d floats", len(in), len(h))
+			return
+		}
+		var s float64
+		for t := 0; t < nTokens; t++ {
+			s += math.Acos(Cosine(in[t*nEmbd:(t+1)*nEmbd], h[t*nEmbd:(t+1)*nEmbd])) / math.Pi
+		}
+		a.sum[idx-a.n] += s
+		if idx == a.n {
+			a.tokens += int64(nTokens)
+		}
+	}
+	a.next++
+	if a.next == a.nBlocks {
+		a.next = EmbeddingBoundary
+	}
+}
+
+// Err reports boundaries that came out of order.
+func (a *RunAccumulator) Err() error { return a.err }
+
+// Distances are d(l, n) for every first block l of a run (0 … nBlocks-n).
+func (a *RunAccumulator) Distances() []float64 {
+	d := make([]float64, len(a.sum))
+	for i, s := range a.sum {
+		if a.tokens > 0 {
+			d[i] = s / float64(a.tokens)
+		}
+	}
+	return d
 }

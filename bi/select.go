@@ -21,9 +21,24 @@ func (p Protect) set(n int) []bool {
 	return prot
 }
 
+// Key is what blocks are ranked by: lower is more redundant.
+type Key func(BlockScore) float64
+
+// ByBI ranks blocks by Block Influence (ShortGPT).
+func ByBI(s BlockScore) float64 { return s.BI }
+
+// ByAngular ranks blocks by angular distance.
+func ByAngular(s BlockScore) float64 { return s.Angular }
+
+// ByLoss ranks blocks by the loss measured with the block skipped.
+func ByLoss(s BlockScore) float64 { return s.Loss }
+
 // Candidates orders the removable blocks from most to least redundant:
 // lowest BI first, ties by index.
-func Candidates(scores []BlockScore, p Protect) []int {
+func Candidates(scores []BlockScore, p Protect) []int { return CandidatesBy(scores, p, ByBI) }
+
+// CandidatesBy orders the removable blocks by key, lowest first, ties by index.
+func CandidatesBy(scores []BlockScore, p Protect, key Key) []int {
 	prot := p.set(len(scores))
 	var c []BlockScore
 	for _, s := range scores {
@@ -32,8 +47,8 @@ func Candidates(scores []BlockScore, p Protect) []int {
 		}
 	}
 	sort.SliceStable(c, func(i, j int) bool {
-		if c[i].BI != c[j].BI {
-			return c[i].BI < c[j].BI
+		if ki, kj := key(c[i]), key(c[j]); ki != kj {
+			return ki < kj
 		}
 		return c[i].Index < c[j].Index
 	})
@@ -47,7 +62,12 @@ func Candidates(scores []BlockScore, p Protect) []int {
 // SelectCount chooses the k removable blocks with the lowest BI (ShortGPT),
 // returned in ascending index order.
 func SelectCount(scores []BlockScore, k int, p Protect) ([]int, error) {
-	c := Candidates(scores, p)
+	return SelectCountBy(scores, k, p, ByBI)
+}
+
+// SelectCountBy chooses the k removable blocks with the lowest key.
+func SelectCountBy(scores []BlockScore, k int, p Protect, key Key) ([]int, error) {
+	c := CandidatesBy(scores, p, key)
 	if k <= 0 {
 		return nil, fmt.Errorf("bi: asked to remove %d blocks", k)
 	}
@@ -64,7 +84,12 @@ func SelectCount(scores []BlockScore, k int, p Protect) ([]int, error) {
 // removed. If no removable set reaches the target, the error says the
 // smallest size that can be reached.
 func SelectSize(scores []BlockScore, target int64, size func(removed []int) (int64, error), p Protect) ([]int, error) {
-	c := Candidates(scores, p)
+	return SelectSizeBy(scores, target, size, p, ByBI)
+}
+
+// SelectSizeBy is SelectSize with blocks ranked by key.
+func SelectSizeBy(scores []BlockScore, target int64, size func(removed []int) (int64, error), p Protect, key Key) ([]int, error) {
+	c := CandidatesBy(scores, p, key)
 	var removed []int
 	smallest := int64(-1)
 	for _, b := range c {

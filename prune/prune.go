@@ -27,6 +27,9 @@ type Options struct {
 	Layers []int
 	// Choose blocks by score: see Selection. Ignored with Layers.
 	Select Selection
+	// Method chooses the blocks (default MethodBI). With Scores, the report's
+	// metric must be the method's.
+	Method Method
 	// Where scores come from when blocks are chosen by score: a report
 	// (checked against the model), else the calibration.
 	Scores      *ScoreReport
@@ -73,30 +76,49 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	}
 	remove := o.Layers
 	var rep *ScoreReport
+	var search *Search
 	method := MethodLayers
 	if len(o.Layers) == 0 {
 		if err := m.CheckSelectable(o.Write.Force); err != nil {
 			return nil, err
+		}
+		choose := o.Method
+		if choose == "" {
+			choose = MethodBI
+			if o.Scores != nil {
+				choose = Method(o.Scores.Metric)
+			}
 		}
 		switch {
 		case o.Scores != nil:
 			if err := o.Scores.Check(m); err != nil {
 				return nil, err
 			}
-			rep, method = o.Scores, "bi (scores from "+o.ScoresFile+")"
-		default:
+			if string(choose) != o.Scores.Metric {
+				return nil, fmt.Errorf("%s holds scores of metric %s, not of method %s", o.ScoresFile, o.Scores.Metric, choose)
+			}
+			rep, method = o.Scores, o.Scores.Metric+" (scores from "+o.ScoresFile+")"
+		case choose == MethodBI:
 			var err error
 			if rep, _, err = m.Score(ctx, o.Calibration, o.Run, false); err != nil {
 				return nil, err
 			}
-			method = "bi"
-			if o.Calibration.SelfGenerated() {
-				method = "bi (self-calibrated)"
+			method = string(MethodBI)
+		default:
+			var err error
+			if search, err = m.Choose(ctx, choose, o.Select, o.Write.KeepSplit, o.Calibration, o.Run); err != nil {
+				return nil, err
 			}
+			remove, method = search.Removed, string(choose)
 		}
-		var err error
-		if remove, err = m.Select(rep, o.Select, o.Write.KeepSplit); err != nil {
-			return nil, err
+		if o.Scores == nil && o.Calibration.SelfGenerated() {
+			method += " (self-calibrated)"
+		}
+		if rep != nil {
+			var err error
+			if remove, err = m.Select(rep, o.Select, o.Write.KeepSplit); err != nil {
+				return nil, err
+			}
 		}
 	}
 	plan, err := m.Plan(remove, o.Write.Force)
@@ -115,7 +137,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.Method, res.Scores = method, rep
+	res.Method, res.Scores, res.Search = method, rep, search
 	if o.EvalText != nil && !o.Write.DryRun {
 		// Input and output in one pass: perplexity of both, and the
 		// output's divergence from the input.

@@ -28,8 +28,17 @@ type ScoreReport struct {
 	Blocks      []bi.BlockScore `json:"blocks"`
 }
 
-// MetricBI is ScoreReport.Metric of Block Influence scores.
+// MetricBI is ScoreReport.Metric of Block Influence scores. A report of
+// metric "ppl" or "kld" (ScoreLoss) also holds each block's loss.
 const MetricBI = "bi"
+
+// key is what the report's blocks are ranked by.
+func (r *ScoreReport) key() bi.Key {
+	if r.Metric == MetricBI {
+		return bi.ByBI
+	}
+	return bi.ByLoss
+}
 
 // SelfCalibrationChunks is how many chunks of text a model writes for its
 // own calibration when RunOptions.Chunks does not say.
@@ -48,7 +57,7 @@ func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatri
 		return nil, nil, err
 	}
 	defer lm.Close()
-	chunks, err := calibrationChunks(ctx, lm, cal, o)
+	chunks, _, err := calibrationChunks(ctx, lm, cal, o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -90,19 +99,29 @@ func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatri
 }
 
 // calibrationChunks tokenizes and cuts the calibration text as
-// llama-perplexity does, or lets the model write it.
-func calibrationChunks(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) ([][]int32, error) {
+// llama-perplexity does, or lets the model write it. It returns the chunks
+// to decode (each starting with BOS) and the text's own tokens of each
+// chunk (the next-token targets).
+func calibrationChunks(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) (chunks, targets [][]int32, err error) {
+	var tokens []int32
 	if !cal.SelfGenerated() {
-		tokens, err := cal.Text.tokens(lm, o.Chunks*o.ctx())
-		if err != nil {
-			return nil, err
+		if tokens, err = cal.Text.tokens(lm, o.Chunks*o.ctx()); err != nil {
+			return nil, nil, err
 		}
-		chunks, err := lm.Chunks(tokens, o.ctx(), o.Chunks)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cal.Text.Name, err)
+		if chunks, err = lm.Chunks(tokens, o.ctx(), o.Chunks); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", cal.Text.Name, err)
 		}
-		return chunks, nil
+	} else if tokens, chunks, err = selfCalibration(ctx, lm, cal, o); err != nil {
+		return nil, nil, err
 	}
+	for i := range chunks {
+		targets = append(targets, tokens[i*o.ctx():(i+1)*o.ctx()])
+	}
+	return chunks, targets, nil
+}
+
+// selfCalibration lets the model write its calibration text.
+func selfCalibration(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) ([]int32, [][]int32, error) {
 	n := o.Chunks
 	if n == 0 {
 		n = SelfCalibrationChunks
@@ -110,20 +129,23 @@ func calibrationChunks(ctx context.Context, lm *llamacpp.Model, cal Calibration,
 	o.notify("no calibration text given: the model writes %d chunks of %d tokens itself (seed %d)", n, o.ctx(), cal.Seed)
 	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer lctx.Close()
 	tokens, err := llamacpp.Generate(ctx, lctx, n*o.ctx(), llamacpp.SampleParams{Seed: cal.Seed}, o.progress("generating", "tokens", 1))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return lm.Chunks(tokens, o.ctx(), n)
+	chunks, err := lm.Chunks(tokens, o.ctx(), n)
+	return tokens, chunks, err
 }
 
-// Ranks gives each block its rank by BI, 1 for the lowest (most redundant).
+// Ranks gives each block its rank by the report's metric, 1 for the lowest
+// (most redundant).
 func (r *ScoreReport) Ranks() map[int]int {
 	order := append([]bi.BlockScore(nil), r.Blocks...)
-	sort.SliceStable(order, func(i, j int) bool { return order[i].BI < order[j].BI })
+	key := r.key()
+	sort.SliceStable(order, func(i, j int) bool { return key(order[i]) < key(order[j]) })
 	rank := make(map[int]int, len(order))
 	for i, b := range order {
 		rank[b.Index] = i + 1
@@ -164,7 +186,7 @@ func ReadScoreReport(path string, m *Model) (*ScoreReport, error) {
 func (r *ScoreReport) Check(m *Model) error { return r.check(m) }
 
 func (r *ScoreReport) check(m *Model) error {
-	if r.Metric != MetricBI || len(r.Blocks) == 0 {
+	if (r.Metric != MetricBI && r.Metric != string(MethodPPL) && r.Metric != string(MethodKLD)) || len(r.Blocks) == 0 {
 		return fmt.Errorf("not a score file of ggufprune (metric %q, %d blocks)", r.Metric, len(r.Blocks))
 	}
 	fp, err := m.Fingerprint()
@@ -183,4 +205,38 @@ func (r *ScoreReport) check(m *Model) error {
 		return fmt.Errorf("%d block scores for a model of %d scored blocks", len(r.Blocks), scored)
 	}
 	return nil
+}
+
+// ScoreLoss scores every block by the calibration loss of the model with
+// that block skipped (method MethodPPL: mean NLL; MethodKLD: KL divergence
+// from the whole model), beside its BI and angular distance. Protected
+// blocks are measured too.
+func (m *Model) ScoreLoss(ctx context.Context, method Method, cal Calibration, o RunOptions) (*ScoreReport, error) {
+	if method != MethodPPL && method != MethodKLD {
+		return nil, fmt.Errorf("scores by loss are of method %s or %s, not %s", MethodPPL, MethodKLD, method)
+	}
+	fp, err := m.Fingerprint()
+	if err != nil {
+		return nil, err
+	}
+	s, err := m.newSearcher(ctx, cal, o)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	scores, err := s.biScores(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	for i := range scores {
+		if scores[i].Loss, err = s.loss(ctx, []int{i}, method.lossKind()); err != nil {
+			return nil, err
+		}
+	}
+	var tokens int64
+	for _, ch := range s.chunks {
+		tokens += int64(len(ch))
+	}
+	return &ScoreReport{Model: m.Path, Fingerprint: fp, Metric: string(method), Calibration: cal.String(),
+		Tokens: tokens, Ctx: o.ctx(), Chunks: len(s.chunks), Blocks: scores}, nil
 }

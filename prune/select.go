@@ -41,12 +41,12 @@ func (m *Model) CheckSelectable(force bool) error {
 // ascending order.
 func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, error) {
 	if s.Count > 0 {
-		return bi.SelectCount(rep.Blocks, s.Count, s.Protect)
+		return bi.SelectCountBy(rep.Blocks, s.Count, s.Protect, rep.key())
 	}
 	if s.TargetSize <= 0 {
 		return nil, errors.New("prune: a selection needs a block count or a target size")
 	}
-	remove, err := bi.SelectSize(rep.Blocks, s.TargetSize, func(removed []int) (int64, error) {
+	remove, err := bi.SelectSizeBy(rep.Blocks, s.TargetSize, func(removed []int) (int64, error) {
 		// Forced: CheckSelectable refused index-pattern architectures
 		// before scoring, or the caller forces.
 		plan, err := gguf.PlanRemoval(m.GGUF, removed, true)
@@ -54,7 +54,7 @@ func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, er
 			return 0, err
 		}
 		return plan.Size(keepSplit)
-	}, s.Protect)
+	}, s.Protect, rep.key())
 	var ue *bi.UnreachableError
 	if errors.As(err, &ue) {
 		return nil, &SizeError{Target: s.TargetSize, Smallest: ue.Smallest}

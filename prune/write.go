@@ -49,6 +49,7 @@ type Result struct {
 	Quantized        string       `json:"quantized,omitempty"`
 	ImatrixOut       string       `json:"imatrix_out,omitempty"`
 	Scores           *ScoreReport `json:"scores,omitempty"`
+	Search           *Search      `json:"search,omitempty"` // methods other than bi: the choice's steps and cost
 	Eval             []EvalResult `json:"eval,omitempty"`
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/gguf"
@@ -30,6 +31,7 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "target-size", Usage: "remove the fewest blocks that bring the output to `SIZE`: bytes, 3GiB, 2.5GB, 800MiB or 70% (of the input)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` for scoring"},
 			&cli.StringFlag{Name: "scores", Usage: "use the scores in `FILE` (from score -o or --json) instead of scoring"},
+			&cli.StringFlag{Name: "method", Usage: "how blocks are chosen (`METHOD`): bi (default), angular, bi-iterative, ppl, greedy, kld, kld-greedy; with --scores, the report's metric"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text (no -f, no --scores)"},
 			&cli.IntFlag{Name: "keep-first", Value: 1, Usage: "never remove the first `N` blocks"},
 			&cli.IntFlag{Name: "keep-last", Value: 1, Usage: "never remove the last `N` blocks"},
@@ -90,6 +92,19 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("plot") && c.IsSet("layers") {
 		return usagef("prune: --plot draws scores; --layers has none (use score --plot)")
 	}
+	var method prune.Method
+	if v := c.String("method"); v != "" {
+		var err error
+		if method, err = prune.ParseMethod(v); err != nil {
+			return usagef("--method %v", err)
+		}
+		if c.IsSet("layers") {
+			return usagef("prune: --method chooses blocks; --layers gives them")
+		}
+		if c.IsSet("plot") && method != prune.MethodBI && !c.IsSet("scores") {
+			return usagef("prune: --plot draws per-block scores; --method %s has none (score --metric ppl or kld, then --scores, has)", method)
+		}
+	}
 	if p := c.String("plot"); p != "" && !prune.ValidPlotName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
@@ -105,7 +120,7 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
-	o := prune.Options{Run: run, Write: prune.WriteOptions{
+	o := prune.Options{Run: run, Method: method, Write: prune.WriteOptions{
 		Output: out, KeepSplit: c.Bool("keep-split"), Force: c.Bool("force"), DryRun: dryRun,
 		ImatrixOut: c.String("imatrix-out"), Overwrite: c.Bool("overwrite"),
 	}}
@@ -201,6 +216,14 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 	}
 	for _, o := range s.Outputs {
 		fmt.Fprintf(tw, "wrote\t%s\n", o)
+	}
+	if s.Search != nil {
+		fmt.Fprintf(tw, "search\t%d passes over the calibration, %d tokens, %.1f s\n", s.Search.Cost.Passes, s.Search.Cost.Tokens, s.Search.Cost.Seconds)
+		var steps []string
+		for _, st := range s.Search.Steps {
+			steps = append(steps, fmt.Sprintf("%d (%.5g)", st.Block, st.Value))
+		}
+		fmt.Fprintf(tw, "steps\t%s\n", strings.Join(steps, ", "))
 	}
 	if s.Quantized != "" {
 		fmt.Fprintf(tw, "quantized\t%s\n", s.Quantized)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"text/tabwriter"
 
+	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 )
@@ -18,6 +19,7 @@ func scoreCommand() *cli.Command {
 		Flags: append(runFlags(256),
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8); without it the model calibrates on text it writes itself"},
+			&cli.StringFlag{Name: "metric", Value: "bi", Usage: "`METRIC`: bi (Block Influence, one pass), ppl (calibration loss with each block skipped) or kld (KL divergence from the whole model with each block skipped)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
 			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png"},
@@ -43,6 +45,16 @@ func runScore(c *cli.Context) error {
 	if err := checkOutputs(c, "output", "plot", "imatrix-out"); err != nil {
 		return err
 	}
+	metric := c.String("metric")
+	switch metric {
+	case "bi":
+	case string(prune.MethodPPL), string(prune.MethodKLD):
+		if c.IsSet("imatrix-out") {
+			return usagef("score: --imatrix-out is collected with --metric bi")
+		}
+	default:
+		return usagef("--metric %s: one of bi, ppl, kld", metric)
+	}
 	verboseLog(c)
 	cal, err := calibrationFrom(c)
 	if err != nil {
@@ -53,7 +65,13 @@ func runScore(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
-	rep, im, err := m.Score(c.Context, cal, o, c.String("imatrix-out") != "")
+	var rep *prune.ScoreReport
+	var im *gguf.Imatrix
+	if metric == "bi" {
+		rep, im, err = m.Score(c.Context, cal, o, c.String("imatrix-out") != "")
+	} else {
+		rep, err = m.ScoreLoss(c.Context, prune.Method(metric), cal, o)
+	}
 	if err != nil {
 		return withFlags(c, err)
 	}
@@ -114,13 +132,22 @@ func printScores(w io.Writer, rep *prune.ScoreReport, removed []int) {
 	}
 	fmt.Fprintf(w, "model %s, calibration %s: %d tokens in %d chunks of %d\n", rep.Model, rep.Calibration, rep.Tokens, rep.Chunks, rep.Ctx)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "block\tBI\tangular\trank\t")
+	loss := rep.Metric != prune.MetricBI
+	if loss {
+		fmt.Fprintf(tw, "block\tBI\tangular\t%s loss skipped\trank\t\n", rep.Metric)
+	} else {
+		fmt.Fprintln(tw, "block\tBI\tangular\trank\t")
+	}
 	for _, b := range rep.Blocks {
 		mark := ""
 		if gone[b.Index] {
 			mark = "removed"
 		}
-		fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, rank[b.Index], mark)
+		if loss {
+			fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, b.Loss, rank[b.Index], mark)
+		} else {
+			fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, rank[b.Index], mark)
+		}
 	}
 	tw.Flush()
 }
