@@ -30,7 +30,7 @@ export CGO_ENABLED  := 1
 export CGO_CFLAGS   := $(SIMD_FLAGS)
 export CGO_CXXFLAGS := $(SIMD_FLAGS)
 
-.PHONY: all build third_party test fuzz vet bench demo clean
+.PHONY: all build third_party test fuzz vet bench demo quality clean
 
 all: build
 
@@ -66,6 +66,12 @@ bench: third_party
 
 demo: build
 	sh scripts/demo.sh
+
+# Every selection method on the shipped models (README, "Choosing blocks"):
+# bin/quality/quality.json, plots, and the Markdown table on stdout.
+quality: third_party
+	mkdir -p bin/quality
+	$(GO) run ./scripts/quality -o bin/quality | tee bin/quality/table.md
 
 clean:
 	rm -rf bin third_party/llama.cpp third_party/ggml

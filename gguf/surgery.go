@@ -1,8 +1,10 @@
 package gguf
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -90,6 +92,35 @@ type Plan struct {
 	KV               []KV          // the first shard's metadata after surgery
 	Tensors          []ModelTensor // kept tensors, renamed, in source order
 	sources          []*ModelTensor
+	replaced         map[string][]byte // new data of kept tensors, by source name
+}
+
+// ReplaceData makes the plan write new data for a kept tensor, named as in
+// the input: the same type and shape, so the same size (healing rewrites
+// the tensors it folds into). Every other tensor is still copied unchanged.
+func (p *Plan) ReplaceData(name string, data []byte) error {
+	for _, src := range p.sources {
+		if src.Name != name {
+			continue
+		}
+		if uint64(len(data)) != src.Size {
+			return fmt.Errorf("%s: new data of tensor %s is %d bytes, not %d", p.Model.Name(), name, len(data), src.Size)
+		}
+		if p.replaced == nil {
+			p.replaced = map[string][]byte{}
+		}
+		p.replaced[name] = data
+		return nil
+	}
+	return fmt.Errorf("%s: tensor %s is not kept by the plan", p.Model.Name(), name)
+}
+
+// data is the bytes tensor i of the plan is written from.
+func (p *Plan) data(i int) *io.SectionReader {
+	if d, ok := p.replaced[p.sources[i].Name]; ok {
+		return io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))
+	}
+	return p.Model.TensorData(p.sources[i])
 }
 
 // ErrIndexPattern is wrapped by the errors of removals that would change
@@ -249,14 +280,14 @@ func (p *Plan) parts(keepSplit bool) []fileParts {
 			fp.kvs = append(fp.kvs, kv)
 		}
 		for i, t := range p.Tensors {
-			fp.tensors = append(fp.tensors, WriterTensor{t.TensorInfo, m.TensorData(p.sources[i])})
+			fp.tensors = append(fp.tensors, WriterTensor{t.TensorInfo, p.data(i)})
 		}
 		return []fileParts{fp}
 	}
 	parts := make([]fileParts, len(m.Shards))
 	for i, t := range p.Tensors {
 		s := t.Shard
-		parts[s].tensors = append(parts[s].tensors, WriterTensor{t.TensorInfo, m.TensorData(p.sources[i])})
+		parts[s].tensors = append(parts[s].tensors, WriterTensor{t.TensorInfo, p.data(i)})
 	}
 	for i := range parts {
 		kvs := p.KV

@@ -57,6 +57,14 @@ func goHiddenState(h C.uintptr_t, isEmbd C.bool, block C.int, data *C.float, nEm
 	}
 }
 
+//export goWatched
+func goWatched(h C.uintptr_t, name *C.char, data *C.float, nCols, nRows C.int) {
+	c := cgo.Handle(h).Value().(*Context)
+	if c.watch != nil {
+		c.watch(C.GoString(name), unsafe.Slice((*float32)(unsafe.Pointer(data)), int(nCols)*int(nRows)), int(nCols), int(nRows))
+	}
+}
+
 //export goMatmulInput
 func goMatmulInput(h C.uintptr_t, weight *C.char, data *C.float, nIn, nSlots, nTokens C.int, ids *C.int32_t, nExpertUsed, nExperts C.int) {
 	c := cgo.Handle(h).Value().(*Context)

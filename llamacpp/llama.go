@@ -13,8 +13,10 @@ package llamacpp
 import "C"
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -290,6 +292,7 @@ type Context struct {
 	capture bool
 	skip    []int // blocks skipped at run time
 	noHead  bool  // decodes stop after the last block: no logits
+	watch   WatchFunc
 }
 
 // NewContext makes a context for decoding chunks of up to p.NCtx tokens.
@@ -394,6 +397,103 @@ func (c *Context) SetSkip(blocks []int) error {
 	return nil
 }
 
+// Watch hands the graph tensors of the given names (such as "ffn_out-5",
+// the FFN output of block 5 before the residual add) to fn in the
+// following decodes, which may change them; nil names stop watching. The
+// context must have been made with Capture.
+func (c *Context) Watch(names []string, fn WatchFunc) error {
+	if c.c == nil {
+		return closedError("watching tensors", c.model.path, "context")
+	}
+	if !c.capture {
+		return &Error{"watching tensors", c.model.path, "watching needs a context made with ContextParams.Capture", ErrCapture}
+	}
+	c.watch = fn
+	cs := make([]*C.char, len(names))
+	for i, n := range names {
+		cs[i] = C.CString(n)
+	}
+	defer func() {
+		for _, p := range cs {
+			C.free(unsafe.Pointer(p))
+		}
+	}()
+	p := cArray(cs)
+	defer C.free(p)
+	C.gp_ctx_set_watch(c.c, (**C.char)(p), C.int32_t(len(cs)))
+	return nil
+}
+
+// Dequantize converts the data of a tensor of a ggml type (any, quantized
+// or not) into n floats, with ggml's own conversion.
+func Dequantize(typ gguf.TensorType, data []byte, n int) ([]float32, error) {
+	initBackend()
+	out := make([]float32, n)
+	if n == 0 {
+		return out, nil
+	}
+	if typ == gguf.TypeF32 { // ggml has no conversion from its own float type
+		if len(data) < 4*n {
+			return nil, &Error{"converting F32 to float", "", "short data", ErrQuantize}
+		}
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+		}
+		return out, nil
+	}
+	eb := newErrBuf()
+	defer eb.free()
+	src := C.CBytes(data)
+	defer C.free(src)
+	dst := (*C.float)(C.malloc(C.size_t(4 * n)))
+	defer C.free(unsafe.Pointer(dst))
+	if C.gp_dequantize(C.int32_t(typ), src, dst, C.int64_t(n), eb.p) != 0 {
+		return nil, &Error{"converting " + typ.String() + " to float", "", eb.msg(), ErrQuantize}
+	}
+	copy(out, unsafe.Slice((*float32)(unsafe.Pointer(dst)), n))
+	return out, nil
+}
+
+// QuantizeRows converts rows of floats into a ggml type (any, quantized or
+// not) with ggml's own quantizer, weighted by an importance matrix of one
+// value per column when one is given.
+func QuantizeRows(typ gguf.TensorType, rows []float32, nCols int, imatrix []float32) ([]byte, error) {
+	initBackend()
+	if nCols <= 0 || len(rows)%nCols != 0 || uint64(nCols)%typ.BlockSize() != 0 {
+		return nil, &Error{"quantizing to " + typ.String(), "", fmt.Sprintf("rows of %d do not fit the type", nCols), ErrQuantize}
+	}
+	nRows := len(rows) / nCols
+	size := uint64(nRows) * (uint64(nCols) / typ.BlockSize() * typ.BlockBytes())
+	if typ == gguf.TypeF32 {
+		out := make([]byte, 4*len(rows))
+		for i, v := range rows {
+			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(v))
+		}
+		return out, nil
+	}
+	eb := newErrBuf()
+	defer eb.free()
+	src := (*C.float)(C.malloc(C.size_t(4 * max(1, len(rows)))))
+	defer C.free(unsafe.Pointer(src))
+	copy(unsafe.Slice((*float32)(unsafe.Pointer(src)), len(rows)), rows)
+	dst := C.malloc(C.size_t(max(1, size)))
+	defer C.free(dst)
+	var im *C.float
+	if imatrix != nil {
+		im = (*C.float)(C.malloc(C.size_t(4 * len(imatrix))))
+		defer C.free(unsafe.Pointer(im))
+		copy(unsafe.Slice((*float32)(unsafe.Pointer(im)), len(imatrix)), imatrix)
+	}
+	var written C.size_t
+	if C.gp_quantize_rows(C.int32_t(typ), src, dst, C.int64_t(nRows), C.int64_t(nCols), im, &written, eb.p) != 0 {
+		return nil, &Error{"quantizing to " + typ.String(), "", eb.msg(), ErrQuantize}
+	}
+	if uint64(written) != size {
+		return nil, &Error{"quantizing to " + typ.String(), "", fmt.Sprintf("ggml wrote %d bytes, %d expected", written, size), ErrQuantize}
+	}
+	return C.GoBytes(dst, C.int(size)), nil
+}
+
 // Skipped returns the blocks SetSkip set.
 func (c *Context) Skipped() []int { return append([]int(nil), c.skip...) }
 
@@ -413,6 +513,23 @@ func (c *Context) SetNoHead(on bool) error {
 		stop = c.model.info.RunBlocks() - 1
 	}
 	C.gp_ctx_set_stop(c.c, C.int32_t(stop))
+	return nil
+}
+
+// SetStopAfter makes the following decodes stop after block b's output
+// (b < 0: never): nothing after it is computed, and there are no logits.
+func (c *Context) SetStopAfter(b int) error {
+	if c.c == nil {
+		return closedError("setting where decodes stop", c.model.path, "context")
+	}
+	if !c.capture {
+		return &Error{"setting where decodes stop", c.model.path, "stopping early needs a context made with ContextParams.Capture", ErrCapture}
+	}
+	c.noHead = b >= 0
+	if b < 0 {
+		b = -2
+	}
+	C.gp_ctx_set_stop(c.c, C.int32_t(b))
 	return nil
 }
 

@@ -2,7 +2,11 @@
 
 package llamacpp
 
-import "io"
+import (
+	"io"
+
+	"github.com/ggufprune/ggufprune/gguf"
+)
 
 // Without cgo there is no llama.cpp: the types exist so that the rest of the
 // project compiles, and every entry point returns ErrNoLlama.
@@ -44,7 +48,11 @@ func (c *Context) LogitsInto(int, []float32) error          { return ErrNoLlama 
 // (never, in this build).
 const ExitCrash = 3
 
-func testCrash(int)                     {}
-func (c *Context) SetSkip([]int) error  { return ErrNoLlama }
-func (c *Context) Skipped() []int       { return nil }
-func (c *Context) SetNoHead(bool) error { return ErrNoLlama }
+func testCrash(int)                                                           {}
+func (c *Context) SetSkip([]int) error                                        { return ErrNoLlama }
+func (c *Context) Skipped() []int                                             { return nil }
+func (c *Context) SetNoHead(bool) error                                       { return ErrNoLlama }
+func (c *Context) Watch([]string, WatchFunc) error                            { return ErrNoLlama }
+func Dequantize(gguf.TensorType, []byte, int) ([]float32, error)              { return nil, ErrNoLlama }
+func QuantizeRows(gguf.TensorType, []float32, int, []float32) ([]byte, error) { return nil, ErrNoLlama }
+func (c *Context) SetStopAfter(int) error                                     { return ErrNoLlama }

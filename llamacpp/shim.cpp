@@ -1,5 +1,6 @@
 #include "shim.h"
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <unistd.h>
@@ -44,6 +45,8 @@ struct gp_ctx {
     int32_t stop_after = -2;    // stop the graph after this block's output (-2: never)
     std::vector<float> prev;    // the last boundary kept for skipping
     int64_t prev_rows = 0;
+    // Graph tensors handed to Go by name (goWatched), which may change them.
+    std::unordered_map<std::string, int> watch;
 };
 
 static void set_err(char *err, const char *msg) {
@@ -239,11 +242,25 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
     bool is_matmul = c->want_imatrix && (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID);
     bool boundaries = c->want_hidden || c->skip_any || c->stop_after != -2;
     int block = boundaries ? block_of(t->name) : NOT_A_BOUNDARY;
+    bool watched = !c->watch.empty() && c->watch.count(t->name) > 0;
     if (ask) {
-        return block != NOT_A_BOUNDARY || is_matmul;
+        return block != NOT_A_BOUNDARY || is_matmul || watched;
     }
     if (!c->cb_error.empty()) {
         return false;
+    }
+    if (watched) {
+        if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t)) {
+            c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 tensor";
+            return false;
+        }
+        size_t n = (size_t)ggml_nelements(t);
+        bool host = t->buffer != nullptr && ggml_backend_buffer_is_host(t->buffer);
+        float *data = host_data(c, t, n);
+        goWatched(c->handle, (char *)t->name, data, (int)t->ne[0], (int)(n / t->ne[0]));
+        if (!host) {
+            ggml_backend_tensor_set(t, data, 0, n * sizeof(float)); // what Go changed
+        }
     }
     if (block != NOT_A_BOUNDARY) {
         if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || t->ne[0] != c->n_embd) {
@@ -371,6 +388,37 @@ void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run)
 
 void gp_ctx_set_stop(gp_ctx *c, int32_t after_block) { c->stop_after = after_block; }
 
+void gp_ctx_set_watch(gp_ctx *c, const char *const *names, int32_t n) {
+    c->watch.clear();
+    for (int32_t i = 0; i < n; i++) {
+        c->watch[names[i]] = i;
+    }
+}
+
+int gp_dequantize(int32_t type, const void *src, float *dst, int64_t n, char *err) {
+    GUARD(err, {
+        const struct ggml_type_traits *tt = ggml_get_type_traits((enum ggml_type)type);
+        if (tt == nullptr || tt->to_float == nullptr) {
+            set_err(err, "ggml cannot convert this tensor type to float");
+            return -1;
+        }
+        tt->to_float(src, dst, n);
+        return 0;
+    })
+}
+
+int gp_quantize_rows(int32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                     size_t *written, char *err) {
+    GUARD(err, {
+        if (ggml_quantize_requires_imatrix((enum ggml_type)type) && imatrix == nullptr) {
+            set_err(err, "this type needs an importance matrix");
+            return -1;
+        }
+        *written = ggml_quantize_chunk((enum ggml_type)type, src, dst, 0, nrows, n_per_row, imatrix);
+        return 0;
+    })
+}
+
 void gp_memory_clear(gp_ctx *c) {
     try {
         llama_memory_clear(llama_get_memory(c->ctx), true);
@@ -404,8 +452,10 @@ int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t 
             snprintf(err, GP_ERRLEN, "%s", c->cb_error.c_str());
             return -1;
         }
-        if (c->skip_any && c->seen != c->n_run + 1) {
-            snprintf(err, GP_ERRLEN, "the graph named %d of the %d block boundaries (inp_embd, l_out-N) that skipping blocks needs", c->seen, c->n_run + 1);
+        // Boundaries -1 … n_run-1, or up to where the decode stopped.
+        int32_t want = c->stop_after >= -1 ? std::min(c->n_run + 1, c->stop_after + 2) : c->n_run + 1;
+        if (c->skip_any && c->seen != want) {
+            snprintf(err, GP_ERRLEN, "the graph named %d of the %d block boundaries (inp_embd, l_out-N) that skipping blocks needs", c->seen, want);
             return -1;
         }
         if (rc != 0) {

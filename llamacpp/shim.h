@@ -56,6 +56,15 @@ void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run)
 // gp_ctx_set_stop ends each decode's graph after block after_block's output
 // (-1: after the embeddings; -2: never).
 void gp_ctx_set_stop(gp_ctx *c, int32_t after_block);
+// gp_ctx_set_watch hands the graph tensors of these names to Go (goWatched)
+// in the following decodes; Go may change them.
+void gp_ctx_set_watch(gp_ctx *c, const char *const *names, int32_t n);
+// gp_dequantize converts n values of a ggml type to float; gp_quantize_rows
+// quantizes nrows rows of n_per_row floats with ggml's own quantizer (an
+// importance matrix of n_per_row values, or NULL).
+int gp_dequantize(int32_t type, const void *src, float *dst, int64_t n, char *err);
+int gp_quantize_rows(int32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                     size_t *written, char *err);
 
 // gp_decode clears nothing: it decodes n tokens at positions pos..pos+n-1 of
 // sequence 0, asking for logits from index logits_from on.

@@ -68,6 +68,11 @@ type Info struct {
 // during the call.
 type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
 
+// WatchFunc receives a watched graph tensor during a decode: data holds
+// nRows rows of nCols floats and may be changed (the rest of the graph then
+// computes with the change). Valid only during the call.
+type WatchFunc func(name string, data []float32, nCols, nRows int)
+
 // MatmulFunc receives the input of one weight matrix multiplication: x holds
 // nTokens rows of nIn floats (times nSlots for expert matmuls, whose expert
 // ids has nSlots entries per token). Valid only during the call.

@@ -124,7 +124,11 @@ func Compare(ctx context.Context, base Base, models []string, text *Text, o RunO
 
 	ctxs := make([]*llamacpp.Context, len(lms))
 	for i, lm := range lms {
-		if ctxs[i], err = lm.NewContext(llamacpp.ContextParams{NCtx: nCtx, Threads: o.Threads}); err != nil {
+		mo := o
+		if i == 0 && base.Model != "" {
+			mo.Skip = nil // the base runs whole
+		}
+		if ctxs[i], err = newSkippingContext(lm, mo); err != nil {
 			return nil, err
 		}
 		defer ctxs[i].Close()

@@ -42,7 +42,7 @@ func perplexity(ctx context.Context, path string, text *Text, o RunOptions) (Eva
 	if err != nil {
 		return EvalResult{}, err
 	}
-	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads})
+	lctx, err := newSkippingContext(lm, o)
 	if err != nil {
 		return EvalResult{}, err
 	}
@@ -56,3 +56,19 @@ func perplexity(ctx context.Context, path string, text *Text, o RunOptions) (Eva
 
 // Percentiles are those of bi.KLDStats.
 type Percentiles = bi.Percentiles
+
+// newSkippingContext makes a context that skips o.Skip (a plain one when
+// nothing is skipped).
+func newSkippingContext(lm *llamacpp.Model, o RunOptions) (*llamacpp.Context, error) {
+	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads, Capture: len(o.Skip) > 0})
+	if err != nil {
+		return nil, err
+	}
+	if len(o.Skip) > 0 {
+		if err := c.SetSkip(o.Skip); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: %w", lm.Path(), err)
+		}
+	}
+	return c, nil
+}

@@ -76,6 +76,10 @@ type RunOptions struct {
 	Threads   int  // CPU threads (0: all cores)
 	GPULayers int  // layers to offload to a GPU backend
 	NoMmap    bool // read the model into memory instead of mapping it
+	// Skip makes Evaluate and Compare run the models (not Compare's base) as
+	// if these blocks were removed, without writing a file (run-time
+	// skipping; see llamacpp.Context.SetSkip).
+	Skip []int
 
 	// Progress, when not nil, is told of long work: the stage ("scoring",
 	// "perplexity", "generating", "quantizing"), what it counts ("chunks",

@@ -39,6 +39,12 @@ type Options struct {
 
 	Write WriteOptions
 
+	// Heal fits and folds the healing map of every removed run (see
+	// Model.Heal) on the calibration; Ridge is its relative ridge (0:
+	// DefaultRidge).
+	Heal  bool
+	Ridge float64
+
 	// EvalText, when not nil, is evaluated on the input before writing and
 	// on the output after (perplexity).
 	EvalText *Text
@@ -125,6 +131,26 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	var healing *Healing
+	if o.Heal {
+		if o.Write.DryRun {
+			// What healing would rewrite, without running it.
+			runs, err := m.HealPlan(plan.Removed)
+			if err != nil {
+				return nil, err
+			}
+			healing = &Healing{Runs: runs}
+		} else {
+			if healing, err = m.Heal(ctx, plan.Removed, o.Calibration, o.Run, o.Ridge, o.Write.Imatrix); err != nil {
+				return nil, err
+			}
+			for name, data := range healing.Tensors() {
+				if err := plan.ReplaceData(name, data); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
 	// The evaluation text is checked before anything is written, so that a
 	// text the evaluation refuses (too short, say) fails the run with
 	// nothing written.
@@ -137,7 +163,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.Method, res.Scores, res.Search = method, rep, search
+	res.Method, res.Scores, res.Search, res.Heal = method, rep, search, healing
 	if o.EvalText != nil && !o.Write.DryRun {
 		// Input and output in one pass: perplexity of both, and the
 		// output's divergence from the input.

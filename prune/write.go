@@ -50,6 +50,7 @@ type Result struct {
 	ImatrixOut       string       `json:"imatrix_out,omitempty"`
 	Scores           *ScoreReport `json:"scores,omitempty"`
 	Search           *Search      `json:"search,omitempty"` // methods other than bi: the choice's steps and cost
+	Heal             *Healing     `json:"heal,omitempty"`   // what healing rewrote
 	Eval             []EvalResult `json:"eval,omitempty"`
 }
 

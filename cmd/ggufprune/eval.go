@@ -31,6 +31,7 @@ func evalCommand() *cli.Command {
 			&cli.StringFlag{Name: "hellaswag", Usage: "task accuracy on a HellaSwag `FILE` (llama-perplexity's format: 6 lines a task)"},
 			&cli.StringFlag{Name: "winogrande", Usage: "task accuracy on a WinoGrande CSV `FILE` (index,sentence,option1,option2,answer)"},
 			&cli.StringFlag{Name: "multiple-choice", Usage: "task accuracy on a multiple-choice `FILE` (llama-perplexity's binary format)"},
+			&cli.StringFlag{Name: "skip", Usage: "run the -m models as if the blocks of `LIST` (e.g. 3,5-7) were removed, without writing a file"},
 			&cli.IntFlag{Name: "tasks", Usage: "evaluate `N` tasks drawn as llama-perplexity draws them (default: 400 for HellaSwag, all for the others)"},
 			&cli.BoolFlag{Name: "json", Usage: "print [{model, ppl, tokens, chunks, kld}] as JSON"},
 			overwriteFlag,
@@ -66,6 +67,11 @@ func runEval(c *cli.Context) error {
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
+	}
+	if v := c.String("skip"); v != "" {
+		if o.Skip, err = prune.ParseBlockList(v); err != nil {
+			return usagef("--skip %v", err)
+		}
 	}
 	if c.IsSet("base") {
 		if err := checkOutputs(c, "kl-divergence-base"); err != nil {
@@ -172,6 +178,9 @@ func runTasks(c *cli.Context, kinds []prune.TaskKind) error {
 	n := c.Int("tasks")
 	if n < 0 {
 		return usagef("--tasks %d: must not be negative", n)
+	}
+	if c.IsSet("skip") {
+		return usagef("eval: --skip goes with perplexity and --base, not with --%s", kinds[0])
 	}
 	if !c.IsSet("tasks") {
 		n = prune.DefaultTasks(kinds[0])

@@ -82,3 +82,61 @@ func TestEvalTasks(t *testing.T) {
 	os.WriteFile(hs, []byte("ctx\n9\na\nb\nc\nd\n"), 0o644)
 	runCLI(t, "eval", "--hellaswag", hs, "-m", m).fails(t, 1, "gold ending")
 }
+
+// eval --skip gives the perplexity of the model without those blocks, as the
+// written file gives it; prune --method and --heal run through the command.
+func TestSkipMethodHeal(t *testing.T) {
+	dir := t.TempDir()
+	in := model(t, "story16-f16.gguf")
+	text := fixture.Asset(t, "text/unseen/tinystories_last50.txt")
+	pruned := filepath.Join(dir, "p.gguf")
+	runCLI(t, "prune", "-m", in, "--layers", "3,9-10", "-o", pruned).ok(t)
+	a := runCLI(t, "eval", "-m", pruned, "-f", text, "-c", "128", "--chunks", "4", "--json").ok(t)
+	b := runCLI(t, "eval", "-m", in, "--skip", "3,9-10", "-f", text, "-c", "128", "--chunks", "4", "--json").ok(t)
+	var ra, rb []evalJSON
+	decode(t, a.stdout, &ra)
+	decode(t, b.stdout, &rb)
+	if ra[0].PPL != rb[0].PPL {
+		t.Fatalf("perplexity %v of the file, %v skipping", ra[0].PPL, rb[0].PPL)
+	}
+	runCLI(t, "eval", "-m", in, "--skip", "16", "-f", text, "-c", "128").fails(t, 1, "not one of the 16 blocks")
+
+	calib := fixture.Asset(t, "text/gutenberg/pg11.txt")
+	r := runCLI(t, "prune", "-m", in, "-f", calib, "-c", "64", "--chunks", "2", "--remove", "2", "--method", "ppl", "--dry-run", "--json").ok(t)
+	var sum struct {
+		Method  string
+		Removed []int
+		Search  struct {
+			Steps []struct{ Block int }
+			Cost  struct{ Passes int }
+		}
+	}
+	decode(t, r.stdout, &sum)
+	if sum.Method != "ppl" || len(sum.Removed) != 2 || len(sum.Search.Steps) != 2 || sum.Search.Cost.Passes != 15 {
+		t.Fatalf("%s", r.stdout)
+	}
+	runCLI(t, "prune", "-m", in, "--remove", "2", "--method", "sleb", "--dry-run").fails(t, 2, "unknown method")
+	runCLI(t, "prune", "-m", in, "--remove", "2", "--method", "greedy", "--plot", filepath.Join(dir, "x.svg"), "--dry-run").fails(t, 2, "--plot")
+
+	healed := filepath.Join(dir, "h.gguf")
+	r = runCLI(t, "prune", "-m", in, "--layers", "4-5", "--heal", "-f", calib, "-c", "64", "--chunks", "4", "-o", healed, "--json").ok(t)
+	var hs struct {
+		Heal struct {
+			Runs []struct {
+				Block    int
+				Tensors  []string
+				Residual float64
+			}
+			Cost struct{ Passes int }
+		}
+	}
+	decode(t, r.stdout, &hs)
+	if len(hs.Heal.Runs) != 1 || hs.Heal.Runs[0].Block != 3 || hs.Heal.Runs[0].Tensors[0] != "blk.3.ffn_down.weight" || hs.Heal.Runs[0].Residual >= 1 || hs.Heal.Cost.Passes != 2 {
+		t.Fatalf("%s", r.stdout)
+	}
+	r = runCLI(t, "prune", "-m", in, "--layers", "0,4-5", "--heal", "--dry-run").ok(t)
+	if !strings.Contains(r.stdout, "would heal") || !strings.Contains(r.stdout, "not healed") {
+		t.Fatal(r.stdout)
+	}
+	runCLI(t, "eval", "-m", healed, "-f", text, "-c", "128", "--chunks", "2").ok(t)
+}

@@ -40,6 +40,8 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "quantize", Usage: "quantize the pruned model to `TYPE` (see quantize --help) in the same step: one output file"},
 			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` of the input model: pruned with it for --quantize and --imatrix-out"},
 			&cli.StringFlag{Name: "imatrix-out", Usage: "write the imatrix of the pruned model (removed blocks dropped, the rest renumbered) to `FILE`"},
+			&cli.BoolFlag{Name: "heal", Usage: "repair each removed run inside the block before it: a linear map fitted on the calibration text (-f, or self-generated) folded into its FFN down projection"},
+			&cli.Float64Flag{Name: "ridge", Usage: "healing's ridge `R`, relative to the mean diagonal of MᵀM (default 1e-10)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and write nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "remove blocks even where the architecture derives layer kinds from the block index"},
 			&cli.BoolFlag{Name: "keep-split", Usage: "write a split input as the same number of shards (OUT-0000i-of-0000n.gguf) instead of one file"},
@@ -74,11 +76,15 @@ func runPrune(c *cli.Context) error {
 	if how != 1 {
 		return usagef("prune: give exactly one of --layers, --remove and --target-size")
 	}
-	if c.IsSet("layers") && (c.IsSet("file") || c.IsSet("scores")) {
-		return usagef("prune: --layers needs no scores; -f and --scores go with --remove or --target-size")
+	heal := c.Bool("heal")
+	if c.IsSet("layers") && (c.IsSet("scores") || (c.IsSet("file") && !heal)) {
+		return usagef("prune: --layers needs no scores; -f and --scores go with --remove or --target-size (and -f with --heal)")
 	}
-	if c.IsSet("file") && c.IsSet("scores") {
-		return usagef("prune: give -f or --scores, not both")
+	if c.IsSet("file") && c.IsSet("scores") && !heal {
+		return usagef("prune: give -f or --scores, not both (with --heal, -f is the healing's calibration)")
+	}
+	if c.IsSet("ridge") && (!heal || c.Float64("ridge") <= 0) {
+		return usagef("prune: --ridge is a positive number for --heal")
 	}
 	if c.IsSet("imatrix") && !c.IsSet("imatrix-out") && !c.IsSet("quantize") {
 		return usagef("prune: --imatrix is used by --quantize or --imatrix-out; give one of them")
@@ -120,7 +126,7 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
-	o := prune.Options{Run: run, Method: method, Write: prune.WriteOptions{
+	o := prune.Options{Run: run, Method: method, Heal: heal, Ridge: c.Float64("ridge"), Write: prune.WriteOptions{
 		Output: out, KeepSplit: c.Bool("keep-split"), Force: c.Bool("force"), DryRun: dryRun,
 		ImatrixOut: c.String("imatrix-out"), Overwrite: c.Bool("overwrite"),
 	}}
@@ -148,6 +154,11 @@ func runPrune(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
+	if heal {
+		if o.Calibration, err = calibrationFrom(c); err != nil {
+			return err
+		}
+	}
 	if c.IsSet("layers") {
 		if o.Layers, err = prune.ParseBlockList(c.String("layers")); err != nil {
 			return usageError{err}
@@ -224,6 +235,21 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 			steps = append(steps, fmt.Sprintf("%d (%.5g)", st.Block, st.Value))
 		}
 		fmt.Fprintf(tw, "steps\t%s\n", strings.Join(steps, ", "))
+	}
+	if s.Heal != nil {
+		for _, r := range s.Heal.Runs {
+			switch {
+			case r.Note != "":
+				fmt.Fprintf(tw, "not healed\tblocks %d-%d: %s\n", r.First, r.Last, r.Note)
+			case s.DryRun:
+				fmt.Fprintf(tw, "would heal\tblocks %d-%d into %s (%s)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type)
+			default:
+				fmt.Fprintf(tw, "healed\tblocks %d-%d into %s (%s): %.1f%% of the removal's gap remains on the calibration (ridge %.3g)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type, 100*r.Residual, r.Ridge)
+			}
+		}
+		if !s.DryRun {
+			fmt.Fprintf(tw, "healing\t%d passes, %d tokens, %.1f s\n", s.Heal.Cost.Passes, s.Heal.Cost.Tokens, s.Heal.Cost.Seconds)
+		}
 	}
 	if s.Quantized != "" {
 		fmt.Fprintf(tw, "quantized\t%s\n", s.Quantized)
