@@ -73,6 +73,11 @@ func lcm(a, b int) int {
 	return a / x * b
 }
 
+// leadingCounts are scalars under the architecture prefix that count the
+// first blocks of a model that are of another kind (llama-model.cpp
+// load_hparams and load_tensors: "i < n_layer_dense_lead").
+var leadingCounts = map[string]bool{"leading_dense_block_count": true}
+
 // notPerLayer lists arrays under the architecture prefix that are not
 // per-layer even when their length happens to equal the block count.
 var notPerLayer = map[string]bool{
@@ -204,13 +209,28 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 		}
 	}
 
-	// Metadata: block_count and every per-layer array under the arch prefix.
+	// Metadata: block_count, the counts of leading blocks of a kind, and
+	// every per-layer array under the arch prefix.
 	kept := bm.Kept()
 	prefix := arch + "."
 	for _, kv := range m.KV() {
 		switch {
 		case kv.Key == prefix+"block_count":
 			kv.Value = withCount(kv.Value, len(kept))
+		case leadingCounts[strings.TrimPrefix(kv.Key, prefix)] && strings.HasPrefix(kv.Key, prefix):
+			// The first `lead` blocks are of another kind (dense before
+			// mixture-of-experts blocks in deepseek2, glm4moe, …): removing
+			// some of them shortens the lead, so that every kept block keeps
+			// its kind.
+			if lead, ok := kv.Value.Int(); ok && lead > 0 {
+				gone := 0
+				for _, b := range p.Removed {
+					if int64(b) < lead {
+						gone++
+					}
+				}
+				kv.Value = withCount(kv.Value, int(lead)-gone)
+			}
 		case strings.HasPrefix(kv.Key, prefix) && !notPerLayer[strings.TrimPrefix(kv.Key, prefix)]:
 			if a, ok := kv.Value.Array(); ok && a.Len() == n {
 				kv.Value = a.Slice(kept)

@@ -402,3 +402,34 @@ func TestBlockLists(t *testing.T) {
 		}
 	}
 }
+
+// Removing blocks inside a dense lead (leading_dense_block_count) shortens
+// the lead, so that no mixture-of-experts block moves into a dense slot.
+func TestLeadingDenseBlocks(t *testing.T) {
+	for _, c := range []struct {
+		remove []int
+		lead   int64
+	}{{[]int{1}, 2}, {[]int{5}, 3}, {[]int{0, 1, 2}, 0}, {[]int{2, 6}, 2}} {
+		kvs, ts := fixture.Build(fixture.Spec{Arch: "deepseek2", Blocks: 8, Extra: []gguf.KV{{Key: "deepseek2.leading_dense_block_count", Value: gguf.Uint32(3)}}})
+		var buf bytes.Buffer
+		if _, err := gguf.Write(&buf, 3, kvs, ts); err != nil {
+			t.Fatal(err)
+		}
+		f, err := gguf.NewFile(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := gguf.NewModel(f)
+		plan, err := gguf.PlanRemoval(m, c.remove, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range plan.KV {
+			if kv.Key == "deepseek2.leading_dense_block_count" {
+				if n, _ := kv.Value.Int(); n != c.lead {
+					t.Errorf("removing %v: lead %d, want %d", c.remove, n, c.lead)
+				}
+			}
+		}
+	}
+}
