@@ -178,35 +178,37 @@ func (s *searcher) pass(ctx context.Context, skip []int, first int, what string,
 // biScores scores every block with skip skipped (skipped blocks score 0).
 func (s *searcher) biScores(ctx context.Context, skip []int) ([]bi.BlockScore, error) {
 	acc := bi.NewAccumulator(s.runBlocks())
-	if err := s.lctx.CaptureHidden(acc.Observe); err != nil {
+	if err := s.hiddenPass(ctx, skip, "scoring", acc.Observe, acc.Err); err != nil {
 		return nil, err
 	}
-	defer s.lctx.CaptureHidden(nil)
-	if err := s.lctx.SetNoHead(true); err != nil {
-		return nil, err
-	}
-	defer s.lctx.SetNoHead(false)
-	if err := s.pass(ctx, skip, 0, "scoring", func(int) error { return acc.Err() }); err != nil {
-		return nil, err
-	}
-	return acc.Scores(), acc.Err()
+	return acc.Scores(), nil
 }
 
 // runDistances measures every run of n blocks (Gromov et al.).
 func (s *searcher) runDistances(ctx context.Context, n int) ([]float64, error) {
 	acc := bi.NewRunAccumulator(s.runBlocks(), n)
-	if err := s.lctx.CaptureHidden(acc.Observe); err != nil {
+	if err := s.hiddenPass(ctx, nil, "measuring runs", acc.Observe, acc.Err); err != nil {
 		return nil, err
+	}
+	return acc.Distances(), nil
+}
+
+// hiddenPass hands every block boundary's hidden states of one pass (with
+// skip skipped, without the output head) to observe; errf reports what the
+// observer found wrong.
+func (s *searcher) hiddenPass(ctx context.Context, skip []int, what string, observe llamacpp.HiddenFunc, errf func() error) error {
+	if err := s.lctx.CaptureHidden(observe); err != nil {
+		return err
 	}
 	defer s.lctx.CaptureHidden(nil)
 	if err := s.lctx.SetNoHead(true); err != nil {
-		return nil, err
+		return err
 	}
 	defer s.lctx.SetNoHead(false)
-	if err := s.pass(ctx, nil, 0, "measuring runs", func(int) error { return acc.Err() }); err != nil {
-		return nil, err
+	if err := s.pass(ctx, skip, 0, what, func(int) error { return errf() }); err != nil {
+		return err
 	}
-	return acc.Distances(), acc.Err()
+	return errf()
 }
 
 // loss is the calibration loss of the model without skip, on the scored
