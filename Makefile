@@ -30,7 +30,7 @@ export CGO_ENABLED  := 1
 export CGO_CFLAGS   := $(SIMD_FLAGS)
 export CGO_CXXFLAGS := $(SIMD_FLAGS)
 
-.PHONY: all build third_party test fuzz vet bench demo quality clean
+.PHONY: all build third_party test fuzz vet bench demo quality heal clean
 
 all: build
 
@@ -72,6 +72,10 @@ demo: build
 quality: third_party
 	mkdir -p bin/quality
 	$(GO) run ./scripts/quality -o bin/quality | tee bin/quality/table.md
+
+# Plain against healed removal (README, "Healing"); HEAL_ARGS=-m other.gguf ...
+heal: third_party
+	$(GO) run ./scripts/heal -o bin/heal $(HEAL_ARGS)
 
 clean:
 	rm -rf bin third_party/llama.cpp third_party/ggml
