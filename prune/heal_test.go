@@ -223,3 +223,51 @@ func TestHealPlan(t *testing.T) {
 		t.Fatalf("post-FFN norm: %v", err)
 	}
 }
+
+// A quantized FFN down projection is quantized again by ggml in its own type,
+// and the healed file loads and evaluates.
+func TestHealQuantized(t *testing.T) {
+	ctx := context.Background()
+	src := fixture.Asset(t, "models/TinyStories-656K-Q8_0.gguf")
+	m, err := Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cal, err := CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := m.Heal(ctx, []int{1}, cal, RunOptions{Ctx: 128, Chunks: 16, Threads: 2}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := h.Runs[0]; r.Block != 0 || r.Type != "Q8_0" || len(h.Tensors()) != 1 {
+		t.Fatalf("%+v", h.Runs)
+	}
+	plan, _ := m.Plan([]int{1}, false)
+	for name, data := range h.Tensors() {
+		if err := plan.ReplaceData(name, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "healed.gguf")
+	if _, err := m.Write(ctx, plan, WriteOptions{Output: out}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := gguf.OpenModel(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for _, tn := range g.Tensors {
+		if tn.Name == "blk.0.ffn_down.weight" && tn.Type != gguf.TypeQ8_0 {
+			t.Fatalf("healed ffn_down is %v", tn.Type)
+		}
+	}
+	text, _ := TextFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")) // the 656K vocabulary lacks some characters of the unseen text
+	rs, err := Evaluate(ctx, []string{out}, text, RunOptions{Ctx: 128, Chunks: 4})
+	if err != nil || math.IsNaN(rs[0].PPL) {
+		t.Fatalf("%v %v", rs, err)
+	}
+}
