@@ -34,6 +34,7 @@ var indexPatterns = map[string]indexPattern{
 	"gpt-oss": {"sliding-window vs full attention (alternating blocks)", fixedPeriod(2)},
 	"exaone4": {"sliding-window vs global attention (every 4th block is global)", unlessArray("attention.sliding_window_pattern", 4)},
 	"llama4":  {"NoPE blocks (every 4th) and MoE interleaving", llama4Period},
+	"smollm3": {"NoPE blocks (every 4th block has no RoPE)", fixedPeriod(4)},
 	"qwen3next": {"linear vs full attention (every full_attention_interval-th block is full)",
 		func(m *Model) int { return archInt(m, "full_attention_interval", 4) }},
 }
