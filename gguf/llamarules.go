@@ -125,6 +125,10 @@ var uniformAttention = setOf("llama", "mistral3", "qwen2", "qwen2moe", "qwen3", 
 	"phi3", "granite", "granitemoe", "deepseek2", "glm4moe", "gpt-oss", "olmo2", "cohere2", "starcoder2", "exaone4",
 	"smollm3", "llama4")
 
+// swaPeriods are the sliding-window architectures whose global-attention
+// blocks are every period-th (llama-hparams.cpp set_swa_pattern).
+var swaPeriods = map[string]int{"gemma2": 2, "gemma3": 6, "cohere2": 4, "exaone4": 4, "gpt-oss": 2}
+
 // headSizeEqual are the architectures whose graph asserts that the value
 // head size equals the key head size, and (the second set) that the RoPE
 // dimension equals it too (models/*.cpp).
@@ -340,6 +344,25 @@ var LlamaRules = []LlamaRule{
 					return fmt.Errorf("%s is set but %s is 0 or missing", v.archKey("attention.temperature_scale"), v.archKey("attention.temperature_length"))
 				}
 			}
+		}
+		return nil
+	}},
+	{Name: "attention-pattern", Where: "llama-kv-cache-iswa.cpp: a cache with no layers gets no buffer (GGML_ASSERT(buffer) in ggml-backend.cpp)", check: func(v *ruleView) error {
+		// Sliding-window architectures keep two KV caches, one for the
+		// global-attention blocks (every period-th) and one for the others;
+		// a model too short to have a global block leaves one empty.
+		period := swaPeriods[v.arch]
+		if period == 0 {
+			return nil
+		}
+		if val, ok := v.getArch("attention.sliding_window_pattern"); ok && val.Type() == TypeArray {
+			return nil
+		}
+		if w, ok := v.getArch("attention.sliding_window"); v.arch == "gemma3" && (!ok || func() bool { n, _ := w.Int(); return n == 0 }()) {
+			return nil // gemma3 without a window has one cache
+		}
+		if v.n < period {
+			return fmt.Errorf("%s has %d blocks; %s needs at least %d, so that one (every %d-th) has global attention", v.archKey("block_count"), v.n, v.arch, period, period)
 		}
 		return nil
 	}},

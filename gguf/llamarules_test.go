@@ -132,6 +132,17 @@ var llamaCases = []llamaCase{
 		}
 		return tokens(func(t []string) []string { return t[:8] })(kept, ts)
 	}},
+	{"sliding window without a global block", "attention-pattern", "gemma3 needs at least 6", func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		var out []gguf.KV
+		for _, kv := range kvs {
+			kv.Key = strings.Replace(kv.Key, "llama.", "gemma3.", 1)
+			if kv.Key == "general.architecture" {
+				kv.Value = gguf.String("gemma3")
+			}
+			out = append(out, kv)
+		}
+		return append(out, gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(64)}), ts
+	}},
 	{"no tokenizer", "tokenizer-model", `tokenizer.ggml.model is "none"`, fixture.EditKV("tokenizer.ggml.model", gguf.String("none"))},
 }
 

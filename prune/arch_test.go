@@ -28,6 +28,9 @@ var archs = []fixture.LlamaSpec{
 	{Arch: "starcoder2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
 	// Sliding-window and global attention alternate: runs of 2.
 	{Arch: "gemma2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
+	{Arch: "qwen3moe", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
+	// Every 6th block has global attention, the others a sliding window.
+	{Arch: "gemma3", Blocks: 12, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4, 5, 6}},
 	// Every 4th block has no RoPE: only whole runs of 4 keep the pattern.
 	{Arch: "smollm3", Blocks: 8, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3, 4, 5}},
 }
