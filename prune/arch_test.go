@@ -31,6 +31,9 @@ var archs = []fixture.LlamaSpec{
 	{Arch: "qwen3moe", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
 	// Every 6th block has global attention, the others a sliding window.
 	{Arch: "gemma3", Blocks: 12, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4, 5, 6}},
+	// Every 4th block has global attention.
+	{Arch: "cohere2", Blocks: 10, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4}},
+	{Arch: "exaone4", Blocks: 10, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4}},
 	// Every 4th block has no RoPE: only whole runs of 4 keep the pattern.
 	{Arch: "smollm3", Blocks: 8, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3, 4, 5}},
 }
