@@ -29,6 +29,9 @@ var archs = []fixture.LlamaSpec{
 	// Sliding-window and global attention alternate: runs of 2.
 	{Arch: "gemma2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
 	{Arch: "qwen3moe", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
+	// Two dense blocks, then mixture-of-experts blocks: removing block 1
+	// (in the dense lead) must shorten the lead.
+	{Arch: "deepseek2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 4, Ctx: 256, Identity: []int{2, 3}},
 	// Every 6th block has global attention, the others a sliding window.
 	{Arch: "gemma3", Blocks: 12, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4, 5, 6}},
 	// Every 4th block has global attention.
