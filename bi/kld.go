@@ -32,6 +32,20 @@ func LogSoftmax(dst, logits []float32) (argmax int) {
 	return argmax
 }
 
+// LogProb is log softmax(logits)[tok] (the float64 sum of LogSoftmax)
+// without writing the whole distribution.
+func LogProb(logits []float32, tok int) float64 {
+	m := logits[0]
+	for _, z := range logits {
+		m = max(m, z)
+	}
+	var sum float64
+	for _, z := range logits {
+		sum += math.Exp(float64(z - m))
+	}
+	return float64(logits[tok]-m) - math.Log(sum)
+}
+
 // KLDAccumulator compares a model's next-token distributions with a base
 // model's, token by token, as llama.cpp's llama-perplexity
 // --kl-divergence does. For each scored token with base log-probabilities

@@ -147,6 +147,16 @@ func (m *Model) Size() int64 {
 	return n
 }
 
+// Tensor returns the tensor of a name.
+func (m *Model) Tensor(name string) (*ModelTensor, bool) {
+	for i := range m.Tensors {
+		if m.Tensors[i].Name == name {
+			return &m.Tensors[i], true
+		}
+	}
+	return nil, false
+}
+
 // TensorData returns a view of a tensor's bytes.
 func (m *Model) TensorData(t *ModelTensor) *io.SectionReader {
 	return m.Shards[t.Shard].TensorData(&t.TensorInfo)

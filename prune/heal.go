@@ -76,14 +76,7 @@ func runsOf(removed []int) [][2]int {
 // removal of these blocks would rewrite, or why a run cannot be healed.
 func (m *Model) HealPlan(removed []int) ([]HealedRun, error) {
 	var out []HealedRun
-	has := func(name string) (*gguf.ModelTensor, bool) {
-		for i := range m.GGUF.Tensors {
-			if m.GGUF.Tensors[i].Name == name {
-				return &m.GGUF.Tensors[i], true
-			}
-		}
-		return nil, false
-	}
+	has := m.GGUF.Tensor
 	for _, r := range runsOf(removed) {
 		h := HealedRun{First: r[0], Last: r[1], Block: r[0] - 1}
 		if h.Block < 0 {
@@ -247,31 +240,21 @@ func (m *Model) Heal(ctx context.Context, removed []int, cal Calibration, o RunO
 
 // applyMap replaces rows x (nRows of nCols) by x·T in place.
 func applyMap(data []float32, T *mat.Dense, nCols, nRows int) {
-	row := make([]float64, nCols)
-	out := make([]float64, nCols)
-	for r := 0; r < nRows; r++ {
-		x := data[r*nCols : (r+1)*nCols]
-		for j, v := range x {
-			row[j] = float64(v)
-		}
-		xr := mat.NewVecDense(nCols, row)
-		o := mat.NewVecDense(nCols, out)
-		o.MulVec(T.T(), xr)
-		for j := range x {
-			x[j] = float32(out[j])
-		}
+	x := make([]float64, len(data))
+	for i, v := range data {
+		x[i] = float64(v)
+	}
+	var out mat.Dense
+	out.Mul(mat.NewDense(nRows, nCols, x), T)
+	for i, v := range out.RawMatrix().Data {
+		data[i] = float32(v)
 	}
 }
 
 // foldMap returns the data of tensor name (W: rows of the embedding size,
 // or a bias vector) with the map folded in: W' = Tᵀ·W, in W's type.
 func (m *Model) foldMap(name string, T *mat.Dense, imatrix *gguf.Imatrix) ([]byte, error) {
-	var t *gguf.ModelTensor
-	for i := range m.GGUF.Tensors {
-		if m.GGUF.Tensors[i].Name == name {
-			t = &m.GGUF.Tensors[i]
-		}
-	}
+	t, _ := m.GGUF.Tensor(name) // a name from HealPlan
 	raw := make([]byte, t.Size)
 	if _, err := m.GGUF.TensorData(t).ReadAt(raw, 0); err != nil {
 		return nil, fmt.Errorf("%s: tensor %s: %w", m.Path, name, err)

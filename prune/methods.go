@@ -109,7 +109,6 @@ type searcher struct {
 	cost   Cost
 	start  time.Time
 	logits []float32
-	lp     []float32
 }
 
 func (m *Model) newSearcher(ctx context.Context, cal Calibration, o RunOptions) (*searcher, error) {
@@ -127,7 +126,7 @@ func (m *Model) newSearcher(ctx context.Context, cal Calibration, o RunOptions) 
 		return nil, err
 	}
 	n := lm.Info().NVocab
-	s.logits, s.lp = make([]float32, n), make([]float32, n)
+	s.logits = make([]float32, n)
 	return s, nil
 }
 
@@ -243,8 +242,7 @@ func (s *searcher) loss(ctx context.Context, skip []int, kind lossKind) (float64
 				acc.Observe(base[k], float32(math.Inf(-1)), s.logits, int(next))
 				continue
 			}
-			bi.LogSoftmax(s.lp, s.logits)
-			sum -= float64(s.lp[next])
+			sum -= bi.LogProb(s.logits, int(next))
 			count++
 		}
 		return nil

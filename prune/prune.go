@@ -177,17 +177,16 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 // checkEvalText tokenizes the evaluation text with the model's vocabulary
 // alone (no weights are loaded) and refuses a text too short to evaluate.
 func (m *Model) checkEvalText(text *Text, o RunOptions) error {
-	vocab := o
 	lm, err := llamacpp.LoadModel(m.Path, llamacpp.ModelParams{VocabOnly: true, Header: m.GGUF})
 	if err != nil {
 		return err
 	}
 	defer lm.Close()
-	toks, err := text.tokens(lm, vocab.Chunks*vocab.ctx())
+	toks, err := text.tokens(lm, o.Chunks*o.ctx())
 	if err != nil {
 		return err
 	}
-	if n := vocab.ctx(); len(toks) < 2*n {
+	if n := o.ctx(); len(toks) < 2*n {
 		return fmt.Errorf("%s: evaluating needs at least %d tokens (2 × context %d), the text has %d: %w", text.Name, 2*n, n, len(toks), llamacpp.ErrShortText)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/llamacpp"
 )
 
@@ -447,7 +448,7 @@ func evaluateTasks(ctx context.Context, kind TaskKind, path string, tasks []task
 				if err := lctx.LogitsInto(p-1, logits); err != nil {
 					return res, err
 				}
-				sum += logProb(logits, seq[p])
+				sum += bi.LogProb(logits, int(seq[p]))
 			}
 			d.Scores[s] = sum / float64(to[s]-from[s])
 		}
@@ -497,17 +498,4 @@ func commonPrefix(seqs [][]int32) int {
 			}
 		}
 	}
-}
-
-// logProb is log softmax(logits)[tok], with a float64 sum.
-func logProb(logits []float32, tok int32) float64 {
-	m := logits[0]
-	for _, z := range logits {
-		m = max(m, z)
-	}
-	var sum float64
-	for _, z := range logits {
-		sum += math.Exp(float64(z - m))
-	}
-	return float64(logits[tok]-m) - math.Log(sum)
 }
