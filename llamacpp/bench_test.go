@@ -46,8 +46,8 @@ func BenchmarkPerplexity(b *testing.B) {
 // there the output head is a real share of the work, and scoring skips it.
 func BenchmarkScoreCaptureWide(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "wide.gguf")
-	spec := fixture.LlamaSpec{Blocks: 8, Embd: 1024, FF: 2816, Heads: 16, KVHeads: 4, Ctx: 512}
-	if err := fixture.RandomLlama(path, fixture.Asset(b, "models/llama-2-tiny-random.gguf"), spec); err != nil {
+	spec := fixture.ModelSpec{Blocks: 8, Embd: 1024, FF: 2816, Heads: 16, KVHeads: 4, Ctx: 512}
+	if err := fixture.RandomModel(path, fixture.Asset(b, "models/llama-2-tiny-random.gguf"), spec); err != nil {
 		b.Fatal(err)
 	}
 	m := load(b, path)

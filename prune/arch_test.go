@@ -18,7 +18,7 @@ import (
 
 // archs are the architectures generated so far, each with two planted
 // identity blocks.
-var archs = []fixture.LlamaSpec{
+var archs = []fixture.ModelSpec{
 	{Arch: "llama", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
 	{Arch: "qwen2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
 	{Arch: "qwen3", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
@@ -57,7 +57,7 @@ func TestArchitectures(t *testing.T) {
 		t.Run(spec.Arch, func(t *testing.T) {
 			dir := t.TempDir()
 			src := filepath.Join(dir, spec.Arch+".gguf")
-			if err := fixture.RandomLlama(src, tok, spec); err != nil {
+			if err := fixture.RandomModel(src, tok, spec); err != nil {
 				t.Fatal(err)
 			}
 			m, err := prune.Open(src)

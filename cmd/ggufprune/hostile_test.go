@@ -234,7 +234,7 @@ func TestOutputsAndValues(t *testing.T) {
 func TestInterruptLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
 	big := filepath.Join(dir, "big.gguf")
-	if err := fixture.RandomLlama(big, model(t, "stories260K.gguf"), fixture.LlamaSpec{Blocks: 6, Embd: 1024, FF: 2816, Heads: 16, KVHeads: 4, Ctx: 256}); err != nil {
+	if err := fixture.RandomModel(big, model(t, "stories260K.gguf"), fixture.ModelSpec{Blocks: 6, Embd: 1024, FF: 2816, Heads: 16, KVHeads: 4, Ctx: 256}); err != nil {
 		t.Fatal(err)
 	}
 	outDir := t.TempDir()
