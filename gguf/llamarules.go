@@ -282,6 +282,67 @@ var LlamaRules = []LlamaRule{
 		}
 		return nil
 	}},
+	{Name: "low-rank-attention", Where: "models/deepseek2.cpp: the KV cache holds head_count_kv heads of key_length; ggml_set_rows asserts the graph's K and V rows fit them", check: func(v *ruleView) error {
+		if v.arch != "deepseek2" {
+			return nil
+		}
+		heads, err := v.perLayer("attention.head_count")
+		if err != nil || len(heads) == 0 {
+			return err
+		}
+		kv, err := v.perLayer("attention.head_count_kv")
+		if err != nil {
+			return err
+		}
+		if kv == nil {
+			kv = heads
+		}
+		kMLA, err := v.u32("attention.key_length_mla", 0)
+		if err != nil {
+			return err
+		}
+		vMLA, err := v.u32("attention.value_length_mla", 0)
+		if err != nil {
+			return err
+		}
+		if kMLA == 0 || vMLA == 0 {
+			// Decompressed attention: one K and V head per query head.
+			for i := range heads {
+				if kv[i] != heads[i] {
+					return fmt.Errorf("block %d has %d KV heads and %d attention heads; %s without %s and %s needs them equal", i, kv[i], heads[i], v.arch, v.archKey("attention.key_length_mla"), v.archKey("attention.value_length_mla"))
+				}
+			}
+			return nil
+		}
+		// Absorbed attention: one shared head holding the compressed KV
+		// (kv_lora_rank) and the RoPE part.
+		rank, err := v.u32("attention.kv_lora_rank", 0)
+		if err != nil {
+			return err
+		}
+		rot, err := v.u32("rope.dimension_count", 0)
+		if err != nil {
+			return err
+		}
+		keyLen, err := v.u32("attention.key_length", 0)
+		if err != nil {
+			return err
+		}
+		valLen, err := v.u32("attention.value_length", 0)
+		if err != nil {
+			return err
+		}
+		for i := range kv {
+			if kv[i] != 1 {
+				return fmt.Errorf("block %d has %d KV heads; %s with %s needs 1", i, kv[i], v.arch, v.archKey("attention.key_length_mla"))
+			}
+		}
+		if keyLen != rank+rot || valLen != rank {
+			return fmt.Errorf("%s %d and %s %d must be %s + %s (%d) and %s (%d) in %s with %s", v.archKey("attention.key_length"), keyLen, v.archKey("attention.value_length"), valLen,
+				v.archKey("attention.kv_lora_rank"), v.archKey("rope.dimension_count"), rank+rot, v.archKey("attention.kv_lora_rank"), rank, v.arch, v.archKey("attention.key_length_mla"))
+		}
+		return nil
+	}},
 	{Name: "experts", Where: "llama-model.cpp load_hparams: GGML_ASSERT on n_expert, n_expert_used, expert groups", check: func(v *ruleView) error {
 		e, err := v.u32("expert_count", 0)
 		if err != nil {

@@ -132,18 +132,27 @@ var llamaCases = []llamaCase{
 		}
 		return tokens(func(t []string) []string { return t[:8] })(kept, ts)
 	}},
-	{"sliding window without a global block", "attention-pattern", "gemma3 needs at least 6", func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+	{"sliding window without a global block", "attention-pattern", "gemma3 needs at least 6", asArch("gemma3", gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(64)})},
+	// Found generating deepseek2 models: grouped KV heads abort in ggml_set_rows.
+	{"decompressed low-rank attention with grouped KV heads", "low-rank-attention", "block 0 has 4 KV heads and 8 attention heads", asArch("deepseek2")},
+	{"absorbed low-rank attention with 4 KV heads", "low-rank-attention", "block 0 has 4 KV heads; deepseek2 with deepseek2.attention.key_length_mla needs 1", asArch("deepseek2",
+		gguf.KV{Key: "deepseek2.attention.key_length_mla", Value: gguf.Uint32(8)}, gguf.KV{Key: "deepseek2.attention.value_length_mla", Value: gguf.Uint32(8)})},
+	{"no tokenizer", "tokenizer-model", `tokenizer.ggml.model is "none"`, fixture.EditKV("tokenizer.ggml.model", gguf.String("none"))},
+}
+
+// asArch renames stories260K's architecture (and its keys) and adds kvs.
+func asArch(arch string, extra ...gguf.KV) func([]gguf.KV, []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+	return func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		var out []gguf.KV
 		for _, kv := range kvs {
-			kv.Key = strings.Replace(kv.Key, "llama.", "gemma3.", 1)
+			kv.Key = strings.Replace(kv.Key, "llama.", arch+".", 1)
 			if kv.Key == "general.architecture" {
-				kv.Value = gguf.String("gemma3")
+				kv.Value = gguf.String(arch)
 			}
 			out = append(out, kv)
 		}
-		return append(out, gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(64)}), ts
-	}},
-	{"no tokenizer", "tokenizer-model", `tokenizer.ggml.model is "none"`, fixture.EditKV("tokenizer.ggml.model", gguf.String("none"))},
+		return append(out, extra...), ts
+	}
 }
 
 // Crafted writes the case's variant of stories260K into dir.

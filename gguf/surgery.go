@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -35,8 +36,9 @@ var indexPatterns = map[string]indexPattern{
 	"exaone4": {"sliding-window vs global attention (every 4th block is global)", unlessArray("attention.sliding_window_pattern", 4)},
 	"llama4":  {"NoPE blocks (every 4th) and MoE interleaving", llama4Period},
 	"smollm3": {"NoPE blocks (every 4th block has no RoPE)", fixedPeriod(4)},
-	"qwen3next": {"linear vs full attention (every full_attention_interval-th block is full)",
-		func(m *Model) int { return archInt(m, "full_attention_interval", 4) }},
+	// The pinned loader ignores full_attention_interval: "(i + 1) % 4 != 0"
+	// is recurrent.
+	"qwen3next": {"linear vs full attention (every 4th block is full)", fixedPeriod(4)},
 }
 
 func fixedPeriod(p int) func(*Model) int { return func(*Model) int { return p } }
@@ -99,6 +101,11 @@ type Plan struct {
 	Tensors          []ModelTensor // kept tensors, renamed, in source order
 	sources          []*ModelTensor
 	replaced         map[string][]byte // new data of kept tensors, by source name
+
+	// Broken is set when a forced removal changes the kind of kept blocks
+	// (an index-pattern architecture): llama.cpp loads the file, but its
+	// blocks do not compute what they did.
+	Broken *PatternError
 }
 
 // ReplaceData makes the plan write new data for a kept tensor, named as in
@@ -202,10 +209,18 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 			}
 		}
 	}
-	if period, what := IndexPeriod(m); period > 1 && !force {
+	if period, what := IndexPeriod(m); period > 1 {
 		for _, b := range bm.Kept() {
 			if to := bm.NewIndex(b); (b-to)%period != 0 {
-				return nil, &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: p.Removed, Block: b, To: to}
+				perr := &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: p.Removed, Block: b, To: to}
+				if !force {
+					return nil, perr
+				}
+				if err := sameBlockLayout(m, bm, perr); err != nil {
+					return nil, err
+				}
+				p.Broken = perr
+				break
 			}
 		}
 	}
@@ -256,6 +271,32 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 		p.sources = append(p.sources, t)
 	}
 	return p, nil
+}
+
+// sameBlockLayout refuses a forced removal after which a kept block sits at
+// an index where llama.cpp expects other tensors (names or shapes): in
+// index-pattern architectures the loader asks each index for the tensors of
+// its kind (qwen3next's linear-attention vs attention blocks, llama4's dense
+// vs MoE blocks), and such a file does not load.
+func sameBlockLayout(m *Model, bm *BlockMap, perr *PatternError) error {
+	layout := map[int]map[string]string{}
+	for _, t := range m.Tensors {
+		if b, rest, ok, _ := SplitBlockName(t.Name); ok {
+			if layout[b] == nil {
+				layout[b] = map[string]string{}
+			}
+			layout[b][rest] = fmt.Sprint(t.Dims)
+		}
+	}
+	for _, b := range bm.Kept() {
+		to := bm.NewIndex(b)
+		if to == b || maps.Equal(layout[b], layout[to]) {
+			continue
+		}
+		return fmt.Errorf("%s: removing %s moves block %d to index %d, where %s's loader expects the tensors of another kind of block (%s), so llama.cpp would not load the file; this is refused even when forced. Removing whole runs of %d consecutive blocks (a multiple of %d before every kept block) keeps the pattern: %w",
+			perr.Model, FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.Period, perr.Period, ErrIndexPattern)
+	}
+	return nil
 }
 
 // withCount returns an integer value of the same type holding n.

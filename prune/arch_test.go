@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -16,35 +17,64 @@ import (
 	"github.com/ggufprune/ggufprune/prune"
 )
 
-// archs are the architectures generated so far, each with two planted
-// identity blocks.
-var archs = []fixture.ModelSpec{
-	{Arch: "llama", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "qwen2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "qwen3", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "mistral3", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "granite", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "olmo2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "starcoder2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	// Sliding-window and global attention alternate: runs of 2.
-	{Arch: "gemma2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	{Arch: "qwen3moe", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3}},
-	// Two dense blocks, then mixture-of-experts blocks: removing block 1
-	// (in the dense lead) must shorten the lead.
-	{Arch: "deepseek2", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 4, Ctx: 256, Identity: []int{2, 3}},
-	// Every 6th block has global attention, the others a sliding window.
-	{Arch: "gemma3", Blocks: 12, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4, 5, 6}},
-	// Every 4th block has global attention.
-	{Arch: "cohere2", Blocks: 10, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4}},
-	{Arch: "exaone4", Blocks: 10, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{1, 2, 3, 4}},
-	// Every 4th block has no RoPE: only whole runs of 4 keep the pattern.
-	{Arch: "smollm3", Blocks: 8, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 3, 4, 5}},
+// archCase is one generated architecture and what the test shows of it.
+// The README's table of architectures is rendered from these (see
+// TestArchitectureTable), so the two cannot drift.
+type archCase struct {
+	fixture.ModelSpec
+	What string // the generated model, for the README
+	// NoScore: the graph does not name its block outputs l_out-N, and
+	// score refuses the architecture by name.
+	NoScore bool
+	// Middle is the refusal of removing block 1 alone ("" when it is
+	// written); Forced says what --force then does: "warns" (written,
+	// loads, with a warning that kept blocks changed kind) or "refused"
+	// (the file would not load).
+	Middle, Forced string
+}
+
+func spec(arch string, blocks int, identity ...int) fixture.ModelSpec {
+	return fixture.ModelSpec{Arch: arch, Blocks: blocks, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: identity}
+}
+
+const wholeRuns = "whole runs of"
+
+var archs = []archCase{
+	{ModelSpec: spec("llama", 6, 2, 3), What: "attention, gated FFN"},
+	{ModelSpec: spec("mistral3", 6, 2, 3), What: "llama's blocks"},
+	{ModelSpec: spec("qwen2", 6, 2, 3), What: "biases on Q, K, V"},
+	{ModelSpec: spec("qwen3", 6, 2, 3), What: "Q and K norms per head"},
+	{ModelSpec: spec("qwen3moe", 6, 2, 3), What: "4 experts, 2 used"},
+	{ModelSpec: spec("granite", 6, 2, 3), What: "llama's blocks with four scales"},
+	{ModelSpec: spec("olmo2", 6, 2, 3), What: "norms after attention and FFN"},
+	{ModelSpec: spec("starcoder2", 6, 2, 3), What: "layer norms and biases, ungated FFN"},
+	{ModelSpec: spec("phi3", 6, 2, 3), What: "fused QKV and gate-and-up projections"},
+	{ModelSpec: spec("cohere2", 10, 1, 2, 3, 4), What: "parallel attention and FFN; global attention every 4th block",
+		Middle: wholeRuns + " 4", Forced: "warns"},
+	{ModelSpec: spec("exaone4", 10, 1, 2, 3, 4), What: "post-norms; global attention every 4th block",
+		Middle: wholeRuns + " 4", Forced: "warns"},
+	{ModelSpec: spec("gemma2", 6, 2, 3), What: "sandwich norms; sliding window every 2nd block; tied output",
+		Middle: wholeRuns + " 2", Forced: "warns"},
+	{ModelSpec: spec("gemma3", 12, 1, 2, 3, 4, 5, 6), What: "gemma2's with Q and K norms; global attention every 6th block",
+		Middle: wholeRuns + " 6", Forced: "warns"},
+	{ModelSpec: spec("smollm3", 8, 2, 3, 4, 5), What: "no RoPE in every 4th block",
+		Middle: wholeRuns + " 4", Forced: "warns"},
+	{ModelSpec: spec("gpt-oss", 6, 2, 3), What: "attention sinks, biased experts; sliding window every 2nd block",
+		Middle: wholeRuns + " 2", Forced: "warns"},
+	{ModelSpec: spec("deepseek2", 6, 2, 3), What: "low-rank attention; 2 dense blocks, then experts with a shared expert"},
+	{ModelSpec: spec("glm4moe", 6, 2, 3), What: "1 dense block, then experts with a shared expert; the last block is multi-token prediction"},
+	{ModelSpec: spec("llama4", 8, 1, 2, 3, 4), What: "experts every 2nd block, no RoPE every 4th",
+		Middle: wholeRuns + " 4", Forced: "refused"},
+	{ModelSpec: spec("qwen3next", 8, 1, 2, 3, 4), What: "gated delta-net, full attention every 4th block; experts with a gated shared expert",
+		NoScore: true, Middle: wholeRuns + " 4", Forced: "refused"},
 }
 
 // Per architecture: the generated model decodes; its identity blocks score
-// BI 0 and are the ones removed; the pruned file computes the original's
-// logits; an ordinary middle block can be removed; the result quantizes to
-// Q8_0 and loads.
+// BI 0 and are the ones removed (or, where score refuses the architecture,
+// are removed by index); the pruned file computes the original's logits;
+// an ordinary middle block is removed, or refused before anything is
+// written (and, forced, written with a warning or refused where llama.cpp
+// would not load it); the result quantizes to Q8_0 and loads.
 func TestArchitectures(t *testing.T) {
 	ctx := context.Background()
 	tok := fixture.Asset(t, "models/stories260K.gguf")
@@ -52,51 +82,78 @@ func TestArchitectures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	text, err := prune.TextFile(fixture.Asset(t, "text/unseen/tinystories_last50.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	o := prune.RunOptions{Ctx: 64, Chunks: 2, Threads: 2}
-	for _, spec := range archs {
-		t.Run(spec.Arch, func(t *testing.T) {
+	for _, c := range archs {
+		t.Run(c.Arch, func(t *testing.T) {
 			dir := t.TempDir()
-			src := filepath.Join(dir, spec.Arch+".gguf")
-			if err := fixture.RandomModel(src, tok, spec); err != nil {
+			src := filepath.Join(dir, c.Arch+".gguf")
+			if err := fixture.RandomModel(src, tok, c.ModelSpec); err != nil {
 				t.Fatal(err)
 			}
+			finite(t, ctx, text, src)
 			m, err := prune.Open(src)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			rep, _, err := m.Score(ctx, cal, o, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, b := range rep.Blocks {
-				if planted := slices.Contains(spec.Identity, b.Index); planted != (b.BI == 0) {
-					t.Fatalf("block %d: BI %g", b.Index, b.BI)
+			out := filepath.Join(dir, "pruned.gguf")
+			var res *prune.Result
+			if c.NoScore {
+				_, _, err := m.Score(ctx, cal, o, false)
+				if !errors.Is(err, llamacpp.ErrCapture) || !strings.Contains(err.Error(), c.Arch) {
+					t.Fatalf("score: %v", err)
+				}
+				res, err = prune.Run(ctx, m, prune.Options{Layers: c.Identity, Write: prune.WriteOptions{Output: out}})
+				if err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				rep, _, err := m.Score(ctx, cal, o, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(rep.Blocks) != m.ScoredBlocks() {
+					t.Fatalf("%d blocks scored of %d", len(rep.Blocks), m.ScoredBlocks())
+				}
+				for _, b := range rep.Blocks {
+					if planted := slices.Contains(c.Identity, b.Index); planted != (b.BI == 0) {
+						t.Fatalf("block %d: BI %g", b.Index, b.BI)
+					}
+				}
+				// Index-pattern architectures refuse blocks chosen one by
+				// one unless forced; the planted run is a whole period.
+				res, err = prune.Run(ctx, m, prune.Options{Select: prune.Selection{Count: len(c.Identity), Protect: prune.Protect{First: 1, Last: 1}},
+					Calibration: cal, Run: o, Write: prune.WriteOptions{Output: out, Force: c.Middle != ""}})
+				if err != nil {
+					t.Fatal(err)
 				}
 			}
-			// Index-pattern architectures refuse blocks chosen one by one
-			// unless forced; the planted run is a whole period.
-			indexed := m.CheckSelectable(false) != nil
-			out := filepath.Join(dir, "pruned.gguf")
-			res, err := prune.Run(ctx, m, prune.Options{Select: prune.Selection{Count: len(spec.Identity), Protect: prune.Protect{First: 1, Last: 1}},
-				Calibration: cal, Run: o, Write: prune.WriteOptions{Output: out, Force: indexed}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(res.Removed, spec.Identity) {
-				t.Fatalf("removed %v", res.Removed)
+			if !reflect.DeepEqual(res.Removed, c.Identity) || len(res.Warnings) != 0 {
+				t.Fatalf("removed %v, warnings %q", res.Removed, res.Warnings)
 			}
 			if worst := maxRelDiff(t, src, out, 64); worst > 1e-4 {
 				t.Fatalf("pruned logits differ by %g relative", worst)
 			}
-			// An ordinary middle block: written, or (index patterns) refused
-			// before anything is written, saying which removals keep it.
+			for _, mtp := range m.MTPBlocks() {
+				if _, err := prune.Run(ctx, m, prune.Options{Layers: []int{mtp}, Write: prune.WriteOptions{DryRun: true}}); err == nil || !strings.Contains(err.Error(), "multi-token-prediction") {
+					t.Fatalf("removing multi-token-prediction block %d: %v", mtp, err)
+				}
+			}
+			// An ordinary middle block.
 			middle := filepath.Join(dir, "middle.gguf")
 			_, err = prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: middle}})
-			if indexed {
-				if !errors.Is(err, gguf.ErrIndexPattern) || !strings.Contains(err.Error(), "whole runs of") {
+			if c.Middle != "" {
+				if !errors.Is(err, gguf.ErrIndexPattern) || !strings.Contains(err.Error(), c.Middle) {
 					t.Fatalf("removing block 1: %v", err)
 				}
+				if _, serr := os.Stat(middle); !os.IsNotExist(serr) {
+					t.Fatalf("refused, yet %s: %v", middle, serr)
+				}
+				forced(t, ctx, m, c, middle)
 				return
 			}
 			if err != nil {
@@ -106,17 +163,53 @@ func TestArchitectures(t *testing.T) {
 			if _, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: q, Quantize: q8(t)}}); err != nil {
 				t.Fatal(err)
 			}
-			text, _ := prune.TextFile(fixture.Asset(t, "text/unseen/tinystories_last50.txt"))
-			rs, err := prune.Evaluate(ctx, []string{src, middle, q}, text, prune.RunOptions{Ctx: 64, Chunks: 2})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range rs {
-				if math.IsNaN(r.PPL) || math.IsInf(r.PPL, 0) {
-					t.Fatalf("%s: perplexity %v", r.Model, r.PPL)
-				}
-			}
+			finite(t, ctx, text, middle, q)
 		})
+	}
+}
+
+// forced removes block 1 with force: written with a warning, and loads, or
+// refused with the pattern's valid removals where llama.cpp would not load
+// the result.
+func forced(t *testing.T, ctx context.Context, m *prune.Model, c archCase, out string) {
+	t.Helper()
+	res, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: out, Force: true}})
+	switch c.Forced {
+	case "warns":
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "changes its kind") {
+			t.Fatalf("forced: warnings %q", res.Warnings)
+		}
+		lm, err := llamacpp.LoadModel(out, llamacpp.ModelParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lm.Close()
+	case "refused":
+		if !errors.Is(err, gguf.ErrIndexPattern) || !strings.Contains(err.Error(), "would not load") || !strings.Contains(err.Error(), c.Middle) {
+			t.Fatalf("forced: %v", err)
+		}
+		if _, serr := os.Stat(out); !os.IsNotExist(serr) {
+			t.Fatalf("refused, yet %s: %v", out, serr)
+		}
+	default:
+		t.Fatalf("forced: %q is neither warns nor refused", c.Forced)
+	}
+}
+
+// finite evaluates the models and fails on a perplexity that is not finite.
+func finite(t *testing.T, ctx context.Context, text *prune.Text, models ...string) {
+	t.Helper()
+	rs, err := prune.Evaluate(ctx, models, text, prune.RunOptions{Ctx: 64, Chunks: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if math.IsNaN(r.PPL) || math.IsInf(r.PPL, 0) {
+			t.Fatalf("%s: perplexity %v", r.Model, r.PPL)
+		}
 	}
 }
 

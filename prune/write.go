@@ -52,6 +52,9 @@ type Result struct {
 	Search           *Search      `json:"search,omitempty"` // methods other than bi: the choice's steps and cost
 	Heal             *Healing     `json:"heal,omitempty"`   // what healing rewrote
 	Eval             []EvalResult `json:"eval,omitempty"`
+	// Warnings are what the output does not keep of the original (a forced
+	// removal that changed the kind of kept blocks).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Plan works out the removal of the given blocks (see gguf.PlanRemoval) and
@@ -87,6 +90,10 @@ func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Re
 		Model: m.Path, Removed: plan.Removed,
 		BlockCountBefore: plan.BlockCountBefore, BlockCountAfter: plan.BlockCountAfter,
 		BytesBefore: m.Size(), BytesAfter: after, DryRun: o.DryRun,
+	}
+	if b := plan.Broken; b != nil {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %s derives %s from the block index, and removing %s moves block %d to index %d, which changes its kind; llama.cpp loads the output, but it does not compute what the original computes without those blocks",
+			b.Architecture, b.What, gguf.FormatBlockList(b.Removed), b.Block, b.To))
 	}
 	var im *gguf.Imatrix
 	if o.Imatrix != nil {

@@ -180,6 +180,9 @@ func runPrune(c *cli.Context) error {
 	if err != nil {
 		return withFlags(c, err)
 	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(c.App.ErrWriter, "ggufprune: warning: %s: %s\n", res.Model, w)
+	}
 	if p := c.String("plot"); p != "" && res.Scores != nil {
 		if err := prune.PlotScores(p, res.Scores, res.Removed); err != nil {
 			return err
