@@ -321,9 +321,36 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 		c.handle.Delete()
 		return nil, &Error{"creating context", m.path, eb.msg(), ErrContext}
 	}
+	if b, ok := boundaryNames[m.info.Architecture]; ok && p.Capture {
+		cembd, cout := C.CString(b.embd), C.CString(b.out)
+		defer C.free(unsafe.Pointer(cembd))
+		defer C.free(unsafe.Pointer(cout))
+		if C.gp_ctx_set_boundaries(c.c, cembd, cout, eb.p) != 0 {
+			c.Close()
+			return nil, &Error{"creating context", m.path, eb.msg(), ErrContext}
+		}
+	}
 	m.contexts++
 	runtime.SetFinalizer(c, (*Context).Close)
 	return c, nil
+}
+
+// boundaryNames are the graph names of the embeddings and of block outputs
+// (the residual stream after the block) where an architecture's graph does
+// not call them inp_embd and l_out (models/*.cpp, cb(cur, name, il)).
+// lfm2's graph names no block output.
+var boundaryNames = map[string]struct{ embd, out string }{
+	"qwen3next":  {"model.embed_tokens", "post_moe"},   // models/qwen3next.cpp
+	"nemotron_h": {"inp_embd", "nemotron_h_block_out"}, // models/nemotron-h.cpp; its "l_out" is an FFN block's FFN output
+}
+
+// BlockOutput is the graph name of the architecture's block outputs, which
+// capture reads as name-N.
+func BlockOutput(arch string) string {
+	if b, ok := boundaryNames[arch]; ok {
+		return b.out
+	}
+	return "l_out"
 }
 
 // Close frees the context (and its model, when that was closed and this was
@@ -566,7 +593,7 @@ func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
 		return &Error{"decoding", c.model.path, eb.msg(), ErrDecode}
 	}
 	if run := c.model.info.RunBlocks(); c.hidden != nil && c.blocks != run+1 {
-		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (inp_embd and l_out-0…l_out-%d); this architecture does not name its block outputs l_out-N", c.model.info.Architecture, c.blocks, run+1, run-1), ErrCapture}
+		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (the embeddings and %[5]s-0…%[5]s-%[4]d); this architecture does not name its block outputs %[5]s-N", c.model.info.Architecture, c.blocks, run+1, run-1, BlockOutput(c.model.info.Architecture)), ErrCapture}
 	}
 	return nil
 }

@@ -47,6 +47,10 @@ struct gp_ctx {
     int64_t prev_rows = 0;
     // Graph tensors handed to Go by name (goWatched), which may change them.
     std::unordered_map<std::string, int> watch;
+    // The names of the embeddings and of block outputs, before "-N" (see
+    // gp_ctx_set_boundaries).
+    std::string embd = "inp_embd";
+    std::string block_out = "l_out-";
 };
 
 static void set_err(char *err, const char *msg) {
@@ -204,17 +208,19 @@ int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_
 // Block boundaries: "inp_embd" (the input of block 0) and "l_out-N".
 enum { NOT_A_BOUNDARY = -2, EMBD_BOUNDARY = -1 };
 
-// block_of reads "l_out-N" (N >= 0) or "inp_embd"; other names give NOT_A_BOUNDARY.
+// block_of reads "l_out-N" (N >= 0) or "inp_embd", or the architecture's
+// names for them; other names give NOT_A_BOUNDARY.
 // Go receives inp_embd as a flag, not as a number: the numbering of
 // boundaries is defined once, in Go (bi.EmbeddingBoundary).
-static int block_of(const char *name) {
-    if (strcmp(name, "inp_embd") == 0) {
+static int block_of(const gp_ctx *c, const char *name) {
+    if (c->embd == name) {
         return EMBD_BOUNDARY;
     }
-    if (strncmp(name, "l_out-", 6) == 0) {
+    const size_t k = c->block_out.size();
+    if (strncmp(name, c->block_out.c_str(), k) == 0) {
         char *end = nullptr;
-        long n = strtol(name + 6, &end, 10);
-        if (end != name + 6 && *end == '\0' && n >= 0) {
+        long n = strtol(name + k, &end, 10);
+        if (end != name + k && *end == '\0' && n >= 0) {
             return (int)n;
         }
     }
@@ -241,7 +247,7 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
     gp_ctx *c = (gp_ctx *)user_data;
     bool is_matmul = c->want_imatrix && (t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID);
     bool boundaries = c->want_hidden || c->skip_any || c->stop_after != -2;
-    int block = boundaries ? block_of(t->name) : NOT_A_BOUNDARY;
+    int block = boundaries ? block_of(c, t->name) : NOT_A_BOUNDARY;
     bool watched = !c->watch.empty() && c->watch.count(t->name) > 0;
     if (ask) {
         return block != NOT_A_BOUNDARY || is_matmul || watched;
@@ -387,6 +393,14 @@ void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run)
 }
 
 void gp_ctx_set_stop(gp_ctx *c, int32_t after_block) { c->stop_after = after_block; }
+
+int gp_ctx_set_boundaries(gp_ctx *c, const char *embd, const char *block_out, char *err) {
+    GUARD(err, {
+        c->embd = embd;
+        c->block_out = std::string(block_out) + "-";
+        return 0;
+    })
+}
 
 void gp_ctx_set_watch(gp_ctx *c, const char *const *names, int32_t n) {
     c->watch.clear();

@@ -56,6 +56,10 @@ void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run)
 // gp_ctx_set_stop ends each decode's graph after block after_block's output
 // (-1: after the embeddings; -2: never).
 void gp_ctx_set_stop(gp_ctx *c, int32_t after_block);
+// gp_ctx_set_boundaries names the graph's embeddings and block outputs
+// (block_out-N) for capture, skipping and stopping; the defaults are
+// "inp_embd" and "l_out".
+int gp_ctx_set_boundaries(gp_ctx *c, const char *embd, const char *block_out, char *err);
 // gp_ctx_set_watch hands the graph tensors of these names to Go (goWatched)
 // in the following decodes; Go may change them.
 void gp_ctx_set_watch(gp_ctx *c, const char *const *names, int32_t n);

@@ -66,7 +66,11 @@ var archs = []archCase{
 	{ModelSpec: spec("llama4", 8, 1, 2, 3, 4), What: "experts every 2nd block, no RoPE every 4th",
 		Middle: wholeRuns + " 4", Forced: "refused"},
 	{ModelSpec: spec("qwen3next", 8, 1, 2, 3, 4), What: "gated delta-net, full attention every 4th block; experts with a gated shared expert",
-		NoScore: true, Middle: wholeRuns + " 4", Forced: "refused"},
+		Middle: wholeRuns + " 4", Forced: "refused"},
+	{ModelSpec: spec("granitehybrid", 6, 2, 3), What: "mamba2 or attention (per-layer KV heads), gated FFN"},
+	{ModelSpec: spec("nemotron_h", 6, 2, 3), What: "mamba2, attention or FFN-only blocks (per-layer KV heads and FFN widths)"},
+	{ModelSpec: spec("falcon-h1", 6, 2, 3), What: "attention and mamba2 in parallel, gated FFN"},
+	{ModelSpec: spec("lfm2", 6, 2, 3), What: "short convolutions or attention (per-layer KV heads), gated FFN", NoScore: true},
 }
 
 // Per architecture: the generated model decodes; its identity blocks score

@@ -184,7 +184,8 @@ func (m *Model) Heal(ctx context.Context, removed []int, cal Calibration, o RunO
 			return nil, err
 		}
 		var L []float32
-		if err := base.Watch([]string{fmt.Sprintf("l_out-%d", run.Last)}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
+		out := fmt.Sprintf("%s-%d", llamacpp.BlockOutput(m.Arch), run.Last)
+		if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
 			return nil, err
 		}
 		if err := base.SetStopAfter(run.Last); err != nil {
@@ -203,7 +204,7 @@ func (m *Model) Heal(ctx context.Context, removed []int, cal Calibration, o RunO
 				return nil, err
 			}
 			if len(Y) != len(ch)*d || len(M) != len(Y) || len(L) != len(Y) {
-				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and l_out-%d for every token; this architecture cannot be healed", m.Path, i, i, run.Last)
+				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and %s for every token; this architecture cannot be healed", m.Path, i, i, out)
 			}
 			fit.add(M, Y, L, len(ch))
 			h.Cost.Tokens += 2 * int64(len(ch))
