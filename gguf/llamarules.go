@@ -129,6 +129,48 @@ var uniformAttention = setOf("llama", "mistral3", "qwen2", "qwen2moe", "qwen3", 
 // blocks are every period-th (llama-hparams.cpp set_swa_pattern).
 var swaPeriods = map[string]int{"gemma2": 2, "gemma3": 6, "cohere2": 4, "exaone4": 4, "gpt-oss": 2}
 
+// hybridKinds are the hybrid architectures whose blocks are either
+// attention ('a') or recurrent ('r') (or neither, 0), as load_hparams
+// derives it from the block index i, head_count_kv and feed_forward_length
+// (falcon-h1's blocks are both, and need no rule); hybridRule says how.
+var hybridKinds = map[string]func(i int, kv, ff int64) byte{
+	"granitehybrid": recurrentWithoutKV, "lfm2": recurrentWithoutKV, "lfm2moe": recurrentWithoutKV,
+	"jamba": recurrentWithoutKV, "plamo2": recurrentWithoutKV,
+	"nemotron_h": nemotronKind, "nemotron_h_moe": nemotronKind,
+	"qwen3next": func(i int, _, _ int64) byte {
+		if (i+1)%4 != 0 {
+			return 'r'
+		}
+		return 'a'
+	},
+}
+
+var hybridRule = map[string]string{
+	"granitehybrid": "head_count_kv 0 marks a recurrent block", "lfm2": "head_count_kv 0 marks a convolution block",
+	"lfm2moe": "head_count_kv 0 marks a convolution block", "jamba": "head_count_kv 0 marks a recurrent block",
+	"plamo2":         "head_count_kv 0 marks a recurrent block",
+	"nemotron_h":     "head_count_kv and feed_forward_length 0 mark a recurrent block, head_count_kv above 0 an attention block",
+	"nemotron_h_moe": "head_count_kv and feed_forward_length 0 mark a recurrent block, head_count_kv above 0 an attention block",
+	"qwen3next":      "every 4th block has attention, the others are recurrent",
+}
+
+func recurrentWithoutKV(_ int, kv, _ int64) byte {
+	if kv == 0 {
+		return 'r'
+	}
+	return 'a'
+}
+
+func nemotronKind(_ int, kv, ff int64) byte {
+	switch {
+	case ff > 0:
+		return 0
+	case kv == 0:
+		return 'r'
+	}
+	return 'a'
+}
+
 // headSizeEqual are the architectures whose graph asserts that the value
 // head size equals the key head size, and (the second set) that the RoPE
 // dimension equals it too (models/*.cpp).
@@ -343,7 +385,7 @@ var LlamaRules = []LlamaRule{
 		}
 		return nil
 	}},
-	{Name: "experts", Where: "llama-model.cpp load_hparams: GGML_ASSERT on n_expert, n_expert_used, expert groups", check: func(v *ruleView) error {
+	{Name: "experts", Where: "llama-model.cpp load_hparams: GGML_ASSERT on n_expert, n_expert_used, expert groups; load_tensors: nemotron_h's n_ff / n_expert_used", check: func(v *ruleView) error {
 		e, err := v.u32("expert_count", 0)
 		if err != nil {
 			return err
@@ -378,6 +420,16 @@ var LlamaRules = []LlamaRule{
 		if (v.arch == "glm4moe" || v.arch == "gpt-oss") && (e == 0 || u == 0) {
 			return fmt.Errorf("%s needs %s and %s above 0 (they are %d and %d)", v.arch, ek, uk, e, u)
 		}
+		// load_tensors sizes experts as n_ff_exp, or n_ff / n_expert_used
+		// without it: a division by zero (SIGFPE) in dense files.
+		if v.arch == "nemotron_h" || v.arch == "nemotron_h_moe" {
+			if ffExp, err := v.u32("expert_feed_forward_length", 0); err != nil || (ffExp == 0 && u == 0) {
+				if err != nil {
+					return err
+				}
+				return fmt.Errorf("%s without %s divides by %s, which is 0 (llama-model.cpp load_tensors); the pinned llama.cpp needs one of them above 0", v.arch, v.archKey("expert_feed_forward_length"), uk)
+			}
+		}
 		return nil
 	}},
 	{Name: "enum-values", Where: "llama-model.cpp: rope scaling type; llama-graph.cpp: pooling type, expert gating function", check: func(v *ruleView) error {
@@ -405,6 +457,45 @@ var LlamaRules = []LlamaRule{
 					return fmt.Errorf("%s is set but %s is 0 or missing", v.archKey("attention.temperature_scale"), v.archKey("attention.temperature_length"))
 				}
 			}
+		}
+		return nil
+	}},
+	{Name: "hybrid-kinds", Where: "llama-memory-hybrid.cpp: a hybrid model's attention cache or recurrent state with no layers gets no buffer (GGML_ASSERT(buffer) in ggml-backend.cpp)", check: func(v *ruleView) error {
+		kindOf, ok := hybridKinds[v.arch]
+		if !ok {
+			return nil
+		}
+		kv, err := v.perLayer("attention.head_count_kv")
+		if err != nil {
+			return err
+		}
+		if kv == nil {
+			if kv, err = v.perLayer("attention.head_count"); err != nil {
+				return err
+			}
+		}
+		ff, err := v.perLayer("feed_forward_length")
+		if err != nil {
+			return err
+		}
+		var attn, recr int
+		for i := 0; i < v.n; i++ {
+			var kvi, ffi int64
+			if i < len(kv) {
+				kvi = kv[i]
+			}
+			if i < len(ff) {
+				ffi = ff[i]
+			}
+			switch kindOf(i, kvi, ffi) {
+			case 'a':
+				attn++
+			case 'r':
+				recr++
+			}
+		}
+		if attn == 0 || recr == 0 {
+			return fmt.Errorf("its %d blocks have %d with attention and %d recurrent; %s needs at least one of each (%s)", v.n, attn, recr, v.arch, hybridRule[v.arch])
 		}
 		return nil
 	}},

@@ -135,6 +135,13 @@ var llamaCases = []llamaCase{
 	{"sliding window without a global block", "attention-pattern", "gemma3 needs at least 6", asArch("gemma3", gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(64)})},
 	// Found generating deepseek2 models: grouped KV heads abort in ggml_set_rows.
 	{"decompressed low-rank attention with grouped KV heads", "low-rank-attention", "block 0 has 4 KV heads and 8 attention heads", asArch("deepseek2")},
+	// Found generating nemotron_h: a dense file without
+	// expert_feed_forward_length is a division by zero in load_tensors.
+	{"dense nemotron_h", "experts", "nemotron_h without nemotron_h.expert_feed_forward_length divides by nemotron_h.expert_used_count", asArch("nemotron_h")},
+	// Found pruning generated hybrids: each kind keeps a cache, which
+	// aborts when empty.
+	{"hybrid without recurrent blocks", "hybrid-kinds", "its 5 blocks have 5 with attention and 0 recurrent; granitehybrid needs at least one of each", asArch("granitehybrid")},
+	{"hybrid without attention blocks", "hybrid-kinds", "its 5 blocks have 0 with attention and 5 recurrent; lfm2 needs", asArch("lfm2", gguf.KV{Key: "lfm2.attention.head_count_kv", Value: gguf.Uint32(0)})},
 	{"absorbed low-rank attention with 4 KV heads", "low-rank-attention", "block 0 has 4 KV heads; deepseek2 with deepseek2.attention.key_length_mla needs 1", asArch("deepseek2",
 		gguf.KV{Key: "deepseek2.attention.key_length_mla", Value: gguf.Uint32(8)}, gguf.KV{Key: "deepseek2.attention.value_length_mla", Value: gguf.Uint32(8)})},
 	{"no tokenizer", "tokenizer-model", `tokenizer.ggml.model is "none"`, fixture.EditKV("tokenizer.ggml.model", gguf.String("none"))},
@@ -151,7 +158,10 @@ func asArch(arch string, extra ...gguf.KV) func([]gguf.KV, []gguf.WriterTensor) 
 			}
 			out = append(out, kv)
 		}
-		return append(out, extra...), ts
+		for _, kv := range extra {
+			out = fixture.SetKV(out, kv.Key, kv.Value)
+		}
+		return out, ts
 	}
 }
 

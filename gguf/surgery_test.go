@@ -286,11 +286,12 @@ func TestIndexPatternArchitectures(t *testing.T) {
 		t.Fatalf("gemma3 with a per-layer pattern: %v", err)
 	}
 	m3, _ := synthetic(t, fixture.Spec{Arch: "qwen3next", Blocks: 8, Extra: []gguf.KV{{Key: "qwen3next.full_attention_interval", Value: gguf.Uint32(2)}}})
-	if _, err := gguf.PlanRemoval(m3, []int{2, 3}, false); err != nil {
-		t.Fatalf("qwen3next removing a period of 2: %v", err)
+	// The pinned loader ignores full_attention_interval: the period is 4.
+	if _, err := gguf.PlanRemoval(m3, []int{2, 3}, false); err == nil || !strings.Contains(err.Error(), "runs of 4 consecutive blocks") {
+		t.Fatalf("qwen3next removing 2 blocks: %v", err)
 	}
-	if _, err := gguf.PlanRemoval(m3, []int{2}, false); err == nil {
-		t.Fatal("qwen3next removing one block accepted")
+	if _, err := gguf.PlanRemoval(m3, []int{2, 3, 4, 5}, false); err != nil {
+		t.Fatalf("qwen3next removing a period of 4: %v", err)
 	}
 }
 
