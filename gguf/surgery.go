@@ -202,6 +202,9 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 	if bm.After() == 0 {
 		return nil, fmt.Errorf("%s: removing all %d blocks would leave no model", m.Name(), n)
 	}
+	if err := CheckRemovable(m); err != nil {
+		return nil, err
+	}
 	if mtp := MTPBlocks(m, n); len(mtp) > 0 {
 		for _, b := range p.Removed {
 			if b >= mtp[0] {
@@ -297,6 +300,39 @@ func sameBlockLayout(m *Model, bm *BlockMap, perr *PatternError) error {
 			perr.Model, FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.Period, perr.Period, ErrIndexPattern)
 	}
 	return nil
+}
+
+// blockSized are the global tensors (outside blk.N) whose size follows the
+// block count (llama-model.cpp load_tensors): removing blocks would have to
+// cut them too, which ggufprune does not do, and a file with them uncut does
+// not load.
+var blockSized = map[string]blockSizedRule{
+	"gemma3n": {[]string{"per_layer_token_embd.weight", "per_layer_model_proj.weight"},
+		"256 values per block for its per-layer inputs; its graph also derives sliding-window attention (every 5th block global), activation sparsity (the first 10 blocks) and KV sharing (from block 20) from the block index"},
+}
+
+type blockSizedRule struct {
+	tensors []string
+	what    string
+}
+
+// ErrBlockSized is wrapped by the error of a removal from a model whose
+// global tensors follow the block count (see CheckRemovable).
+var ErrBlockSized = errors.New("global tensors sized by the block count")
+
+// CheckRemovable refuses removing any block of an architecture whose global
+// tensors hold a slice per block, which ggufprune does not cut.
+func CheckRemovable(m *Model) error {
+	arch, err := m.Architecture()
+	if err != nil {
+		return err
+	}
+	r, ok := blockSized[arch]
+	if !ok {
+		return nil
+	}
+	return fmt.Errorf("%s: %s's %s hold %s; ggufprune does not cut them, and llama.cpp would not load a pruned file with them whole, so it removes no block of %s (with force neither): %w",
+		m.Name(), arch, strings.Join(r.tensors, " and "), r.what, arch, ErrBlockSized)
 }
 
 // withCount returns an integer value of the same type holding n.

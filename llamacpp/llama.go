@@ -335,24 +335,6 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 	return c, nil
 }
 
-// boundaryNames are the graph names of the embeddings and of block outputs
-// (the residual stream after the block) where an architecture's graph does
-// not call them inp_embd and l_out (models/*.cpp, cb(cur, name, il)).
-// lfm2's graph names no block output.
-var boundaryNames = map[string]struct{ embd, out string }{
-	"qwen3next":  {"model.embed_tokens", "post_moe"},   // models/qwen3next.cpp
-	"nemotron_h": {"inp_embd", "nemotron_h_block_out"}, // models/nemotron-h.cpp; its "l_out" is an FFN block's FFN output
-}
-
-// BlockOutput is the graph name of the architecture's block outputs, which
-// capture reads as name-N.
-func BlockOutput(arch string) string {
-	if b, ok := boundaryNames[arch]; ok {
-		return b.out
-	}
-	return "l_out"
-}
-
 // Close frees the context (and its model, when that was closed and this was
 // its last context). It is safe to call twice.
 func (c *Context) Close() error {
@@ -589,7 +571,10 @@ func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
 	defer C.free(unsafe.Pointer(ctoks))
 	copy(unsafe.Slice((*int32)(unsafe.Pointer(ctoks)), len(tokens)), tokens)
 	c.blocks = 0
-	if C.gp_decode(c.c, ctoks, C.int32_t(len(tokens)), C.int32_t(pos), C.int32_t(logitsFrom), eb.p) != 0 {
+	if rc := C.gp_decode(c.c, ctoks, C.int32_t(len(tokens)), C.int32_t(pos), C.int32_t(logitsFrom), eb.p); rc != 0 {
+		if rc == C.GP_CAPTURE_FAILED {
+			return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph: %s", c.model.info.Architecture, eb.msg()), ErrCapture}
+		}
 		return &Error{"decoding", c.model.path, eb.msg(), ErrDecode}
 	}
 	if run := c.model.info.RunBlocks(); c.hidden != nil && c.blocks != run+1 {

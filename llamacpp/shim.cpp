@@ -273,6 +273,12 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
             c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 [n_embd, n_tokens] tensor";
             return false;
         }
+        if (t->ne[2] != 1 || t->ne[3] != 1) {
+            // gemma3n's residual stream is several streams (AltUp).
+            c->cb_error = std::string("graph tensor ") + t->name + " holds " + std::to_string(t->ne[2] * t->ne[3]) +
+                          " residual streams, not one; the architecture's block boundaries are not one hidden state per token";
+            return false;
+        }
         c->seen++;
         size_t n = (size_t)ggml_nelements(t);
         int64_t rows = (int64_t)(n / t->ne[0]);
@@ -464,13 +470,13 @@ int gp_decode(gp_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, int32_t 
         llama_batch_free(b);
         if (!c->cb_error.empty()) {
             snprintf(err, GP_ERRLEN, "%s", c->cb_error.c_str());
-            return -1;
+            return GP_CAPTURE_FAILED;
         }
         // Boundaries -1 … n_run-1, or up to where the decode stopped.
         int32_t want = c->stop_after >= -1 ? std::min(c->n_run + 1, c->stop_after + 2) : c->n_run + 1;
         if (c->skip_any && c->seen != want) {
-            snprintf(err, GP_ERRLEN, "the graph named %d of the %d block boundaries (inp_embd, l_out-N) that skipping blocks needs", c->seen, want);
-            return -1;
+            snprintf(err, GP_ERRLEN, "the graph named %d of the %d block boundaries (%s, %sN) that skipping blocks needs", c->seen, want, c->embd.c_str(), c->block_out.c_str());
+            return GP_CAPTURE_FAILED;
         }
         if (rc != 0) {
             snprintf(err, GP_ERRLEN, "llama_decode failed with status %d", rc);

@@ -46,6 +46,10 @@ int gp_tokenize(const struct llama_model *model, const char *text, int32_t text_
 // gp_ctx_new makes a context whose n_ctx, n_batch and n_ubatch are all n_ctx,
 // so one decode computes one graph. With capture, an eval callback hands the
 // block-boundary hidden states (and, with imatrix, matmul inputs) to Go.
+// GP_CAPTURE_FAILED is gp_decode's status when the graph's block
+// boundaries could not be captured, skipped or stopped at (err says why).
+#define GP_CAPTURE_FAILED (-2)
+
 int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool capture, uintptr_t handle,
                gp_ctx **out, char *err);
 void gp_ctx_free(gp_ctx *c);

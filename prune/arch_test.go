@@ -3,6 +3,8 @@ package prune_test
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -23,14 +25,25 @@ import (
 type archCase struct {
 	fixture.ModelSpec
 	What string // the generated model, for the README
-	// NoScore: the graph does not name its block outputs l_out-N, and
-	// score refuses the architecture by name.
-	NoScore bool
+	// NoScore is why score refuses the architecture, by name ("" when it
+	// scores): capture needs one hidden state per token at every block
+	// boundary.
+	NoScore string
+	// Refused is the refusal of removing any block, forced too ("" when
+	// blocks can be removed).
+	Refused string
 	// Middle is the refusal of removing block 1 alone ("" when it is
 	// written); Forced says what --force then does: "warns" (written,
 	// loads, with a warning that kept blocks changed kind) or "refused"
 	// (the file would not load).
 	Middle, Forced string
+	// Invalid are blocks whose removal is refused with InvalidWhy (a rule
+	// llama.cpp would abort on).
+	Invalid    []int
+	InvalidWhy string
+	// MTP are the multi-token-prediction blocks, which a decode does not
+	// run and no removal may touch.
+	MTP []int
 }
 
 func spec(arch string, blocks int, identity ...int) fixture.ModelSpec {
@@ -62,15 +75,20 @@ var archs = []archCase{
 	{ModelSpec: spec("gpt-oss", 6, 2, 3), What: "attention sinks, biased experts; sliding window every 2nd block",
 		Middle: wholeRuns + " 2", Forced: "warns"},
 	{ModelSpec: spec("deepseek2", 6, 2, 3), What: "low-rank attention; 2 dense blocks, then experts with a shared expert"},
-	{ModelSpec: spec("glm4moe", 6, 2, 3), What: "1 dense block, then experts with a shared expert; the last block is multi-token prediction"},
+	{ModelSpec: spec("glm4moe", 6, 2, 3), What: "1 dense block, then experts with a shared expert; the last block is multi-token prediction", MTP: []int{5}},
 	{ModelSpec: spec("llama4", 8, 1, 2, 3, 4), What: "experts every 2nd block, no RoPE every 4th",
 		Middle: wholeRuns + " 4", Forced: "refused"},
 	{ModelSpec: spec("qwen3next", 8, 1, 2, 3, 4), What: "gated delta-net, full attention every 4th block; experts with a gated shared expert",
-		Middle: wholeRuns + " 4", Forced: "refused"},
-	{ModelSpec: spec("granitehybrid", 6, 2, 3), What: "mamba2 or attention (per-layer KV heads), gated FFN"},
-	{ModelSpec: spec("nemotron_h", 6, 2, 3), What: "mamba2, attention or FFN-only blocks (per-layer KV heads and FFN widths)"},
+		Middle: wholeRuns + " 4", Forced: "refused", Invalid: []int{3, 4, 5, 6, 7}, InvalidWhy: "hybrid-kinds"},
+	{ModelSpec: spec("granitehybrid", 6, 2, 3), What: "mamba2 or attention (per-layer KV heads), gated FFN",
+		Invalid: []int{2, 5}, InvalidWhy: "hybrid-kinds"},
+	{ModelSpec: spec("nemotron_h", 6, 2, 3), What: "mamba2, attention or FFN-only blocks (per-layer KV heads and FFN widths)",
+		Invalid: []int{1, 3}, InvalidWhy: "hybrid-kinds"},
 	{ModelSpec: spec("falcon-h1", 6, 2, 3), What: "attention and mamba2 in parallel, gated FFN"},
-	{ModelSpec: spec("lfm2", 6, 2, 3), What: "short convolutions or attention (per-layer KV heads), gated FFN", NoScore: true},
+	{ModelSpec: spec("lfm2", 6, 2, 3), What: "short convolutions or attention (per-layer KV heads), gated FFN", NoScore: "no block outputs named",
+		Invalid: []int{2, 5}, InvalidWhy: "hybrid-kinds"},
+	{ModelSpec: spec("gemma3n", 10), What: "AltUp (4 residual streams), LAuReL, per-layer inputs sized by the block count",
+		NoScore: "4 residual streams", Refused: "does not cut them"},
 }
 
 // Per architecture: the generated model decodes; its identity blocks score
@@ -105,8 +123,12 @@ func TestArchitectures(t *testing.T) {
 			}
 			defer m.Close()
 			out := filepath.Join(dir, "pruned.gguf")
+			if c.Refused != "" {
+				refused(t, ctx, m, c, out)
+				return
+			}
 			var res *prune.Result
-			if c.NoScore {
+			if c.NoScore != "" {
 				_, _, err := m.Score(ctx, cal, o, false)
 				if !errors.Is(err, llamacpp.ErrCapture) || !strings.Contains(err.Error(), c.Arch) {
 					t.Fatalf("score: %v", err)
@@ -142,6 +164,19 @@ func TestArchitectures(t *testing.T) {
 			if worst := maxRelDiff(t, src, out, 64); worst > 1e-4 {
 				t.Fatalf("pruned logits differ by %g relative", worst)
 			}
+			if c.Invalid != nil {
+				bad := filepath.Join(dir, "invalid.gguf")
+				_, err := prune.Run(ctx, m, prune.Options{Layers: c.Invalid, Write: prune.WriteOptions{Output: bad, Force: true}})
+				if !errors.Is(err, gguf.ErrLlamaRule) || !strings.Contains(err.Error(), c.InvalidWhy) {
+					t.Fatalf("removing %v: %v", c.Invalid, err)
+				}
+				if _, serr := os.Stat(bad); !os.IsNotExist(serr) {
+					t.Fatalf("refused, yet %s: %v", bad, serr)
+				}
+			}
+			if !slices.Equal(m.MTPBlocks(), c.MTP) {
+				t.Fatalf("multi-token-prediction blocks %v", m.MTPBlocks())
+			}
 			for _, mtp := range m.MTPBlocks() {
 				if _, err := prune.Run(ctx, m, prune.Options{Layers: []int{mtp}, Write: prune.WriteOptions{DryRun: true}}); err == nil || !strings.Contains(err.Error(), "multi-token-prediction") {
 					t.Fatalf("removing multi-token-prediction block %d: %v", mtp, err)
@@ -169,6 +204,32 @@ func TestArchitectures(t *testing.T) {
 			}
 			finite(t, ctx, text, middle, q)
 		})
+	}
+}
+
+// refused checks that score and prune refuse the architecture, forced too,
+// before anything is written.
+func refused(t *testing.T, ctx context.Context, m *prune.Model, c archCase, out string) {
+	t.Helper()
+	cal, err := prune.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.Score(ctx, cal, prune.RunOptions{Ctx: 64, Chunks: 1}, false); !errors.Is(err, llamacpp.ErrCapture) || !strings.Contains(err.Error(), c.Arch) {
+		t.Fatalf("score: %v", err)
+	}
+	for _, force := range []bool{false, true} {
+		_, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: out, Force: force}})
+		if !errors.Is(err, gguf.ErrBlockSized) || !strings.Contains(err.Error(), c.Refused) {
+			t.Fatalf("prune (force %v): %v", force, err)
+		}
+		_, err = prune.Run(ctx, m, prune.Options{Select: prune.Selection{Count: 1}, Calibration: cal, Write: prune.WriteOptions{Output: out, Force: force}})
+		if !errors.Is(err, gguf.ErrBlockSized) {
+			t.Fatalf("prune by score (force %v): %v", force, err)
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("refused, yet %s: %v", out, err)
 	}
 }
 
@@ -262,4 +323,73 @@ func maxRelDiff(t *testing.T, a, b string, n int) float64 {
 		worst = math.Max(worst, d/s)
 	}
 	return worst
+}
+
+var updateREADME = flag.Bool("update-readme", false, "rewrite the README's table of architectures from archs")
+
+// The README's table of architectures is archs, rendered: this test fails
+// when they differ (go test ./prune -run ArchitectureTable -update-readme
+// rewrites it).
+func TestArchitectureTable(t *testing.T) {
+	const begin, end = "<!-- architectures: generated from prune/arch_test.go -->\n", "<!-- end of architectures -->\n"
+	path := filepath.Join(fixture.Root(), "README.md")
+	readme, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, rest, ok := strings.Cut(string(readme), begin)
+	_, after, ok2 := strings.Cut(rest, end)
+	if !ok || !ok2 {
+		t.Fatalf("README.md has no %q … %q section", begin, end)
+	}
+	want := archTable()
+	if *updateREADME {
+		if err := os.WriteFile(path, []byte(before+begin+want+end+after), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if got, _, _ := strings.Cut(rest, end); got != want {
+		t.Fatalf("README.md's table of architectures is not archs; run go test ./prune -run ArchitectureTable -update-readme\ngot:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// archTable renders archs as Markdown.
+func archTable() string {
+	var b strings.Builder
+	b.WriteString("| architecture | generated model | score | planted identity blocks | block 1 alone | refused |\n|---|---|---|---|---|---|\n")
+	for _, c := range archs {
+		score := "yes"
+		if c.NoScore != "" {
+			score = "refused: " + c.NoScore
+		}
+		identity := "removed, same logits"
+		if c.Refused != "" {
+			identity = "—"
+		} else if c.NoScore != "" {
+			identity = "removed by index, same logits"
+		}
+		identity = fmt.Sprintf("%d of %d: %s", len(c.Identity), c.Blocks, identity)
+		if len(c.Identity) == 0 {
+			identity = "—"
+		}
+		middle := "removed; loads; Q8_0 loads"
+		switch {
+		case c.Refused != "":
+			middle = "refused, forced too: global tensors sized by the block count"
+		case c.Middle != "" && c.Forced == "warns":
+			middle = "refused: " + c.Middle + "; forced: written with a warning, loads"
+		case c.Middle != "":
+			middle = "refused: " + c.Middle + "; forced: refused, would not load"
+		}
+		var refused []string
+		if c.MTP != nil {
+			refused = append(refused, fmt.Sprintf("removing %s (multi-token prediction)", gguf.FormatBlockList(c.MTP)))
+		}
+		if c.Invalid != nil {
+			refused = append(refused, fmt.Sprintf("removing %s (rule %s: llama.cpp would abort)", gguf.FormatBlockList(c.Invalid), c.InvalidWhy))
+		}
+		fmt.Fprintf(&b, "| %s | %d blocks: %s | %s | %s | %s | %s |\n", c.Arch, c.Blocks, c.What, score, identity, middle, strings.Join(refused, "; "))
+	}
+	return b.String()
 }
