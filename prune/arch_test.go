@@ -93,10 +93,11 @@ var archs = []archCase{
 
 // Per architecture: the generated model decodes; its identity blocks score
 // BI 0 and are the ones removed (or, where score refuses the architecture,
-// are removed by index); the pruned file computes the original's logits;
-// an ordinary middle block is removed, or refused before anything is
-// written (and, forced, written with a warning or refused where llama.cpp
-// would not load it); the result quantizes to Q8_0 and loads.
+// are removed by index); the pruned file computes the original's logits,
+// and pruned to Q8_0 it loads and decodes; an ordinary middle block is
+// removed, or refused before anything is written (and, forced, written
+// with a warning or refused where llama.cpp would not load it); removals
+// llama.cpp would abort on are refused.
 func TestArchitectures(t *testing.T) {
 	ctx := context.Background()
 	tok := fixture.Asset(t, "models/stories260K.gguf")
@@ -164,6 +165,12 @@ func TestArchitectures(t *testing.T) {
 			if worst := maxRelDiff(t, src, out, 64); worst > 1e-4 {
 				t.Fatalf("pruned logits differ by %g relative", worst)
 			}
+			// The same removal, quantized to Q8_0 on the way.
+			q := filepath.Join(dir, "q8.gguf")
+			if _, err := prune.Run(ctx, m, prune.Options{Layers: res.Removed, Write: prune.WriteOptions{Output: q, Quantize: q8(t)}}); err != nil {
+				t.Fatal(err)
+			}
+			finite(t, ctx, text, q)
 			if c.Invalid != nil {
 				bad := filepath.Join(dir, "invalid.gguf")
 				_, err := prune.Run(ctx, m, prune.Options{Layers: c.Invalid, Write: prune.WriteOptions{Output: bad, Force: true}})
@@ -198,11 +205,7 @@ func TestArchitectures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			q := filepath.Join(dir, "q8.gguf")
-			if _, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: q, Quantize: q8(t)}}); err != nil {
-				t.Fatal(err)
-			}
-			finite(t, ctx, text, middle, q)
+			finite(t, ctx, text, middle)
 		})
 	}
 }
@@ -363,17 +366,17 @@ func archTable() string {
 		if c.NoScore != "" {
 			score = "refused: " + c.NoScore
 		}
-		identity := "removed, same logits"
+		identity := "removed, same logits; Q8_0 loads"
 		if c.Refused != "" {
 			identity = "—"
 		} else if c.NoScore != "" {
-			identity = "removed by index, same logits"
+			identity = "removed by index, same logits; Q8_0 loads"
 		}
 		identity = fmt.Sprintf("%d of %d: %s", len(c.Identity), c.Blocks, identity)
 		if len(c.Identity) == 0 {
 			identity = "—"
 		}
-		middle := "removed; loads; Q8_0 loads"
+		middle := "removed; loads"
 		switch {
 		case c.Refused != "":
 			middle = "refused, forced too: global tensors sized by the block count"
