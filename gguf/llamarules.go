@@ -127,7 +127,7 @@ var uniformAttention = setOf("llama", "mistral3", "qwen2", "qwen2moe", "qwen3", 
 
 // swaPeriods are the sliding-window architectures whose global-attention
 // blocks are every period-th (llama-hparams.cpp set_swa_pattern).
-var swaPeriods = map[string]int{"gemma2": 2, "gemma3": 6, "cohere2": 4, "exaone4": 4, "gpt-oss": 2}
+var swaPeriods = map[string]int{"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "exaone4": 4, "gpt-oss": 2}
 
 // hybridKinds are the hybrid architectures whose blocks are either
 // attention ('a') or recurrent ('r') (or neither, 0), as load_hparams

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,26 +23,43 @@ import (
 type indexPattern struct {
 	what   string             // what the index decides
 	period func(m *Model) int // blocks per period; 0 when a per-layer array makes removal safe
+	// kind, when set, is what the index decides of block i of n blocks, for
+	// patterns that are more than a period: a removal keeps the pattern
+	// when every kept block keeps its kind. valid says which removals do.
+	kind  func(i, n int) string
+	valid string
 }
 
 // indexPatterns is the one table of such architectures. To add one, give the
 // period llama.cpp derives (llama-model.cpp, load_hparams) and, where a
 // per-layer array can replace it, return 0 when that array is present.
 var indexPatterns = map[string]indexPattern{
-	"gemma2":  {"sliding-window vs global attention (every 2nd block is global)", fixedPeriod(2)},
-	"gemma3":  {"sliding-window vs global attention (every 6th block is global)", unlessArray("attention.sliding_window_pattern", 6)},
-	"gemma3n": {"sliding-window vs global attention (every 5th block) and KV sharing", fixedPeriod(5)},
-	"cohere2": {"sliding-window vs global attention (every 4th block is global)", fixedPeriod(4)},
-	"gpt-oss": {"sliding-window vs full attention (alternating blocks)", fixedPeriod(2)},
-	"exaone4": {"sliding-window vs global attention (every 4th block is global)", unlessArray("attention.sliding_window_pattern", 4)},
-	"llama4":  {"NoPE blocks (every 4th) and MoE interleaving", llama4Period},
-	"smollm3": {"NoPE blocks (every 4th block has no RoPE)", fixedPeriod(4)},
+	"gemma2": {what: "sliding-window vs global attention (every 2nd block is global)", period: fixedPeriod(2)},
+	"gemma3": {what: "sliding-window vs global attention (every 6th block is global)", period: unlessArray("attention.sliding_window_pattern", 6)},
+	"gemma3n": {what: "sliding-window vs global attention (every 5th block is global), activation sparsity (blocks 0-9) and KV sharing (blocks 20 and on reuse the caches of blocks 18 and 19)",
+		period: fixedPeriod(5), kind: gemma3nKind, valid: "whole runs of 5 consecutive blocks that keep every block on its side of blocks 10 and 20, and keep blocks 18 and 19 where blocks 20 and on remain"},
+	"cohere2": {what: "sliding-window vs global attention (every 4th block is global)", period: fixedPeriod(4)},
+	"gpt-oss": {what: "sliding-window vs full attention (alternating blocks)", period: fixedPeriod(2)},
+	"exaone4": {what: "sliding-window vs global attention (every 4th block is global)", period: unlessArray("attention.sliding_window_pattern", 4)},
+	"llama4":  {what: "NoPE blocks (every 4th) and MoE interleaving", period: llama4Period},
+	"smollm3": {what: "NoPE blocks (every 4th block has no RoPE)", period: fixedPeriod(4)},
 	// The pinned loader ignores full_attention_interval: "(i + 1) % 4 != 0"
 	// is recurrent.
-	"qwen3next": {"linear vs full attention (every 4th block is full)", fixedPeriod(4)},
+	"qwen3next": {what: "linear vs full attention (every 4th block is full)", period: fixedPeriod(4)},
 }
 
 func fixedPeriod(p int) func(*Model) int { return func(*Model) int { return p } }
+
+// gemma3nKind is what gemma3n's loader and graph derive from the index
+// (llama-model.cpp load_hparams: set_swa_pattern(5), n_layer_kv_from_start
+// 20 and the KV reuse of blocks 18 and 19; models.h: n_layer_sparsity 10).
+func gemma3nKind(i, n int) string {
+	k := fmt.Sprintf("global=%v sparse=%v shared=%v", i%5 == 4, i < 10, i >= 20)
+	if n > 20 && (i == 18 || i == 19) {
+		k += fmt.Sprintf(" kv-source-%d", i)
+	}
+	return k
+}
 
 func unlessArray(key string, p int) func(*Model) int {
 	return func(m *Model) int {
@@ -100,7 +118,8 @@ type Plan struct {
 	KV               []KV          // the first shard's metadata after surgery
 	Tensors          []ModelTensor // kept tensors, renamed, in source order
 	sources          []*ModelTensor
-	replaced         map[string][]byte // new data of kept tensors, by source name
+	replaced         map[string][]byte            // new data of kept tensors, by source name
+	cut              map[string]*io.SectionReader // block-sized global tensors without the removed blocks' slices
 
 	// Broken is set when a forced removal changes the kind of kept blocks
 	// (an index-pattern architecture): llama.cpp loads the file, but its
@@ -133,6 +152,9 @@ func (p *Plan) data(i int) *io.SectionReader {
 	if d, ok := p.replaced[p.sources[i].Name]; ok {
 		return io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))
 	}
+	if d, ok := p.cut[p.sources[i].Name]; ok {
+		return io.NewSectionReader(d, 0, d.Size())
+	}
 	return p.Model.TensorData(p.sources[i])
 }
 
@@ -150,11 +172,20 @@ type PatternError struct {
 	Period       int    // remove whole runs of Period blocks to keep the pattern
 	Removed      []int
 	Block, To    int // a kept block that would move, and its new index
+	// Valid says which removals keep the pattern (whole periods when empty).
+	Valid string
 }
 
 func (e *PatternError) Error() string {
-	return fmt.Sprintf("%s: %s derives %s from the block index; removing %s moves block %d to index %d and changes its kind. Removing whole runs of %d consecutive blocks (a multiple of %d before every kept block) keeps the pattern",
-		e.Model, e.Architecture, e.What, FormatBlockList(e.Removed), e.Block, e.To, e.Period, e.Period)
+	return fmt.Sprintf("%s: %s derives %s from the block index; removing %s moves block %d to index %d and changes its kind. Removing %s keeps the pattern",
+		e.Model, e.Architecture, e.What, FormatBlockList(e.Removed), e.Block, e.To, e.valid())
+}
+
+func (e *PatternError) valid() string {
+	if e.Valid != "" {
+		return e.Valid
+	}
+	return fmt.Sprintf("whole runs of %d consecutive blocks (a multiple of %d before every kept block)", e.Period, e.Period)
 }
 
 func (e *PatternError) Unwrap() error { return ErrIndexPattern }
@@ -202,9 +233,6 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 	if bm.After() == 0 {
 		return nil, fmt.Errorf("%s: removing all %d blocks would leave no model", m.Name(), n)
 	}
-	if err := CheckRemovable(m); err != nil {
-		return nil, err
-	}
 	if mtp := MTPBlocks(m, n); len(mtp) > 0 {
 		for _, b := range p.Removed {
 			if b >= mtp[0] {
@@ -213,9 +241,15 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 		}
 	}
 	if period, what := IndexPeriod(m); period > 1 {
+		pat := indexPatterns[arch]
 		for _, b := range bm.Kept() {
-			if to := bm.NewIndex(b); (b-to)%period != 0 {
-				perr := &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: p.Removed, Block: b, To: to}
+			to := bm.NewIndex(b)
+			moved := (b-to)%period != 0
+			if pat.kind != nil {
+				moved = pat.kind(b, n) != pat.kind(to, bm.After())
+			}
+			if moved {
+				perr := &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: p.Removed, Block: b, To: to, Valid: pat.valid}
 				if !force {
 					return nil, perr
 				}
@@ -273,6 +307,21 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 		p.Tensors = append(p.Tensors, nt)
 		p.sources = append(p.sources, t)
 	}
+	for _, bt := range blockSized[arch] {
+		i := slices.IndexFunc(p.Tensors, func(t ModelTensor) bool { return t.Name == bt.name })
+		if i < 0 {
+			continue
+		}
+		info, data, err := cutBlocks(m, p.sources[i], bt.dim, bm)
+		if err != nil {
+			return nil, err
+		}
+		p.Tensors[i].TensorInfo = info
+		if p.cut == nil {
+			p.cut = map[string]*io.SectionReader{}
+		}
+		p.cut[p.sources[i].Name] = data
+	}
 	return p, nil
 }
 
@@ -296,43 +345,83 @@ func sameBlockLayout(m *Model, bm *BlockMap, perr *PatternError) error {
 		if to == b || maps.Equal(layout[b], layout[to]) {
 			continue
 		}
-		return fmt.Errorf("%s: removing %s moves block %d to index %d, where %s's loader expects the tensors of another kind of block (%s), so llama.cpp would not load the file; this is refused even when forced. Removing whole runs of %d consecutive blocks (a multiple of %d before every kept block) keeps the pattern: %w",
-			perr.Model, FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.Period, perr.Period, ErrIndexPattern)
+		return fmt.Errorf("%s: removing %s moves block %d to index %d, where %s's loader expects the tensors of another kind of block (%s), so llama.cpp would not load the file; this is refused even when forced. Removing %s keeps the pattern: %w",
+			perr.Model, FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.valid(), ErrIndexPattern)
 	}
 	return nil
 }
 
 // blockSized are the global tensors (outside blk.N) whose size follows the
-// block count (llama-model.cpp load_tensors): removing blocks would have to
-// cut them too, which ggufprune does not do, and a file with them uncut does
-// not load.
-var blockSized = map[string]blockSizedRule{
-	"gemma3n": {[]string{"per_layer_token_embd.weight", "per_layer_model_proj.weight"},
-		"256 values per block for its per-layer inputs; its graph also derives sliding-window attention (every 5th block global), activation sparsity (the first 10 blocks) and KV sharing (from block 20) from the block index"},
+// block count (llama-model.cpp load_tensors): one slice per block along a
+// dimension, in block order. Removing blocks cuts their slices out.
+var blockSized = map[string][]blockSizedTensor{
+	// Per-layer inputs: 256 values per block (n_embd_altup); the graph's
+	// view of block il is slice il (models/gemma3n-iswa.cpp).
+	"gemma3n": {{"per_layer_token_embd.weight", 0}, {"per_layer_model_proj.weight", 1}},
 }
 
-type blockSizedRule struct {
-	tensors []string
-	what    string
+type blockSizedTensor struct {
+	name string
+	dim  int // the dimension holding one slice per block
 }
 
-// ErrBlockSized is wrapped by the error of a removal from a model whose
-// global tensors follow the block count (see CheckRemovable).
-var ErrBlockSized = errors.New("global tensors sized by the block count")
+// cutBlocks plans the removal of the removed blocks' slices of a
+// block-sized global tensor: its new shape and a reader of its new data.
+func cutBlocks(m *Model, t *ModelTensor, dim int, bm *BlockMap) (TensorInfo, *io.SectionReader, error) {
+	n := bm.Before()
+	info := t.TensorInfo
+	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
+		return info, nil, fmt.Errorf("%s: tensor %s has shape %v, not a multiple of the %d blocks along dimension %d", m.Name(), t.Name, info.Dims, n, dim)
+	}
+	per := info.Dims[dim] / uint64(n) // values (dim 0) or rows of one block's slice
+	// One block's slice is a run of bytes, repeated for every index of the
+	// dimensions above dim.
+	var chunk uint64
+	if dim == 0 {
+		bs := info.Type.BlockSize()
+		if bs == 0 || per%bs != 0 {
+			return info, nil, fmt.Errorf("%s: tensor %s: a block's slice of %d values does not fill whole %v blocks", m.Name(), t.Name, per, info.Type)
+		}
+		chunk = per / bs * info.Type.BlockBytes()
+	} else {
+		chunk = info.Size / info.Dims[dim] * per
+		for _, d := range info.Dims[dim+1:] {
+			chunk /= d
+		}
+	}
+	dims := slices.Clone(info.Dims)
+	dims[dim] = per * uint64(bm.After())
+	info.Dims = dims
+	info.Size = info.Size / uint64(n) * uint64(bm.After())
+	g := &blockSlices{src: m.TensorData(t), chunk: int64(chunk), n: n, kept: bm.Kept()}
+	return info, io.NewSectionReader(g, 0, int64(info.Size)), nil
+}
 
-// CheckRemovable refuses removing any block of an architecture whose global
-// tensors hold a slice per block, which ggufprune does not cut.
-func CheckRemovable(m *Model) error {
-	arch, err := m.Architecture()
-	if err != nil {
-		return err
+// blockSlices reads a block-sized tensor without the removed blocks'
+// slices: its data is chunks of one block's slice each, n per period, of
+// which the kept ones are read in order.
+type blockSlices struct {
+	src   *io.SectionReader
+	chunk int64
+	n     int
+	kept  []int
+}
+
+func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
+	done := 0
+	for done < len(b) {
+		o := off + int64(done)
+		idx, within := o/g.chunk, o%g.chunk
+		period, k := idx/int64(len(g.kept)), idx%int64(len(g.kept))
+		src := (period*int64(g.n)+int64(g.kept[k]))*g.chunk + within
+		m := min(int64(len(b)-done), g.chunk-within)
+		r, err := g.src.ReadAt(b[done:done+int(m)], src)
+		done += r
+		if err != nil {
+			return done, err
+		}
 	}
-	r, ok := blockSized[arch]
-	if !ok {
-		return nil
-	}
-	return fmt.Errorf("%s: %s's %s hold %s; ggufprune does not cut them, and llama.cpp would not load a pruned file with them whole, so it removes no block of %s (with force neither): %w",
-		m.Name(), arch, strings.Join(r.tensors, " and "), r.what, arch, ErrBlockSized)
+	return done, nil
 }
 
 // withCount returns an integer value of the same type holding n.

@@ -29,9 +29,6 @@ type archCase struct {
 	// scores): capture needs one hidden state per token at every block
 	// boundary.
 	NoScore string
-	// Refused is the refusal of removing any block, forced too ("" when
-	// blocks can be removed).
-	Refused string
 	// Middle is the refusal of removing block 1 alone ("" when it is
 	// written); Forced says what --force then does: "warns" (written,
 	// loads, with a warning that kept blocks changed kind) or "refused"
@@ -87,8 +84,10 @@ var archs = []archCase{
 	{ModelSpec: spec("falcon-h1", 6, 2, 3), What: "attention and mamba2 in parallel, gated FFN"},
 	{ModelSpec: spec("lfm2", 6, 2, 3), What: "short convolutions or attention (per-layer KV heads), gated FFN", NoScore: "no block outputs named",
 		Invalid: []int{2, 5}, InvalidWhy: "hybrid-kinds"},
-	{ModelSpec: spec("gemma3n", 10), What: "AltUp (4 residual streams), LAuReL, per-layer inputs sized by the block count",
-		NoScore: "4 residual streams", Refused: "does not cut them"},
+	// Identity blocks need n_ff ≥ 5.41·n_embd (fixture.gemma3nIdentityFFN).
+	{ModelSpec: func() fixture.ModelSpec { s := spec("gemma3n", 10, 1, 2, 3, 4, 5); s.FF = 512; return s }(),
+		What:    "AltUp (4 residual streams), LAuReL, per-layer inputs whose global tensors hold a slice per block; global attention every 5th block",
+		NoScore: "4 residual streams", Middle: wholeRuns + " 5", Forced: "warns"},
 }
 
 // Per architecture: the generated model decodes; its identity blocks score
@@ -124,10 +123,6 @@ func TestArchitectures(t *testing.T) {
 			}
 			defer m.Close()
 			out := filepath.Join(dir, "pruned.gguf")
-			if c.Refused != "" {
-				refused(t, ctx, m, c, out)
-				return
-			}
 			var res *prune.Result
 			if c.NoScore != "" {
 				_, _, err := m.Score(ctx, cal, o, false)
@@ -207,32 +202,6 @@ func TestArchitectures(t *testing.T) {
 			}
 			finite(t, ctx, text, middle)
 		})
-	}
-}
-
-// refused checks that score and prune refuse the architecture, forced too,
-// before anything is written.
-func refused(t *testing.T, ctx context.Context, m *prune.Model, c archCase, out string) {
-	t.Helper()
-	cal, err := prune.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := m.Score(ctx, cal, prune.RunOptions{Ctx: 64, Chunks: 1}, false); !errors.Is(err, llamacpp.ErrCapture) || !strings.Contains(err.Error(), c.Arch) {
-		t.Fatalf("score: %v", err)
-	}
-	for _, force := range []bool{false, true} {
-		_, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: out, Force: force}})
-		if !errors.Is(err, gguf.ErrBlockSized) || !strings.Contains(err.Error(), c.Refused) {
-			t.Fatalf("prune (force %v): %v", force, err)
-		}
-		_, err = prune.Run(ctx, m, prune.Options{Select: prune.Selection{Count: 1}, Calibration: cal, Write: prune.WriteOptions{Output: out, Force: force}})
-		if !errors.Is(err, gguf.ErrBlockSized) {
-			t.Fatalf("prune by score (force %v): %v", force, err)
-		}
-	}
-	if _, err := os.Stat(out); !os.IsNotExist(err) {
-		t.Fatalf("refused, yet %s: %v", out, err)
 	}
 }
 
@@ -367,9 +336,7 @@ func archTable() string {
 			score = "refused: " + c.NoScore
 		}
 		identity := "removed, same logits; Q8_0 loads"
-		if c.Refused != "" {
-			identity = "—"
-		} else if c.NoScore != "" {
+		if c.NoScore != "" {
 			identity = "removed by index, same logits; Q8_0 loads"
 		}
 		identity = fmt.Sprintf("%d of %d: %s", len(c.Identity), c.Blocks, identity)
@@ -378,8 +345,6 @@ func archTable() string {
 		}
 		middle := "removed; loads"
 		switch {
-		case c.Refused != "":
-			middle = "refused, forced too: global tensors sized by the block count"
 		case c.Middle != "" && c.Forced == "warns":
 			middle = "refused: " + c.Middle + "; forced: written with a warning, loads"
 		case c.Middle != "":

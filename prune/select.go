@@ -21,15 +21,11 @@ type Selection struct {
 
 func (s Selection) empty() bool { return s.Count <= 0 && s.TargetSize <= 0 }
 
-// CheckSelectable refuses architectures none of whose blocks can be removed
-// (gguf.CheckRemovable) and, unless force, choosing blocks one by one on an
+// CheckSelectable refuses, unless force, choosing blocks one by one on an
 // architecture whose block kinds follow from the block index (see
 // gguf.PatternError): the choice would almost never keep the pattern, and
 // the refusal must come before the slow scoring.
 func (m *Model) CheckSelectable(force bool) error {
-	if err := gguf.CheckRemovable(m.GGUF); err != nil {
-		return err
-	}
 	if force {
 		return nil
 	}
