@@ -2,10 +2,13 @@ package gguf_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -431,6 +434,116 @@ func TestLeadingDenseBlocks(t *testing.T) {
 					t.Errorf("removing %v: lead %d, want %d", c.remove, n, c.lead)
 				}
 			}
+		}
+	}
+}
+
+// gemma3n's per-layer input tensors hold a slice per block: removing blocks
+// cuts those slices out (along the rows' values of a quantized tensor, and
+// along the rows of another), checked byte for byte against slicing done
+// here.
+func TestBlockSizedTensors(t *testing.T) {
+	const blocks, vocab, embd, per = 10, 3, 8, 256
+	q8 := uint64(per*blocks/32) * 34 // a Q8_0 row: 34 bytes per 32 values
+	kvs := []gguf.KV{
+		{Key: "general.architecture", Value: gguf.String("gemma3n")},
+		{Key: "gemma3n.block_count", Value: gguf.Uint32(blocks)},
+	}
+	seq := func(n uint64, seed byte) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*7) + seed
+		}
+		return b
+	}
+	tok, proj := seq(q8*vocab, 1), seq(2*embd*per*blocks, 2)
+	ts := []gguf.WriterTensor{
+		{Info: gguf.TensorInfo{Name: "per_layer_token_embd.weight", Dims: []uint64{per * blocks, vocab}, Type: gguf.TypeQ8_0, Size: uint64(len(tok))}, Data: io.NewSectionReader(bytes.NewReader(tok), 0, int64(len(tok)))},
+		{Info: gguf.TensorInfo{Name: "per_layer_model_proj.weight", Dims: []uint64{embd, per * blocks}, Type: gguf.TypeF16, Size: uint64(len(proj))}, Data: io.NewSectionReader(bytes.NewReader(proj), 0, int64(len(proj)))},
+	}
+	for b := range blocks {
+		d := seq(4*embd, byte(b))
+		ts = append(ts, gguf.WriterTensor{Info: gguf.TensorInfo{Name: gguf.BlockName(b, "attn_norm.weight"), Dims: []uint64{embd}, Type: gguf.TypeF32, Size: uint64(len(d))}, Data: io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))})
+	}
+	path := filepath.Join(t.TempDir(), "in.gguf")
+	f, _ := os.Create(path)
+	if _, err := gguf.Write(f, 3, kvs, ts); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	m, err := gguf.OpenModel(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	// Blocks 1-5 go: 6-9 keep their kinds at 1-4.
+	plan, err := gguf.PlanRemoval(m, []int{1, 2, 3, 4, 5}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out.gguf")
+	if _, err := plan.Write(out, false); err != nil {
+		t.Fatal(err)
+	}
+	pm, err := gguf.OpenModel(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	kept := []int{0, 6, 7, 8, 9}
+	var wantTok, wantProj []byte
+	chunk := q8 / blocks
+	for r := range uint64(vocab) {
+		for _, b := range kept {
+			wantTok = append(wantTok, tok[r*q8+uint64(b)*chunk:][:chunk]...)
+		}
+	}
+	rows := uint64(2 * embd * per)
+	for _, b := range kept {
+		wantProj = append(wantProj, proj[uint64(b)*rows:][:rows]...)
+	}
+	for _, c := range []struct {
+		name string
+		dims []uint64
+		want []byte
+	}{
+		{"per_layer_token_embd.weight", []uint64{per * 5, vocab}, wantTok},
+		{"per_layer_model_proj.weight", []uint64{embd, per * 5}, wantProj},
+	} {
+		pt, ok := pm.Tensor(c.name)
+		if !ok || !slices.Equal(pt.Dims, c.dims) {
+			t.Fatalf("%s: %v", c.name, pt)
+		}
+		got, _ := io.ReadAll(pm.TensorData(pt))
+		if !bytes.Equal(got, c.want) {
+			t.Fatalf("%s: the kept blocks' slices differ", c.name)
+		}
+	}
+	// Removing one block moves the global-attention blocks.
+	if _, err := gguf.PlanRemoval(m, []int{2}, false); !errors.Is(err, gguf.ErrIndexPattern) || !strings.Contains(err.Error(), "side of blocks 10 and 20") {
+		t.Fatalf("removing 2: %v", err)
+	}
+}
+
+// gemma3n's kinds: the period of 5, the sparsity of blocks 0-9, the KV
+// sharing of blocks 20 on, the caches of blocks 18 and 19.
+func TestGemma3nPattern(t *testing.T) {
+	m, _ := synthetic(t, fixture.Spec{Arch: "gemma3n", Blocks: 30})
+	for _, c := range []struct {
+		remove []int
+		ok     bool
+	}{
+		{[]int{20, 21, 22, 23, 24}, true},
+		{[]int{25, 26, 27, 28, 29}, true},
+		{[]int{21, 22, 23, 24, 25}, true},
+		{[]int{10, 11, 12, 13, 14}, false}, // 20-24 lose their sharing
+		{[]int{5, 6, 7, 8, 9}, false},      // 10-14 become sparse
+		{[]int{14, 15, 16, 17, 18}, false}, // 19 would be 14
+		{[]int{20}, false},
+	} {
+		_, err := gguf.PlanRemoval(m, c.remove, false)
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, gguf.ErrIndexPattern)) {
+			t.Errorf("removing %v: %v", c.remove, err)
 		}
 	}
 }
