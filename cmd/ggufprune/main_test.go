@@ -443,3 +443,36 @@ func TestScoresOfMTPModel(t *testing.T) {
 	rep.WriteFile(scores)
 	runCLI(t, "prune", "-m", in, "--scores", scores, "--remove", "1", "--dry-run").fails(t, 1, "6 block scores for a model of 4 scored blocks")
 }
+
+// --force on an index-pattern architecture: refused without it, written
+// with a warning on stderr (and in the JSON) where llama.cpp loads the
+// result, refused where it would not load it; nothing written when refused.
+func TestPruneForce(t *testing.T) {
+	dir := t.TempDir()
+	tok := model(t, "stories260K.gguf")
+	gemma := filepath.Join(dir, "gemma2.gguf")
+	l4 := filepath.Join(dir, "llama4.gguf")
+	for path, arch := range map[string]string{gemma: "gemma2", l4: "llama4"} {
+		s := fixture.ModelSpec{Arch: arch, Blocks: 8, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256}
+		if err := fixture.RandomModel(path, tok, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "o.gguf")
+	runCLI(t, "prune", "-m", gemma, "-o", out, "--layers", "1").fails(t, 1, "whole runs of 2")
+	r := runCLI(t, "prune", "-m", gemma, "-o", out, "--layers", "1", "--force", "--json").ok(t)
+	if !strings.Contains(r.stderr, "warning") || !strings.Contains(r.stderr, "changes its kind") {
+		t.Fatalf("forced, stderr %q", r.stderr)
+	}
+	var res struct{ Warnings []string }
+	decode(t, r.stdout, &res)
+	if len(res.Warnings) != 1 {
+		t.Fatalf("warnings %q", res.Warnings)
+	}
+	runCLI(t, "eval", "-m", out, "-f", fixture.Asset(t, "text/unseen/tinystories_last50.txt"), "-c", "64", "--chunks", "1").ok(t)
+	out2 := filepath.Join(dir, "o2.gguf")
+	runCLI(t, "prune", "-m", l4, "-o", out2, "--layers", "1", "--force").fails(t, 1, "would not load")
+	if _, err := os.Stat(out2); !os.IsNotExist(err) {
+		t.Fatalf("refused, yet %s: %v", out2, err)
+	}
+}
