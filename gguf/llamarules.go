@@ -125,9 +125,37 @@ var uniformAttention = setOf("llama", "mistral3", "qwen2", "qwen2moe", "qwen3", 
 	"phi3", "granite", "granitemoe", "deepseek2", "glm4moe", "gpt-oss", "olmo2", "cohere2", "starcoder2", "exaone4",
 	"smollm3", "llama4")
 
-// swaPeriods are the sliding-window architectures whose global-attention
-// blocks are every period-th (llama-hparams.cpp set_swa_pattern).
-var swaPeriods = map[string]int{"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "exaone4": 4, "gpt-oss": 2}
+// swaMinBlocks are the sliding-window architectures (llama-hparams.cpp
+// set_swa_pattern, from load_hparams) with the fewest blocks that keep both a
+// global-attention block and a sliding-window one; 0 where the file has no
+// sliding window. (exaone4 has one only with 64 blocks.)
+var swaMinBlocks = map[string]func(v *ruleView) int{
+	"gemma2": always(2), "gpt-oss": always(2), "cohere2": always(4), "gemma3n": always(5),
+	"gemma3": withWindow(6), "olmo2": withWindow(4), "afmoe": withWindow(4),
+	"smallthinker": withWindow(2), // the first block of every 4 is global
+	// Chunked attention every 4th block, unless sliding_window is 0.
+	"llama4": func(v *ruleView) int {
+		if w, ok := v.getArch("attention.sliding_window"); ok {
+			if n, _ := w.Int(); n == 0 {
+				return 0
+			}
+		}
+		return 4
+	},
+}
+
+func always(n int) func(*ruleView) int { return func(*ruleView) int { return n } }
+
+func withWindow(n int) func(*ruleView) int {
+	return func(v *ruleView) int {
+		if w, ok := v.getArch("attention.sliding_window"); ok {
+			if x, _ := w.Int(); x > 0 {
+				return n
+			}
+		}
+		return 0
+	}
+}
 
 // hybridKinds are the hybrid architectures whose blocks are either
 // attention ('a') or recurrent ('r') (or neither, 0), as load_hparams
@@ -501,20 +529,14 @@ var LlamaRules = []LlamaRule{
 	}},
 	{Name: "attention-pattern", Where: "llama-kv-cache-iswa.cpp: a cache with no layers gets no buffer (GGML_ASSERT(buffer) in ggml-backend.cpp)", check: func(v *ruleView) error {
 		// Sliding-window architectures keep two KV caches, one for the
-		// global-attention blocks (every period-th) and one for the others;
-		// a model too short to have a global block leaves one empty.
-		period := swaPeriods[v.arch]
-		if period == 0 {
+		// global-attention blocks and one for the others; a model too
+		// short to have both leaves one empty.
+		minBlocks, ok := swaMinBlocks[v.arch]
+		if !ok {
 			return nil
 		}
-		if val, ok := v.getArch("attention.sliding_window_pattern"); ok && val.Type() == TypeArray {
-			return nil
-		}
-		if w, ok := v.getArch("attention.sliding_window"); v.arch == "gemma3" && (!ok || func() bool { n, _ := w.Int(); return n == 0 }()) {
-			return nil // gemma3 without a window has one cache
-		}
-		if v.n < period {
-			return fmt.Errorf("%s has %d blocks; %s needs at least %d, so that one (every %d-th) has global attention", v.archKey("block_count"), v.n, v.arch, period, period)
+		if need := minBlocks(v); v.n < need {
+			return fmt.Errorf("%s has %d blocks; %s with a sliding window needs at least %d, so that it keeps a global-attention block and a sliding-window one", v.archKey("block_count"), v.n, v.arch, need)
 		}
 		return nil
 	}},

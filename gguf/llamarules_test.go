@@ -132,7 +132,7 @@ var llamaCases = []llamaCase{
 		}
 		return tokens(func(t []string) []string { return t[:8] })(kept, ts)
 	}},
-	{"sliding window without a global block", "attention-pattern", "gemma3 needs at least 6", asArch("gemma3", gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(64)})},
+	{"sliding window without a global block", "attention-pattern", "gemma3 with a sliding window needs at least 6", asArch("gemma3", gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(64)})},
 	// Found generating deepseek2 models: grouped KV heads abort in ggml_set_rows.
 	{"decompressed low-rank attention with grouped KV heads", "low-rank-attention", "block 0 has 4 KV heads and 8 attention heads", asArch("deepseek2")},
 	// Found generating nemotron_h: a dense file without

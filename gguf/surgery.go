@@ -16,89 +16,6 @@ import (
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 )
 
-// indexPattern describes an architecture whose layer kind (sliding-window or
-// global attention, MoE or dense, recurrent or attention, RoPE or not) follows
-// from the block index with no per-layer metadata array. Removing blocks then
-// changes the kind of every later block unless whole periods are removed.
-type indexPattern struct {
-	what   string             // what the index decides
-	period func(m *Model) int // blocks per period; 0 when a per-layer array makes removal safe
-	// kind, when set, is what the index decides of block i of n blocks, for
-	// patterns that are more than a period: a removal keeps the pattern
-	// when every kept block keeps its kind. valid says which removals do.
-	kind  func(i, n int) string
-	valid string
-}
-
-// indexPatterns is the one table of such architectures. To add one, give the
-// period llama.cpp derives (llama-model.cpp, load_hparams) and, where a
-// per-layer array can replace it, return 0 when that array is present.
-var indexPatterns = map[string]indexPattern{
-	"gemma2": {what: "sliding-window vs global attention (every 2nd block is global)", period: fixedPeriod(2)},
-	"gemma3": {what: "sliding-window vs global attention (every 6th block is global)", period: unlessArray("attention.sliding_window_pattern", 6)},
-	"gemma3n": {what: "sliding-window vs global attention (every 5th block is global), activation sparsity (blocks 0-9) and KV sharing (blocks 20 and on reuse the caches of blocks 18 and 19)",
-		period: fixedPeriod(5), kind: gemma3nKind, valid: "whole runs of 5 consecutive blocks that keep every block on its side of blocks 10 and 20, and keep blocks 18 and 19 where blocks 20 and on remain"},
-	"cohere2": {what: "sliding-window vs global attention (every 4th block is global)", period: fixedPeriod(4)},
-	"gpt-oss": {what: "sliding-window vs full attention (alternating blocks)", period: fixedPeriod(2)},
-	"exaone4": {what: "sliding-window vs global attention (every 4th block is global)", period: unlessArray("attention.sliding_window_pattern", 4)},
-	"llama4":  {what: "NoPE blocks (every 4th) and MoE interleaving", period: llama4Period},
-	"smollm3": {what: "NoPE blocks (every 4th block has no RoPE)", period: fixedPeriod(4)},
-	// The pinned loader ignores full_attention_interval: "(i + 1) % 4 != 0"
-	// is recurrent.
-	"qwen3next": {what: "linear vs full attention (every 4th block is full)", period: fixedPeriod(4)},
-}
-
-func fixedPeriod(p int) func(*Model) int { return func(*Model) int { return p } }
-
-// gemma3nKind is what gemma3n's loader and graph derive from the index
-// (llama-model.cpp load_hparams: set_swa_pattern(5), n_layer_kv_from_start
-// 20 and the KV reuse of blocks 18 and 19; models.h: n_layer_sparsity 10).
-func gemma3nKind(i, n int) string {
-	k := fmt.Sprintf("global=%v sparse=%v shared=%v", i%5 == 4, i < 10, i >= 20)
-	if n > 20 && (i == 18 || i == 19) {
-		k += fmt.Sprintf(" kv-source-%d", i)
-	}
-	return k
-}
-
-func unlessArray(key string, p int) func(*Model) int {
-	return func(m *Model) int {
-		arch, _ := m.Architecture()
-		if v, ok := m.Get(arch + "." + key); ok && v.Type() == TypeArray {
-			return 0
-		}
-		return p
-	}
-}
-
-func archInt(m *Model, key string, def int) int {
-	arch, _ := m.Architecture()
-	if v, ok := m.Get(arch + "." + key); ok {
-		if n, ok := v.Int(); ok && n > 0 {
-			return int(n)
-		}
-	}
-	return def
-}
-
-func llama4Period(m *Model) int {
-	step := archInt(m, "interleave_moe_layer_step", 1)
-	return lcm(4, step)
-}
-
-func lcm(a, b int) int {
-	x, y := a, b
-	for y != 0 {
-		x, y = y, x%y
-	}
-	return a / x * b
-}
-
-// leadingCounts are scalars under the architecture prefix that count the
-// first blocks of a model that are of another kind (llama-model.cpp
-// load_hparams and load_tensors: "i < n_layer_dense_lead").
-var leadingCounts = map[string]bool{"leading_dense_block_count": true}
-
 // notPerLayer lists arrays under the architecture prefix that are not
 // per-layer even when their length happens to equal the block count.
 var notPerLayer = map[string]bool{
@@ -190,24 +107,6 @@ func (e *PatternError) valid() string {
 
 func (e *PatternError) Unwrap() error { return ErrIndexPattern }
 
-// IndexPeriod is the period of the architecture's index-derived block
-// pattern (see PatternError), with what the index decides; 0 when removals
-// cannot change any block's kind.
-func IndexPeriod(m *Model) (period int, what string) {
-	arch, err := m.Architecture()
-	if err != nil {
-		return 0, ""
-	}
-	pat, ok := indexPatterns[arch]
-	if !ok {
-		return 0, ""
-	}
-	if p := pat.period(m); p > 1 {
-		return p, pat.what
-	}
-	return 0, ""
-}
-
 // PlanRemoval works out the removal of the given blocks: which tensors go,
 // how the rest are renamed, and the new metadata. It refuses removing every
 // block, indices out of range, multi-token-prediction blocks, and (unless
@@ -240,26 +139,19 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 			}
 		}
 	}
-	if period, what := IndexPeriod(m); period > 1 {
-		pat := indexPatterns[arch]
-		for _, b := range bm.Kept() {
-			to := bm.NewIndex(b)
-			moved := (b-to)%period != 0
-			if pat.kind != nil {
-				moved = pat.kind(b, n) != pat.kind(to, bm.After())
-			}
-			if moved {
-				perr := &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: p.Removed, Block: b, To: to, Valid: pat.valid}
-				if !force {
-					return nil, perr
-				}
-				if err := sameBlockLayout(m, bm, perr); err != nil {
-					return nil, err
-				}
-				p.Broken = perr
-				break
-			}
+	if check, ok := removalChecks[arch]; ok {
+		if err := check(m, bm); err != nil {
+			return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), FormatBlockList(p.Removed), err)
 		}
+	}
+	if perr := patternBroken(m, arch, bm, p.Removed); perr != nil {
+		if !force {
+			return nil, perr
+		}
+		if err := sameBlockLayout(m, bm, perr); err != nil {
+			return nil, err
+		}
+		p.Broken = perr
 	}
 
 	// Metadata: block_count, the counts of leading blocks of a kind, and
@@ -290,6 +182,11 @@ func PlanRemoval(m *Model, remove []int, force bool) (*Plan, error) {
 			}
 		}
 		p.KV = append(p.KV, kv)
+	}
+	for key, value := range pinnedDefaults[arch] {
+		if _, ok := m.Get(prefix + key); !ok {
+			p.KV = append(p.KV, KV{Key: prefix + key, Value: value(n)})
+		}
 	}
 
 	// Tensors: drop removed blocks, renumber the rest.
@@ -349,79 +246,6 @@ func sameBlockLayout(m *Model, bm *BlockMap, perr *PatternError) error {
 			perr.Model, FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.valid(), ErrIndexPattern)
 	}
 	return nil
-}
-
-// blockSized are the global tensors (outside blk.N) whose size follows the
-// block count (llama-model.cpp load_tensors): one slice per block along a
-// dimension, in block order. Removing blocks cuts their slices out.
-var blockSized = map[string][]blockSizedTensor{
-	// Per-layer inputs: 256 values per block (n_embd_altup); the graph's
-	// view of block il is slice il (models/gemma3n-iswa.cpp).
-	"gemma3n": {{"per_layer_token_embd.weight", 0}, {"per_layer_model_proj.weight", 1}},
-}
-
-type blockSizedTensor struct {
-	name string
-	dim  int // the dimension holding one slice per block
-}
-
-// cutBlocks plans the removal of the removed blocks' slices of a
-// block-sized global tensor: its new shape and a reader of its new data.
-func cutBlocks(m *Model, t *ModelTensor, dim int, bm *BlockMap) (TensorInfo, *io.SectionReader, error) {
-	n := bm.Before()
-	info := t.TensorInfo
-	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
-		return info, nil, fmt.Errorf("%s: tensor %s has shape %v, not a multiple of the %d blocks along dimension %d", m.Name(), t.Name, info.Dims, n, dim)
-	}
-	per := info.Dims[dim] / uint64(n) // values (dim 0) or rows of one block's slice
-	// One block's slice is a run of bytes, repeated for every index of the
-	// dimensions above dim.
-	var chunk uint64
-	if dim == 0 {
-		bs := info.Type.BlockSize()
-		if bs == 0 || per%bs != 0 {
-			return info, nil, fmt.Errorf("%s: tensor %s: a block's slice of %d values does not fill whole %v blocks", m.Name(), t.Name, per, info.Type)
-		}
-		chunk = per / bs * info.Type.BlockBytes()
-	} else {
-		chunk = info.Size / info.Dims[dim] * per
-		for _, d := range info.Dims[dim+1:] {
-			chunk /= d
-		}
-	}
-	dims := slices.Clone(info.Dims)
-	dims[dim] = per * uint64(bm.After())
-	info.Dims = dims
-	info.Size = info.Size / uint64(n) * uint64(bm.After())
-	g := &blockSlices{src: m.TensorData(t), chunk: int64(chunk), n: n, kept: bm.Kept()}
-	return info, io.NewSectionReader(g, 0, int64(info.Size)), nil
-}
-
-// blockSlices reads a block-sized tensor without the removed blocks'
-// slices: its data is chunks of one block's slice each, n per period, of
-// which the kept ones are read in order.
-type blockSlices struct {
-	src   *io.SectionReader
-	chunk int64
-	n     int
-	kept  []int
-}
-
-func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
-	done := 0
-	for done < len(b) {
-		o := off + int64(done)
-		idx, within := o/g.chunk, o%g.chunk
-		period, k := idx/int64(len(g.kept)), idx%int64(len(g.kept))
-		src := (period*int64(g.n)+int64(g.kept[k]))*g.chunk + within
-		m := min(int64(len(b)-done), g.chunk-within)
-		r, err := g.src.ReadAt(b[done:done+int(m)], src)
-		done += r
-		if err != nil {
-			return done, err
-		}
-	}
-	return done, nil
 }
 
 // withCount returns an integer value of the same type holding n.

@@ -273,7 +273,8 @@ func TestPlanErrors(t *testing.T) {
 // Architectures that derive layer kinds from the block index refuse removals
 // that shift the pattern, allow whole periods, and allow anything with force.
 func TestIndexPatternArchitectures(t *testing.T) {
-	m, _ := synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12})
+	window := []gguf.KV{{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(512)}}
+	m, _ := synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12, Extra: window})
 	if _, err := gguf.PlanRemoval(m, []int{3}, false); err == nil || !strings.Contains(err.Error(), "runs of 6 consecutive blocks") {
 		t.Fatalf("gemma3 removing 3: %v", err)
 	}
@@ -283,10 +284,15 @@ func TestIndexPatternArchitectures(t *testing.T) {
 	if _, err := gguf.PlanRemoval(m, []int{3}, true); err != nil {
 		t.Fatalf("gemma3 with force: %v", err)
 	}
-	// A per-layer array makes the removal safe.
-	m2, _ := synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12, PerLayer: map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0}}})
-	if _, err := gguf.PlanRemoval(m2, []int{3}, false); err != nil {
+	// The pinned llama.cpp reads no per-layer pattern: an array changes
+	// nothing. Without a sliding window there is no pattern.
+	m2, _ := synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12, Extra: window, PerLayer: map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0}}})
+	if _, err := gguf.PlanRemoval(m2, []int{3}, false); !errors.Is(err, gguf.ErrIndexPattern) {
 		t.Fatalf("gemma3 with a per-layer pattern: %v", err)
+	}
+	m4, _ := synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12})
+	if _, err := gguf.PlanRemoval(m4, []int{3}, false); err != nil {
+		t.Fatalf("gemma3 without a sliding window: %v", err)
 	}
 	m3, _ := synthetic(t, fixture.Spec{Arch: "qwen3next", Blocks: 8, Extra: []gguf.KV{{Key: "qwen3next.full_attention_interval", Value: gguf.Uint32(2)}}})
 	// The pinned loader ignores full_attention_interval: the period is 4.

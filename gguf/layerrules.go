@@ -1,0 +1,417 @@
+package gguf
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+)
+
+// The layer rules of block surgery: what llama.cpp's loader and graphs
+// (llama-model.cpp load_hparams, load_tensors, create_memory; models/*.cpp)
+// derive from a block's index or from the block count, and so what a
+// removal must rewrite, keep, or refuse. Read from the pinned llama.cpp
+// (ollama v0.17.4); each entry names where.
+
+// indexPattern describes an architecture whose layer kind (sliding-window or
+// global attention, MoE or dense, recurrent or attention, RoPE or not) follows
+// from the block index (or the block count) with no per-layer metadata array.
+// Removing blocks then changes the kind of later blocks unless the removal
+// keeps every kept block's kind.
+type indexPattern struct {
+	what string // what the index decides
+	// period is the period of the kinds in this file: the kind of block i
+	// is i mod period. 0 turns the pattern off (no sliding window, ...); 1
+	// with kind is a pattern without a period.
+	period func(m *Model) int
+	// kind, when set, is what the loader and graph make of block i of n
+	// blocks, for patterns that are more than a position in a period.
+	kind func(m *Model, i, n int) string
+	// valid says which removals keep the pattern (default: whole runs of
+	// the period).
+	valid func(m *Model, period int) string
+}
+
+// indexPatterns is the one table of such architectures.
+var indexPatterns = map[string]indexPattern{
+	// set_swa_pattern(2); a 46-block gemma2 is the 27B, whose query scale
+	// comes from the block count.
+	"gemma2": {what: "sliding-window vs global attention (every 2nd block is global)", period: fixedPeriod(2),
+		kind: gemmaKind(46, fixedPeriod(2)), valid: gemmaValid(46)},
+	// set_swa_pattern(6) when sliding_window > 0 (no per-layer array is
+	// read); 62 blocks are the 27B.
+	"gemma3": {what: "sliding-window vs global attention (every 6th block is global)", period: gemma3Period,
+		kind: gemmaKind(62, gemma3Period), valid: gemmaValid(62)},
+	"gemma3n": {what: "sliding-window vs global attention (every 5th block is global), activation sparsity (blocks 0-9) and KV sharing (blocks 20 and on reuse the caches of blocks 18 and 19)",
+		period: fixedPeriod(5), kind: gemma3nKind, valid: fixedValid("whole runs of 5 consecutive blocks that keep every block on its side of blocks 10 and 20, and keep blocks 18 and 19 where blocks 20 and on remain")},
+	"cohere2": {what: "sliding-window vs global attention (every 4th block is global)", period: fixedPeriod(4)},
+	"gpt-oss": {what: "sliding-window vs full attention (alternating blocks)", period: fixedPeriod(2)},
+	// Sliding windows only with exactly 64 blocks (the 32B).
+	"exaone4": {what: "sliding-window vs global attention (every 4th block is global, only in the 64-block model)",
+		period: func(m *Model) int {
+			if blockCount(m) == 64 {
+				return 4
+			}
+			return 0
+		},
+		kind:  func(_ *Model, i, n int) string { return fmt.Sprint(i%4, n == 64) },
+		valid: fixedValid("no removal: llama.cpp gives exaone4 sliding-window attention only with exactly 64 blocks")},
+	"llama4":  {what: "NoPE blocks (every 4th) and MoE interleaving", period: llama4Period},
+	"smollm3": {what: "NoPE blocks (every 4th block has no RoPE)", period: fixedPeriod(4)},
+	// The pinned loader ignores full_attention_interval: "(i + 1) % 4 != 0"
+	// is recurrent.
+	"qwen3next": {what: "linear vs full attention (every 4th block is full)", period: fixedPeriod(4)},
+	// OLMo 3: set_swa_pattern(4) when sliding_window > 0.
+	"olmo2": {what: "sliding-window vs global attention (every 4th block is global)", period: ifWindow(4)},
+	// NoPE every 4th block (n_no_rope_layer_step keeps its default 4).
+	"afmoe": {what: "NoPE blocks and, with a sliding window, global attention (every 4th block)", period: fixedPeriod(4)},
+	// set_swa_pattern(4, true): the first block of each period is global
+	// and has no RoPE, unless the model has exactly 4 blocks (the graph
+	// then gives every block RoPE).
+	"smallthinker": {what: "global attention without RoPE (the first of every 4 blocks)", period: ifWindow(4),
+		kind: func(_ *Model, i, n int) string { return fmt.Sprint(i%4, n == 4 && i == 0) }},
+	"ernie4_5-moe":    {what: "MoE blocks (every interleave_moe_layer_step-th)", period: keyPeriod("interleave_moe_layer_step")},
+	"nomic-bert-moe":  {what: "MoE blocks (every moe_every_n_layers-th)", period: keyPeriod("moe_every_n_layers")},
+	"nomic-bert":      {what: "MoE blocks (every moe_every_n_layers-th)", period: keyPeriod("moe_every_n_layers")},
+	"rwkv6":           {what: "halving the hidden state (every rescale_every_n_layers-th block)", period: keyPeriod("rescale_every_n_layers")},
+	"gemma-embedding": {what: "sliding-window vs global attention (every 6th block is global)", period: fixedPeriod(6)},
+	// Image features are added to the first n_deepstack_layers blocks.
+	"qwen3vl":    {what: "where image features are added (the first n_deepstack_layers blocks)", period: ifKey("n_deepstack_layers"), kind: deepstackKind, valid: deepstackValid},
+	"qwen3vlmoe": {what: "where image features are added (the first n_deepstack_layers blocks)", period: ifKey("n_deepstack_layers"), kind: deepstackKind, valid: deepstackValid},
+	// models/minicpm3.cpp: scale_res = 1.4/sqrt(n_layer), no key.
+	"minicpm3": {what: "the residual scale of every block (1.4/√block count)", period: fixedPeriod(1),
+		kind:  func(_ *Model, _, n int) string { return fmt.Sprint(n) },
+		valid: fixedValid("no removal: minicpm3 scales every block's residual by 1.4/√(block count), with no key to keep it")},
+}
+
+func fixedPeriod(p int) func(*Model) int { return func(*Model) int { return p } }
+
+func fixedValid(s string) func(*Model, int) string { return func(*Model, int) string { return s } }
+
+// ifWindow is period p when {arch}.attention.sliding_window is above 0.
+func ifWindow(p int) func(*Model) int {
+	return func(m *Model) int {
+		if archInt(m, "attention.sliding_window", 0) > 0 {
+			return p
+		}
+		return 0
+	}
+}
+
+// keyPeriod is the period a key gives (off below 2).
+func keyPeriod(key string) func(*Model) int {
+	return func(m *Model) int {
+		if p := archInt(m, key, 0); p > 1 {
+			return p
+		}
+		return 0
+	}
+}
+
+// ifKey turns a pattern without a period on when the key is above 0.
+func ifKey(key string) func(*Model) int {
+	return func(m *Model) int { return min(archInt(m, key, 0), 1) }
+}
+
+func blockCount(m *Model) int {
+	n, _ := m.BlockCount()
+	return n
+}
+
+// gemmaKind: the position in the period, and, in the 27B models (n27
+// blocks), the query scale llama.cpp derives from the block count
+// (load_hparams: f_attention_scale for LLM_TYPE_27B), unless both scales
+// agree.
+func gemmaKind(n27 int, period func(*Model) int) func(m *Model, i, n int) string {
+	return func(m *Model, i, n int) string {
+		return fmt.Sprint(i%max(period(m), 1), gemmaQueryScale(m, n, n27))
+	}
+}
+
+// gemma3Period: 6 with a sliding window; without one, only the 27B's query
+// scale follows from the block count.
+func gemma3Period(m *Model) int {
+	switch {
+	case archInt(m, "attention.sliding_window", 0) > 0:
+		return 6
+	case blockCount(m) == 62:
+		return 1
+	}
+	return 0
+}
+
+func gemmaValid(n27 int) func(*Model, int) string {
+	return func(m *Model, period int) string {
+		n := blockCount(m)
+		if n == n27 && gemmaQueryScale(m, n, n27) != gemmaQueryScale(m, n-1, n27) {
+			return fmt.Sprintf("no removal: a %d-block %s is the 27B model, whose query scale llama.cpp takes from the block count", n27, mustArch(m))
+		}
+		return defaultValid(period)
+	}
+}
+
+func gemmaQueryScale(m *Model, n, n27 int) float64 {
+	embd, heads := archInt(m, "embedding_length", 0), archInt(m, "attention.head_count", 0)
+	if heads == 0 {
+		return 0
+	}
+	head := archInt(m, "attention.key_length", embd/heads)
+	if n == n27 {
+		return 1 / math.Sqrt(float64(embd/heads))
+	}
+	return 1 / math.Sqrt(float64(head))
+}
+
+func mustArch(m *Model) string {
+	a, _ := m.Architecture()
+	return a
+}
+
+func deepstackKind(m *Model, i, _ int) string {
+	if i < archInt(m, "n_deepstack_layers", 0) {
+		return fmt.Sprint("deepstack ", i)
+	}
+	return ""
+}
+
+func deepstackValid(m *Model, _ int) string {
+	return fmt.Sprintf("removals from block %d on (the first %d blocks receive image features)", archInt(m, "n_deepstack_layers", 0), archInt(m, "n_deepstack_layers", 0))
+}
+
+func defaultValid(period int) string {
+	return fmt.Sprintf("whole runs of %d consecutive blocks (a multiple of %d before every kept block)", period, period)
+}
+
+// gemma3nKind is what gemma3n's loader and graph derive from the index
+// (llama-model.cpp load_hparams: set_swa_pattern(5), n_layer_kv_from_start
+// 20 and the KV reuse of blocks 18 and 19; models.h: n_layer_sparsity 10).
+func gemma3nKind(_ *Model, i, n int) string {
+	k := fmt.Sprintf("global=%v sparse=%v shared=%v", i%5 == 4, i < 10, i >= 20)
+	if n > 20 && (i == 18 || i == 19) {
+		k += fmt.Sprintf(" kv-source-%d", i)
+	}
+	return k
+}
+
+func archInt(m *Model, key string, def int) int {
+	arch, _ := m.Architecture()
+	if v, ok := m.Get(arch + "." + key); ok {
+		if n, ok := v.Int(); ok && n > 0 {
+			return int(n)
+		}
+	}
+	return def
+}
+
+func llama4Period(m *Model) int {
+	step := archInt(m, "interleave_moe_layer_step", 1)
+	return lcm(4, step)
+}
+
+func lcm(a, b int) int {
+	x, y := a, b
+	for y != 0 {
+		x, y = y, x%y
+	}
+	return a / x * b
+}
+
+// IndexPeriod is the period of the architecture's index-derived block
+// pattern in this file (see PatternError), with what the index decides; 0
+// when removals cannot change any block's kind, 1 for a pattern without a
+// period.
+func IndexPeriod(m *Model) (period int, what string) {
+	arch, err := m.Architecture()
+	if err != nil {
+		return 0, ""
+	}
+	pat, ok := indexPatterns[arch]
+	if !ok {
+		return 0, ""
+	}
+	if p := pat.period(m); p > 1 || (p == 1 && pat.kind != nil) {
+		return p, pat.what
+	}
+	return 0, ""
+}
+
+// patternBroken returns the pattern error of a removal that changes a kept
+// block's kind, or nil.
+func patternBroken(m *Model, arch string, bm *BlockMap, removed []int) *PatternError {
+	period, what := IndexPeriod(m)
+	if period == 0 {
+		return nil
+	}
+	pat := indexPatterns[arch]
+	for _, b := range bm.Kept() {
+		to := bm.NewIndex(b)
+		moved := (b-to)%period != 0
+		if pat.kind != nil {
+			moved = pat.kind(m, b, bm.Before()) != pat.kind(m, to, bm.After())
+		}
+		if moved {
+			valid := defaultValid(period)
+			if pat.valid != nil {
+				valid = pat.valid(m, period)
+			}
+			return &PatternError{Model: m.Name(), Architecture: arch, What: what, Period: period, Removed: removed, Block: b, To: to, Valid: valid}
+		}
+	}
+	return nil
+}
+
+// leadingCounts are scalars under the architecture prefix that count the
+// first blocks of a model that are of another kind (llama-model.cpp
+// load_hparams and load_tensors: "i < n_layer_dense_lead"; deepseek,
+// deepseek2, dots1, glm4moe, bailingmoe2, afmoe, ernie4_5-moe, lfm2moe).
+var leadingCounts = map[string]bool{"leading_dense_block_count": true}
+
+// pinnedDefaults are scalars whose default, when the file has none, follows
+// from the block count: the plan writes the original's value.
+var pinnedDefaults = map[string]map[string]func(n int) Value{
+	// load_hparams: f_residual_scale = 1.4/sqrt(n_layer) unless set.
+	"minicpm": {"residual_scale": func(n int) Value { return Float32(float32(1.4 / math.Sqrt(float64(n)))) }},
+}
+
+// removalChecks refuse removals after which llama.cpp would not load the
+// file or would abort, with force too.
+var removalChecks = map[string]func(m *Model, bm *BlockMap) error{
+	// load_hparams: is_lite = n_layer 26 or 27 decides which query tensors
+	// and keys are read.
+	"deepseek2": func(m *Model, bm *BlockMap) error {
+		lite := func(n int) bool { return n == 26 || n == 27 }
+		if lite(bm.Before()) != lite(bm.After()) {
+			return fmt.Errorf("deepseek2 with 26 or 27 blocks is the Lite model, whose attention has other tensors (llama-model.cpp: is_lite); %d blocks would make llama.cpp look for the tensors of the other kind", bm.After())
+		}
+		return nil
+	},
+	// models/baichuan.cpp aborts unless the model is the 7B (32 blocks)
+	// or 13B (40 blocks).
+	"baichuan": func(m *Model, bm *BlockMap) error {
+		return fmt.Errorf("llama.cpp runs baichuan only with 32 or 40 blocks (its graph aborts otherwise)")
+	},
+	// rwkv7's block 0 is the value-residual source of every later block,
+	// with tensors of other shapes.
+	"rwkv7":  keepFirst,
+	"arwkv7": keepFirst,
+	// Encoder-decoder models keep their blocks as enc.blk.N and dec.blk.N.
+	"t5":               encDec,
+	"t5encoder":        encDec,
+	"wavtokenizer-dec": encDec,
+	// solar: a block flagged in block_skip_connection.0 (.1) saves the
+	// hidden state that the next block flagged in .2 (.3) adds back.
+	"solar": solarSkips,
+}
+
+func keepFirst(m *Model, bm *BlockMap) error {
+	if bm.NewIndex(0) < 0 {
+		return fmt.Errorf("%s's block 0 is the value-residual source of every later block, with tensors of other shapes; it cannot be removed", mustArch(m))
+	}
+	return nil
+}
+
+func encDec(m *Model, _ *BlockMap) error {
+	return fmt.Errorf("%s keeps its blocks as enc.blk.N and dec.blk.N; ggufprune removes blk.N blocks only", mustArch(m))
+}
+
+func solarSkips(m *Model, bm *BlockMap) error {
+	flags := func(k int) []bool {
+		v, ok := m.Get(fmt.Sprintf("solar.attention.block_skip_connection.%d", k))
+		a, isArr := v.Array()
+		if !ok || !isArr {
+			return nil
+		}
+		out := make([]bool, a.Len())
+		for i := range out {
+			n, _ := a.Index(i).Int() // bool or integer flags
+			out[i] = n != 0
+		}
+		return out
+	}
+	for k := 0; k < 2; k++ {
+		save, use := flags(k), flags(k+2)
+		last := -1
+		for i := 0; i < len(use) && i < len(save); i++ {
+			if save[i] {
+				last = i
+			}
+			if use[i] && last >= 0 && bm.NewIndex(i) >= 0 && bm.NewIndex(last) < 0 {
+				return fmt.Errorf("solar's block %d adds back the hidden state block %d saves (attention.block_skip_connection.%d and .%d); removing block %d and keeping block %d leaves it unset", i, last, k, k+2, last, i)
+			}
+		}
+	}
+	return nil
+}
+
+// blockSized are the global tensors (outside blk.N) whose size follows the
+// block count (llama-model.cpp load_tensors): one slice per block along a
+// dimension, in block order. Removing blocks cuts their slices out.
+var blockSized = map[string][]blockSizedTensor{
+	// Per-layer inputs: 256 values per block (n_embd_altup); the graph's
+	// view of block il is slice il (models/gemma3n-iswa.cpp).
+	"gemma3n": {{"per_layer_token_embd.weight", 0}, {"per_layer_model_proj.weight", 1}},
+}
+
+type blockSizedTensor struct {
+	name string
+	dim  int // the dimension holding one slice per block
+}
+
+// cutBlocks plans the removal of the removed blocks' slices of a
+// block-sized global tensor: its new shape and a reader of its new data.
+func cutBlocks(m *Model, t *ModelTensor, dim int, bm *BlockMap) (TensorInfo, *io.SectionReader, error) {
+	n := bm.Before()
+	info := t.TensorInfo
+	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
+		return info, nil, fmt.Errorf("%s: tensor %s has shape %v, not a multiple of the %d blocks along dimension %d", m.Name(), t.Name, info.Dims, n, dim)
+	}
+	per := info.Dims[dim] / uint64(n) // values (dim 0) or rows of one block's slice
+	// One block's slice is a run of bytes, repeated for every index of the
+	// dimensions above dim.
+	var chunk uint64
+	if dim == 0 {
+		bs := info.Type.BlockSize()
+		if bs == 0 || per%bs != 0 {
+			return info, nil, fmt.Errorf("%s: tensor %s: a block's slice of %d values does not fill whole %v blocks", m.Name(), t.Name, per, info.Type)
+		}
+		chunk = per / bs * info.Type.BlockBytes()
+	} else {
+		chunk = info.Size / info.Dims[dim] * per
+		for _, d := range info.Dims[dim+1:] {
+			chunk /= d
+		}
+	}
+	dims := slices.Clone(info.Dims)
+	dims[dim] = per * uint64(bm.After())
+	info.Dims = dims
+	info.Size = info.Size / uint64(n) * uint64(bm.After())
+	g := &blockSlices{src: m.TensorData(t), chunk: int64(chunk), n: n, kept: bm.Kept()}
+	return info, io.NewSectionReader(g, 0, int64(info.Size)), nil
+}
+
+// blockSlices reads a block-sized tensor without the removed blocks'
+// slices: its data is chunks of one block's slice each, n per period, of
+// which the kept ones are read in order.
+type blockSlices struct {
+	src   *io.SectionReader
+	chunk int64
+	n     int
+	kept  []int
+}
+
+func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
+	done := 0
+	for done < len(b) {
+		o := off + int64(done)
+		idx, within := o/g.chunk, o%g.chunk
+		period, k := idx/int64(len(g.kept)), idx%int64(len(g.kept))
+		src := (period*int64(g.n)+int64(g.kept[k]))*g.chunk + within
+		m := min(int64(len(b)-done), g.chunk-within)
+		r, err := g.src.ReadAt(b[done:done+int(m)], src)
+		done += r
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
