@@ -80,6 +80,19 @@ func (v *ruleView) u32(key string, def int64) (int64, error) {
 	return n, nil
 }
 
+// u32s reads optional uint32 scalars of the architecture (0 when absent).
+func (v *ruleView) u32s(keys ...string) ([]int64, error) {
+	out := make([]int64, len(keys))
+	for i, k := range keys {
+		n, err := v.u32(k, 0)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
 // perLayer reads a uint32 scalar or a per-layer integer array of the
 // architecture: one value per block (nil when absent).
 func (v *ruleView) perLayer(key string) ([]int64, error) {
@@ -367,14 +380,11 @@ var LlamaRules = []LlamaRule{
 		if kv == nil {
 			kv = heads
 		}
-		kMLA, err := v.u32("attention.key_length_mla", 0)
+		mla, err := v.u32s("attention.key_length_mla", "attention.value_length_mla")
 		if err != nil {
 			return err
 		}
-		vMLA, err := v.u32("attention.value_length_mla", 0)
-		if err != nil {
-			return err
-		}
+		kMLA, vMLA := mla[0], mla[1]
 		if kMLA == 0 || vMLA == 0 {
 			// Decompressed attention: one K and V head per query head.
 			for i := range heads {
@@ -386,22 +396,11 @@ var LlamaRules = []LlamaRule{
 		}
 		// Absorbed attention: one shared head holding the compressed KV
 		// (kv_lora_rank) and the RoPE part.
-		rank, err := v.u32("attention.kv_lora_rank", 0)
+		sizes, err := v.u32s("attention.kv_lora_rank", "rope.dimension_count", "attention.key_length", "attention.value_length")
 		if err != nil {
 			return err
 		}
-		rot, err := v.u32("rope.dimension_count", 0)
-		if err != nil {
-			return err
-		}
-		keyLen, err := v.u32("attention.key_length", 0)
-		if err != nil {
-			return err
-		}
-		valLen, err := v.u32("attention.value_length", 0)
-		if err != nil {
-			return err
-		}
+		rank, rot, keyLen, valLen := sizes[0], sizes[1], sizes[2], sizes[3]
 		for i := range kv {
 			if kv[i] != 1 {
 				return fmt.Errorf("block %d has %d KV heads; %s with %s needs 1", i, kv[i], v.arch, v.archKey("attention.key_length_mla"))
