@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/ggufprune/ggufprune/bi"
@@ -157,5 +158,39 @@ func BenchmarkAccumulator(b *testing.B) {
 				acc.Observe(0, h, nEmbd, nTok)
 			}
 		})
+	}
+}
+
+// A check passes over candidates whose removal with the others is invalid:
+// here blocks 1 and 3 may not both go.
+func TestSelectValid(t *testing.T) {
+	s := scores(0.5, 0.1, 0.2, 0.05, 0.9, 0.3)
+	p := bi.Protect{First: 1, Last: 1}
+	notBoth := func(removed []int) error {
+		if slices.Contains(removed, 1) && slices.Contains(removed, 3) {
+			return fmt.Errorf("1 and 3: %w", bi.ErrInvalidRemoval)
+		}
+		return nil
+	}
+	got, err := bi.SelectCountBy(s, 2, p, bi.ByBI, notBoth)
+	if err != nil || !reflect.DeepEqual(got, []int{2, 3}) {
+		t.Fatalf("SelectCountBy = %v, %v", got, err)
+	}
+	if _, err := bi.SelectCountBy(s, 4, p, bi.ByBI, notBoth); !errors.Is(err, bi.ErrInvalidRemoval) {
+		t.Fatalf("4 of 4 candidates: %v", err)
+	}
+	other := errors.New("broken")
+	if _, err := bi.SelectCountBy(s, 2, p, bi.ByBI, func([]int) error { return other }); !errors.Is(err, other) {
+		t.Fatalf("other errors: %v", err)
+	}
+	size := func(removed []int) (int64, error) {
+		if err := notBoth(removed); err != nil {
+			return 0, err
+		}
+		return int64(1000 - 100*len(removed)), nil
+	}
+	got, err = bi.SelectSizeBy(s, 800, size, p, bi.ByBI)
+	if err != nil || !reflect.DeepEqual(got, []int{2, 3}) {
+		t.Fatalf("SelectSizeBy = %v, %v", got, err)
 	}
 }

@@ -1,6 +1,7 @@
 package bi
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 )
@@ -62,11 +63,19 @@ func CandidatesBy(scores []BlockScore, p Protect, key Key) []int {
 // SelectCount chooses the k removable blocks with the lowest BI (ShortGPT),
 // returned in ascending index order.
 func SelectCount(scores []BlockScore, k int, p Protect) ([]int, error) {
-	return SelectCountBy(scores, k, p, ByBI)
+	return SelectCountBy(scores, k, p, ByBI, nil)
 }
 
-// SelectCountBy chooses the k removable blocks with the lowest key.
-func SelectCountBy(scores []BlockScore, k int, p Protect, key Key) ([]int, error) {
+// ErrInvalidRemoval, wrapped by the error of a check given to a selection,
+// marks blocks that cannot be removed together (the model would not load
+// or run without them): the selection passes over the candidate that made
+// the set invalid and goes on with the next.
+var ErrInvalidRemoval = errors.New("bi: blocks that cannot be removed together")
+
+// SelectCountBy chooses the k removable blocks with the lowest key: each
+// candidate in turn, lowest first, joins the removal unless valid (when not
+// nil) says the removal with it is invalid (ErrInvalidRemoval).
+func SelectCountBy(scores []BlockScore, k int, p Protect, key Key, valid func(removed []int) error) ([]int, error) {
 	c := CandidatesBy(scores, p, key)
 	if k <= 0 {
 		return nil, fmt.Errorf("bi: asked to remove %d blocks", k)
@@ -74,9 +83,31 @@ func SelectCountBy(scores []BlockScore, k int, p Protect, key Key) ([]int, error
 	if k > len(c) {
 		return nil, fmt.Errorf("bi: cannot remove %d of %d blocks: only %d are not protected (first %d, last %d)", k, len(scores), len(c), p.First, p.Last)
 	}
-	out := append([]int(nil), c[:k]...)
-	sort.Ints(out)
-	return out, nil
+	var out []int
+	var passed error
+	for _, b := range c {
+		try := append(append([]int(nil), out...), b)
+		sort.Ints(try)
+		if valid != nil {
+			if err := valid(try); errors.Is(err, ErrInvalidRemoval) {
+				passed = cmpOr(passed, err)
+				continue
+			} else if err != nil {
+				return nil, err
+			}
+		}
+		if out = try; len(out) == k {
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("bi: only %d of the %d blocks asked for can be removed together: %w", len(out), k, passed)
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
 }
 
 // SelectSize removes the fewest blocks, lowest BI first, that bring the
@@ -87,7 +118,8 @@ func SelectSize(scores []BlockScore, target int64, size func(removed []int) (int
 	return SelectSizeBy(scores, target, size, p, ByBI)
 }
 
-// SelectSizeBy is SelectSize with blocks ranked by key.
+// SelectSizeBy is SelectSize with blocks ranked by key. A candidate whose
+// removal size refuses with ErrInvalidRemoval is passed over.
 func SelectSizeBy(scores []BlockScore, target int64, size func(removed []int) (int64, error), p Protect, key Key) ([]int, error) {
 	c := CandidatesBy(scores, p, key)
 	var removed []int
@@ -97,6 +129,10 @@ func SelectSizeBy(scores []BlockScore, target int64, size func(removed []int) (i
 		sorted := append([]int(nil), removed...)
 		sort.Ints(sorted)
 		s, err := size(sorted)
+		if errors.Is(err, ErrInvalidRemoval) {
+			removed = removed[:len(removed)-1]
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

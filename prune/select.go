@@ -40,20 +40,31 @@ func (m *Model) CheckSelectable(force bool) error {
 // says how the output is written, for sizes. The blocks come back in
 // ascending order.
 func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, error) {
+	// A removal llama.cpp would refuse or abort on is passed over: the
+	// next candidate is taken instead. Forced: CheckSelectable refused
+	// index-pattern architectures before scoring, or the caller forces.
+	plan := func(removed []int) (*gguf.Plan, error) {
+		p, err := m.Plan(removed, true)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", bi.ErrInvalidRemoval, err)
+		}
+		return p, nil
+	}
 	if s.Count > 0 {
-		return bi.SelectCountBy(rep.Blocks, s.Count, s.Protect, rep.key())
+		return bi.SelectCountBy(rep.Blocks, s.Count, s.Protect, rep.key(), func(removed []int) error {
+			_, err := plan(removed)
+			return err
+		})
 	}
 	if s.TargetSize <= 0 {
 		return nil, errors.New("prune: a selection needs a block count or a target size")
 	}
 	remove, err := bi.SelectSizeBy(rep.Blocks, s.TargetSize, func(removed []int) (int64, error) {
-		// Forced: CheckSelectable refused index-pattern architectures
-		// before scoring, or the caller forces.
-		plan, err := gguf.PlanRemoval(m.GGUF, removed, true)
+		p, err := plan(removed)
 		if err != nil {
 			return 0, err
 		}
-		return plan.Size(keepSplit)
+		return p.Size(keepSplit)
 	}, s.Protect, rep.key())
 	var ue *bi.UnreachableError
 	if errors.As(err, &ue) {

@@ -1,8 +1,14 @@
 package prune_test
 
 import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
 	"testing"
 
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/prune"
 )
 
@@ -27,5 +33,51 @@ func TestSizes(t *testing.T) {
 		if got, err := prune.ParseCount(bad, 16); err == nil {
 			t.Errorf("%q accepted as %d", bad, got)
 		}
+	}
+}
+
+// A hybrid whose attention blocks both score BI 0: removing both would
+// leave llama.cpp without an attention block (it aborts), so selection
+// takes the next candidate instead of the second one.
+func TestSelectPassesOverInvalidRemovals(t *testing.T) {
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "granitehybrid.gguf")
+	s := fixture.ModelSpec{Arch: "granitehybrid", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 5}}
+	if err := fixture.RandomModel(src, fixture.Asset(t, "models/stories260K.gguf"), s); err != nil {
+		t.Fatal(err)
+	}
+	m, err := prune.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cal, err := prune.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, _, err := m.Score(ctx, cal, prune.RunOptions{Ctx: 64, Chunks: 2, Threads: 2}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := -1 // the lowest-BI block other than 2 and 5, blocks 0 protected
+	for _, b := range rep.Blocks {
+		if b.Index != 0 && b.Index != 2 && b.Index != 5 && (next < 0 || b.BI < rep.Blocks[next].BI) {
+			next = b.Index
+		}
+	}
+	if rep.Blocks[2].BI != 0 || rep.Blocks[5].BI != 0 {
+		t.Fatalf("planted blocks score %g and %g", rep.Blocks[2].BI, rep.Blocks[5].BI)
+	}
+	got, err := m.Select(rep, prune.Selection{Count: 2, Protect: prune.Protect{First: 1}}, false)
+	if want := []int{2, next}; err != nil || !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+		t.Fatalf("selected %v (%v), want %v", got, err, want)
+	}
+	// One attention block and one recurrent block must stay: 4 of 6 can
+	// go, not 5.
+	if got, err := m.Select(rep, prune.Selection{Count: 4}, false); err != nil || len(got) != 4 {
+		t.Fatalf("removing 4 of 6: %v, %v", got, err)
+	}
+	if _, err := m.Select(rep, prune.Selection{Count: 5}, false); !errors.Is(err, gguf.ErrLlamaRule) {
+		t.Fatalf("removing 5 of 6: %v", err)
 	}
 }
