@@ -332,6 +332,12 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 	if len(candidates) == 0 {
 		return nil, fmt.Errorf("no block may be removed (the first %d and last %d are protected)", sel.Protect.First, sel.Protect.Last)
 	}
+	// valid says whether llama.cpp would load and run the model without
+	// these blocks (see Plan): choices that fail are passed over.
+	valid := func(removed []int) bool {
+		_, err := m.Plan(slices.Sorted(slices.Values(removed)), true)
+		return err == nil
+	}
 	// done says whether the blocks chosen so far are enough.
 	size := func(removed []int) (int64, error) {
 		plan, err := gguf.PlanRemoval(m.GGUF, removed, true)
@@ -372,6 +378,9 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 			}
 		}
 		for _, b := range bi.CandidatesBy(scores, sel.Protect, key) {
+			if !valid(append(slices.Clone(res.Removed), b)) {
+				continue
+			}
 			res.Removed = append(res.Removed, b)
 			res.Steps = append(res.Steps, Step{b, key(scores[b])})
 			if ok, err := done(res.Removed); err != nil || ok {
@@ -389,7 +398,7 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 			}
 			best := -1
 			for l := 0; l+n <= run; l++ {
-				if slices.ContainsFunc(prot[l:l+n], func(p bool) bool { return p }) {
+				if slices.ContainsFunc(prot[l:l+n], func(p bool) bool { return p }) || !valid(blockRange(l, n)) {
 					continue
 				}
 				if best < 0 || d[l] < d[best] {
@@ -399,10 +408,7 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 			if best < 0 {
 				continue
 			}
-			res.Removed = nil
-			for b := best; b < best+n; b++ {
-				res.Removed = append(res.Removed, b)
-			}
+			res.Removed = blockRange(best, n)
 			res.Steps = []Step{{best, d[best]}}
 			if ok, err := done(res.Removed); err != nil || ok {
 				break
@@ -418,13 +424,13 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 					return nil, err
 				}
 				for _, c := range candidates {
-					if !slices.Contains(res.Removed, c) && (!found || scores[c].BI < best.Value) {
+					if !slices.Contains(res.Removed, c) && (!found || scores[c].BI < best.Value) && valid(append(slices.Clone(res.Removed), c)) {
 						best, found = Step{c, scores[c].BI}, true
 					}
 				}
 			} else {
 				for _, c := range candidates {
-					if slices.Contains(res.Removed, c) {
+					if slices.Contains(res.Removed, c) || !valid(append(slices.Clone(res.Removed), c)) {
 						continue
 					}
 					l, err := s.loss(ctx, append(slices.Clone(res.Removed), c), method.lossKind())
@@ -467,6 +473,15 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 	}
 	res.Cost = s.finish()
 	return res, nil
+}
+
+// blockRange is the n blocks from first on.
+func blockRange(first, n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = first + i
+	}
+	return out
 }
 
 func (m Method) isLoss() bool {

@@ -72,6 +72,16 @@ func TestSelectPassesOverInvalidRemovals(t *testing.T) {
 	if want := []int{2, next}; err != nil || !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Fatalf("selected %v (%v), want %v", got, err, want)
 	}
+	// The search methods pass over it too.
+	for _, method := range []prune.Method{prune.MethodBI, prune.MethodBIIterative, prune.MethodGreedy, prune.MethodAngular} {
+		res, err := m.Choose(ctx, method, prune.Selection{Count: 2, Protect: prune.Protect{First: 1}}, false, cal, prune.RunOptions{Ctx: 64, Chunks: 1, Threads: 2})
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		if _, err := m.Plan(res.Removed, true); err != nil || len(res.Removed) != 2 {
+			t.Fatalf("%s chose %v: %v", method, res.Removed, err)
+		}
+	}
 	// One attention block and one recurrent block must stay: 4 of 6 can
 	// go, not 5.
 	if got, err := m.Select(rep, prune.Selection{Count: 4}, false); err != nil || len(got) != 4 {
