@@ -13,6 +13,60 @@ import (
 // removal must rewrite, keep, or refuse. Read from the pinned llama.cpp
 // (ollama v0.17.4); each entry names where.
 
+// swaPattern is the sliding-window layout load_hparams gives an
+// architecture (set_swa_pattern): every period-th block has global
+// attention, the others a sliding window.
+type swaPattern struct {
+	period int
+	first  bool // the first block of each period is global (set_swa_pattern(n, true)); else the last
+	window bool // only when {arch}.attention.sliding_window is above 0
+	count  int  // only with exactly this many blocks
+	noZero bool // on unless {arch}.attention.sliding_window is present and 0
+	cache  bool // the model keeps KV caches (one per kind): too few blocks leave one empty
+}
+
+// swaPatterns is the one table of sliding-window layouts, read by the
+// index patterns and by the rule attention-pattern.
+var swaPatterns = map[string]swaPattern{
+	"gemma2":          {period: 2, cache: true},
+	"gpt-oss":         {period: 2, cache: true},
+	"cohere2":         {period: 4, cache: true},
+	"gemma3n":         {period: 5, cache: true},
+	"gemma3":          {period: 6, window: true, cache: true},
+	"olmo2":           {period: 4, window: true, cache: true}, // OLMo 3
+	"afmoe":           {period: 4, window: true, cache: true},
+	"smallthinker":    {period: 4, first: true, window: true, cache: true},
+	"exaone4":         {period: 4, count: 64, cache: true},    // the 32B
+	"llama4":          {period: 4, noZero: true, cache: true}, // chunked attention
+	"gemma-embedding": {period: 6},                            // an encoder: no KV cache
+}
+
+// metadata is what reads a file's keys: a Model, or a plan's new metadata.
+type metadata interface {
+	Get(key string) (Value, bool)
+}
+
+// swaPeriod is the architecture's sliding-window period in a file of n
+// blocks, 0 when it has none.
+func swaPeriod(md metadata, arch string, n int) int {
+	p, ok := swaPatterns[arch]
+	if !ok {
+		return 0
+	}
+	w, found := md.Get(arch + ".attention.sliding_window")
+	size, _ := w.Int()
+	switch {
+	case p.window && (!found || size <= 0), p.count != 0 && n != p.count, p.noZero && found && size == 0:
+		return 0
+	}
+	return p.period
+}
+
+// swa is the index-pattern period of a sliding-window architecture.
+func swa(arch string) func(*Model) int {
+	return func(m *Model) int { return swaPeriod(m, arch, blockCount(m)) }
+}
+
 // indexPattern describes an architecture whose layer kind (sliding-window or
 // global attention, MoE or dense, recurrent or attention, RoPE or not) follows
 // from the block index (or the block count) with no per-layer metadata array.
@@ -36,24 +90,19 @@ type indexPattern struct {
 var indexPatterns = map[string]indexPattern{
 	// set_swa_pattern(2); a 46-block gemma2 is the 27B, whose query scale
 	// comes from the block count.
-	"gemma2": {what: "sliding-window vs global attention (every 2nd block is global)", period: fixedPeriod(2),
-		kind: gemmaKind(46, fixedPeriod(2)), valid: gemmaValid(46)},
+	"gemma2": {what: "sliding-window vs global attention (every 2nd block is global)", period: swa("gemma2"),
+		kind: gemmaKind(46, swa("gemma2")), valid: gemmaValid(46)},
 	// set_swa_pattern(6) when sliding_window > 0 (no per-layer array is
 	// read); 62 blocks are the 27B.
 	"gemma3": {what: "sliding-window vs global attention (every 6th block is global)", period: gemma3Period,
 		kind: gemmaKind(62, gemma3Period), valid: gemmaValid(62)},
 	"gemma3n": {what: "sliding-window vs global attention (every 5th block is global), activation sparsity (blocks 0-9) and KV sharing (blocks 20 and on reuse the caches of blocks 18 and 19)",
-		period: fixedPeriod(5), kind: gemma3nKind, valid: fixedValid("whole runs of 5 consecutive blocks that keep every block on its side of blocks 10 and 20, and keep blocks 18 and 19 where blocks 20 and on remain")},
-	"cohere2": {what: "sliding-window vs global attention (every 4th block is global)", period: fixedPeriod(4)},
-	"gpt-oss": {what: "sliding-window vs full attention (alternating blocks)", period: fixedPeriod(2)},
+		period: swa("gemma3n"), kind: gemma3nKind, valid: fixedValid("whole runs of 5 consecutive blocks that keep every block on its side of blocks 10 and 20, and keep blocks 18 and 19 where blocks 20 and on remain")},
+	"cohere2": {what: "sliding-window vs global attention (every 4th block is global)", period: swa("cohere2")},
+	"gpt-oss": {what: "sliding-window vs full attention (alternating blocks)", period: swa("gpt-oss")},
 	// Sliding windows only with exactly 64 blocks (the 32B).
-	"exaone4": {what: "sliding-window vs global attention (every 4th block is global, only in the 64-block model)",
-		period: func(m *Model) int {
-			if blockCount(m) == 64 {
-				return 4
-			}
-			return 0
-		},
+	// Sliding windows only with exactly 64 blocks (the 32B).
+	"exaone4": {what: "sliding-window vs global attention (every 4th block is global, only in the 64-block model)", period: swa("exaone4"),
 		kind:  func(_ *Model, i, n int) string { return fmt.Sprint(i%4, n == 64) },
 		valid: fixedValid("no removal: llama.cpp gives exaone4 sliding-window attention only with exactly 64 blocks")},
 	"llama4":  {what: "NoPE blocks (every 4th) and MoE interleaving", period: llama4Period},
@@ -62,19 +111,19 @@ var indexPatterns = map[string]indexPattern{
 	// is recurrent.
 	"qwen3next": {what: "linear vs full attention (every 4th block is full)", period: fixedPeriod(4)},
 	// OLMo 3: set_swa_pattern(4) when sliding_window > 0.
-	"olmo2": {what: "sliding-window vs global attention (every 4th block is global)", period: ifWindow(4)},
+	"olmo2": {what: "sliding-window vs global attention (every 4th block is global)", period: swa("olmo2")},
 	// NoPE every 4th block (n_no_rope_layer_step keeps its default 4).
 	"afmoe": {what: "NoPE blocks and, with a sliding window, global attention (every 4th block)", period: fixedPeriod(4)},
 	// set_swa_pattern(4, true): the first block of each period is global
 	// and has no RoPE, unless the model has exactly 4 blocks (the graph
 	// then gives every block RoPE).
-	"smallthinker": {what: "global attention without RoPE (the first of every 4 blocks)", period: ifWindow(4),
+	"smallthinker": {what: "global attention without RoPE (the first of every 4 blocks)", period: swa("smallthinker"),
 		kind: func(_ *Model, i, n int) string { return fmt.Sprint(i%4, n == 4 && i == 0) }},
 	"ernie4_5-moe":    {what: "MoE blocks (every interleave_moe_layer_step-th)", period: keyPeriod("interleave_moe_layer_step")},
 	"nomic-bert-moe":  {what: "MoE blocks (every moe_every_n_layers-th)", period: keyPeriod("moe_every_n_layers")},
 	"nomic-bert":      {what: "MoE blocks (every moe_every_n_layers-th)", period: keyPeriod("moe_every_n_layers")},
 	"rwkv6":           {what: "halving the hidden state (every rescale_every_n_layers-th block)", period: keyPeriod("rescale_every_n_layers")},
-	"gemma-embedding": {what: "sliding-window vs global attention (every 6th block is global)", period: fixedPeriod(6)},
+	"gemma-embedding": {what: "sliding-window vs global attention (every 6th block is global)", period: swa("gemma-embedding")},
 	// Image features are added to the first n_deepstack_layers blocks.
 	"qwen3vl":    {what: "where image features are added (the first n_deepstack_layers blocks)", period: ifKey("n_deepstack_layers"), kind: deepstackKind, valid: deepstackValid},
 	"qwen3vlmoe": {what: "where image features are added (the first n_deepstack_layers blocks)", period: ifKey("n_deepstack_layers"), kind: deepstackKind, valid: deepstackValid},
@@ -87,16 +136,6 @@ var indexPatterns = map[string]indexPattern{
 func fixedPeriod(p int) func(*Model) int { return func(*Model) int { return p } }
 
 func fixedValid(s string) func(*Model, int) string { return func(*Model, int) string { return s } }
-
-// ifWindow is period p when {arch}.attention.sliding_window is above 0.
-func ifWindow(p int) func(*Model) int {
-	return func(m *Model) int {
-		if archInt(m, "attention.sliding_window", 0) > 0 {
-			return p
-		}
-		return 0
-	}
-}
 
 // keyPeriod is the period a key gives (off below 2).
 func keyPeriod(key string) func(*Model) int {
@@ -131,10 +170,10 @@ func gemmaKind(n27 int, period func(*Model) int) func(m *Model, i, n int) string
 // gemma3Period: 6 with a sliding window; without one, only the 27B's query
 // scale follows from the block count.
 func gemma3Period(m *Model) int {
-	switch {
-	case archInt(m, "attention.sliding_window", 0) > 0:
-		return 6
-	case blockCount(m) == 62:
+	if p := swaPeriod(m, "gemma3", blockCount(m)); p > 0 {
+		return p
+	}
+	if blockCount(m) == 62 {
 		return 1
 	}
 	return 0
@@ -203,8 +242,13 @@ func archInt(m *Model, key string, def int) int {
 	return def
 }
 
+// llama4Period: NoPE every 4th block with chunked attention (the sliding
+// window), and MoE every interleave_moe_layer_step-th block.
 func llama4Period(m *Model) int {
 	step := archInt(m, "interleave_moe_layer_step", 1)
+	if swaPeriod(m, "llama4", blockCount(m)) == 0 {
+		return step
+	}
 	return lcm(4, step)
 }
 

@@ -62,6 +62,9 @@ type ruleView struct {
 }
 
 func (v *ruleView) get(key string) (Value, bool) { return lookup(v.kvs, key) }
+
+// Get makes a ruleView metadata.
+func (v *ruleView) Get(key string) (Value, bool) { return v.get(key) }
 func (v *ruleView) archKey(key string) string    { return v.arch + "." + key }
 func (v *ruleView) getArch(key string) (Value, bool) {
 	return v.get(v.archKey(key))
@@ -137,38 +140,6 @@ func (v *ruleView) perLayer(key string) ([]int64, error) {
 var uniformAttention = setOf("llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma", "gemma2", "gemma3",
 	"phi3", "granite", "granitemoe", "deepseek2", "glm4moe", "gpt-oss", "olmo2", "cohere2", "starcoder2", "exaone4",
 	"smollm3", "llama4")
-
-// swaMinBlocks are the sliding-window architectures (llama-hparams.cpp
-// set_swa_pattern, from load_hparams) with the fewest blocks that keep both a
-// global-attention block and a sliding-window one; 0 where the file has no
-// sliding window. (exaone4 has one only with 64 blocks.)
-var swaMinBlocks = map[string]func(v *ruleView) int{
-	"gemma2": always(2), "gpt-oss": always(2), "cohere2": always(4), "gemma3n": always(5),
-	"gemma3": withWindow(6), "olmo2": withWindow(4), "afmoe": withWindow(4),
-	"smallthinker": withWindow(2), // the first block of every 4 is global
-	// Chunked attention every 4th block, unless sliding_window is 0.
-	"llama4": func(v *ruleView) int {
-		if w, ok := v.getArch("attention.sliding_window"); ok {
-			if n, _ := w.Int(); n == 0 {
-				return 0
-			}
-		}
-		return 4
-	},
-}
-
-func always(n int) func(*ruleView) int { return func(*ruleView) int { return n } }
-
-func withWindow(n int) func(*ruleView) int {
-	return func(v *ruleView) int {
-		if w, ok := v.getArch("attention.sliding_window"); ok {
-			if x, _ := w.Int(); x > 0 {
-				return n
-			}
-		}
-		return 0
-	}
-}
 
 // hybridKinds are the hybrid architectures whose blocks are either
 // attention ('a') or recurrent ('r') (or neither, 0), as load_hparams
@@ -530,11 +501,16 @@ var LlamaRules = []LlamaRule{
 		// Sliding-window architectures keep two KV caches, one for the
 		// global-attention blocks and one for the others; a model too
 		// short to have both leaves one empty.
-		minBlocks, ok := swaMinBlocks[v.arch]
-		if !ok {
+		p := swaPatterns[v.arch]
+		period := swaPeriod(v, v.arch, v.n)
+		if !p.cache || period == 0 {
 			return nil
 		}
-		if need := minBlocks(v); v.n < need {
+		need := period // the global block is the last of the period
+		if p.first {
+			need = 2
+		}
+		if v.n < need {
 			return fmt.Errorf("%s has %d blocks; %s with a sliding window needs at least %d, so that it keeps a global-attention block and a sliding-window one", v.archKey("block_count"), v.n, v.arch, need)
 		}
 		return nil

@@ -2,6 +2,7 @@ package prune
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -332,11 +333,12 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 	if len(candidates) == 0 {
 		return nil, fmt.Errorf("no block may be removed (the first %d and last %d are protected)", sel.Protect.First, sel.Protect.Last)
 	}
-	// valid says whether llama.cpp would load and run the model without
-	// these blocks (see Plan): choices that fail are passed over.
+	// valid says whether llama.cpp would run the model without these
+	// blocks (the rules of Plan, which more removals only break further):
+	// choices that fail are passed over.
 	valid := func(removed []int) bool {
 		_, err := m.Plan(slices.Sorted(slices.Values(removed)), true)
-		return err == nil
+		return !errors.Is(err, gguf.ErrLlamaRule)
 	}
 	// done says whether the blocks chosen so far are enough.
 	size := func(removed []int) (int64, error) {

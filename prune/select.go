@@ -40,20 +40,23 @@ func (m *Model) CheckSelectable(force bool) error {
 // says how the output is written, for sizes. The blocks come back in
 // ascending order.
 func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, error) {
-	// A removal llama.cpp would refuse or abort on is passed over: the
-	// next candidate is taken instead. Forced: CheckSelectable refused
-	// index-pattern architectures before scoring, or the caller forces.
+	// A removal llama.cpp would abort on (a rule, which more removals only
+	// break further) is passed over: the next candidate is taken instead.
+	// Forced: CheckSelectable refused index-pattern architectures before
+	// scoring, or the caller forces; Run plans the final choice.
 	plan := func(removed []int) (*gguf.Plan, error) {
 		p, err := m.Plan(removed, true)
-		if err != nil {
+		if errors.Is(err, gguf.ErrLlamaRule) {
 			return nil, fmt.Errorf("%w: %w", bi.ErrInvalidRemoval, err)
 		}
-		return p, nil
+		return p, err
 	}
 	if s.Count > 0 {
 		return bi.SelectCountBy(rep.Blocks, s.Count, s.Protect, rep.key(), func(removed []int) error {
-			_, err := plan(removed)
-			return err
+			if _, err := plan(removed); errors.Is(err, bi.ErrInvalidRemoval) {
+				return err
+			}
+			return nil
 		})
 	}
 	if s.TargetSize <= 0 {
