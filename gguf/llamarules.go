@@ -96,6 +96,22 @@ func (v *ruleView) u32s(keys ...string) ([]int64, error) {
 	return out, nil
 }
 
+// heads reads the attention and KV head counts per block; KV heads default
+// to the heads (llama.cpp's default: no grouping). Both are nil without
+// head_count.
+func (v *ruleView) heads() (heads, kv []int64, err error) {
+	if heads, err = v.perLayer("attention.head_count"); err != nil {
+		return nil, nil, err
+	}
+	if kv, err = v.perLayer("attention.head_count_kv"); err != nil {
+		return nil, nil, err
+	}
+	if kv == nil {
+		kv = heads
+	}
+	return heads, kv, nil
+}
+
 // perLayer reads a uint32 scalar or a per-layer integer array of the
 // architecture: one value per block (nil when absent).
 func (v *ruleView) perLayer(key string) ([]int64, error) {
@@ -141,30 +157,30 @@ var uniformAttention = setOf("llama", "mistral3", "qwen2", "qwen2moe", "qwen3", 
 	"phi3", "granite", "granitemoe", "deepseek2", "glm4moe", "gpt-oss", "olmo2", "cohere2", "starcoder2", "exaone4",
 	"smollm3", "llama4")
 
-// hybridKinds are the hybrid architectures whose blocks are either
-// attention ('a') or recurrent ('r') (or neither, 0), as load_hparams
-// derives it from the block index i, head_count_kv and feed_forward_length
-// (falcon-h1's blocks are both, and need no rule); hybridRule says how.
-var hybridKinds = map[string]func(i int, kv, ff int64) byte{
-	"granitehybrid": recurrentWithoutKV, "lfm2": recurrentWithoutKV, "lfm2moe": recurrentWithoutKV,
-	"jamba": recurrentWithoutKV, "plamo2": recurrentWithoutKV,
-	"nemotron_h": nemotronKind, "nemotron_h_moe": nemotronKind,
-	"qwen3next": func(i int, _, _ int64) byte {
+// hybrids are the hybrid architectures whose blocks are either attention
+// ('a') or recurrent ('r') (or neither, 0), as load_hparams derives it from
+// the block index i, head_count_kv and feed_forward_length (falcon-h1's
+// blocks are both, and need no rule); rule says how, in errors.
+var hybrids = map[string]struct {
+	kind func(i int, kv, ff int64) byte
+	rule string
+}{
+	"granitehybrid":  {recurrentWithoutKV, "head_count_kv 0 marks a recurrent block"},
+	"jamba":          {recurrentWithoutKV, "head_count_kv 0 marks a recurrent block"},
+	"plamo2":         {recurrentWithoutKV, "head_count_kv 0 marks a recurrent block"},
+	"lfm2":           {recurrentWithoutKV, "head_count_kv 0 marks a convolution block"},
+	"lfm2moe":        {recurrentWithoutKV, "head_count_kv 0 marks a convolution block"},
+	"nemotron_h":     {nemotronKind, nemotronRule},
+	"nemotron_h_moe": {nemotronKind, nemotronRule},
+	"qwen3next": {func(i int, _, _ int64) byte {
 		if (i+1)%4 != 0 {
 			return 'r'
 		}
 		return 'a'
-	},
+	}, "every 4th block has attention, the others are recurrent"},
 }
 
-var hybridRule = map[string]string{
-	"granitehybrid": "head_count_kv 0 marks a recurrent block", "lfm2": "head_count_kv 0 marks a convolution block",
-	"lfm2moe": "head_count_kv 0 marks a convolution block", "jamba": "head_count_kv 0 marks a recurrent block",
-	"plamo2":         "head_count_kv 0 marks a recurrent block",
-	"nemotron_h":     "head_count_kv and feed_forward_length 0 mark a recurrent block, head_count_kv above 0 an attention block",
-	"nemotron_h_moe": "head_count_kv and feed_forward_length 0 mark a recurrent block, head_count_kv above 0 an attention block",
-	"qwen3next":      "every 4th block has attention, the others are recurrent",
-}
+const nemotronRule = "head_count_kv and feed_forward_length 0 mark a recurrent block, head_count_kv above 0 an attention block"
 
 func recurrentWithoutKV(_ int, kv, _ int64) byte {
 	if kv == 0 {
@@ -276,19 +292,12 @@ var LlamaRules = []LlamaRule{
 		return checkBlocksPresent(v.tensors, v.n, v.archKey("block_count"))
 	}},
 	{Name: "head-counts", Where: "ggml.c ggml_set_rows / ggml_reshape / ggml_can_mul_mat (head counts by block)", check: func(v *ruleView) error {
-		heads, err := v.perLayer("attention.head_count")
-		if err != nil {
-			return err
-		}
-		kv, err := v.perLayer("attention.head_count_kv")
+		heads, kv, err := v.heads()
 		if err != nil {
 			return err
 		}
 		if _, err := v.perLayer("feed_forward_length"); err != nil {
 			return err
-		}
-		if kv == nil {
-			kv = heads // llama.cpp's default: no grouping
 		}
 		uniform := uniformAttention[v.arch]
 		for i := range heads {
@@ -340,16 +349,9 @@ var LlamaRules = []LlamaRule{
 		if v.arch != "deepseek2" {
 			return nil
 		}
-		heads, err := v.perLayer("attention.head_count")
+		heads, kv, err := v.heads()
 		if err != nil || len(heads) == 0 {
 			return err
-		}
-		kv, err := v.perLayer("attention.head_count_kv")
-		if err != nil {
-			return err
-		}
-		if kv == nil {
-			kv = heads
 		}
 		mla, err := v.u32s("attention.key_length_mla", "attention.value_length_mla")
 		if err != nil {
@@ -459,18 +461,13 @@ var LlamaRules = []LlamaRule{
 		return nil
 	}},
 	{Name: "hybrid-kinds", Where: "llama-memory-hybrid.cpp: a hybrid model's attention cache or recurrent state with no layers gets no buffer (GGML_ASSERT(buffer) in ggml-backend.cpp)", check: func(v *ruleView) error {
-		kindOf, ok := hybridKinds[v.arch]
+		h, ok := hybrids[v.arch]
 		if !ok {
 			return nil
 		}
-		kv, err := v.perLayer("attention.head_count_kv")
+		_, kv, err := v.heads()
 		if err != nil {
 			return err
-		}
-		if kv == nil {
-			if kv, err = v.perLayer("attention.head_count"); err != nil {
-				return err
-			}
 		}
 		ff, err := v.perLayer("feed_forward_length")
 		if err != nil {
@@ -485,7 +482,7 @@ var LlamaRules = []LlamaRule{
 			if i < len(ff) {
 				ffi = ff[i]
 			}
-			switch kindOf(i, kvi, ffi) {
+			switch h.kind(i, kvi, ffi) {
 			case 'a':
 				attn++
 			case 'r':
@@ -493,7 +490,7 @@ var LlamaRules = []LlamaRule{
 			}
 		}
 		if attn == 0 || recr == 0 {
-			return fmt.Errorf("its %d blocks have %d with attention and %d recurrent; %s needs at least one of each (%s)", v.n, attn, recr, v.arch, hybridRule[v.arch])
+			return fmt.Errorf("its %d blocks have %d with attention and %d recurrent; %s needs at least one of each (%s)", v.n, attn, recr, v.arch, h.rule)
 		}
 		return nil
 	}},

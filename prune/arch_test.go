@@ -284,17 +284,7 @@ func maxRelDiff(t *testing.T, a, b string, n int) float64 {
 		}
 		return out
 	}
-	x, y := logits(a), logits(b)
-	var worst float64
-	for i := range x {
-		var d, s float64
-		for j := range x[i] {
-			d = math.Max(d, math.Abs(float64(x[i][j]-y[i][j])))
-			s = math.Max(s, math.Abs(float64(x[i][j])))
-		}
-		worst = math.Max(worst, d/s)
-	}
-	return worst
+	return fixture.MaxRelDiff(logits(a), logits(b))
 }
 
 var updateREADME = flag.Bool("update-readme", false, "rewrite the README's table of architectures from archs")

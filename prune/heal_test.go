@@ -160,16 +160,7 @@ func TestHeal(t *testing.T) {
 		}
 		return out
 	}
-	a, b := logitsOf(healed, nil, nil), logitsOf(src, []int{2}, got)
-	var worst float64
-	for i := range a {
-		var dm, sc float64
-		for j := range a[i] {
-			dm = math.Max(dm, math.Abs(float64(a[i][j]-b[i][j])))
-			sc = math.Max(sc, math.Abs(float64(b[i][j])))
-		}
-		worst = math.Max(worst, dm/sc)
-	}
+	worst := fixture.MaxRelDiff(logitsOf(src, []int{2}, got), logitsOf(healed, nil, nil))
 	if worst > 1e-4 {
 		t.Fatalf("healed file and run-time map differ by %g relative", worst)
 	}

@@ -334,11 +334,10 @@ func (m *Model) Choose(ctx context.Context, method Method, sel Selection, keepSp
 		return nil, fmt.Errorf("no block may be removed (the first %d and last %d are protected)", sel.Protect.First, sel.Protect.Last)
 	}
 	// valid says whether llama.cpp would run the model without these
-	// blocks (the rules of Plan, which more removals only break further):
-	// choices that fail are passed over.
+	// blocks (see trialPlan): choices that fail are passed over.
 	valid := func(removed []int) bool {
-		_, err := m.Plan(slices.Sorted(slices.Values(removed)), true)
-		return !errors.Is(err, gguf.ErrLlamaRule)
+		_, err := m.trialPlan(slices.Sorted(slices.Values(removed)))
+		return !errors.Is(err, bi.ErrInvalidRemoval)
 	}
 	// done says whether the blocks chosen so far are enough.
 	size := func(removed []int) (int64, error) {

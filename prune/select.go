@@ -40,20 +40,9 @@ func (m *Model) CheckSelectable(force bool) error {
 // says how the output is written, for sizes. The blocks come back in
 // ascending order.
 func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, error) {
-	// A removal llama.cpp would abort on (a rule, which more removals only
-	// break further) is passed over: the next candidate is taken instead.
-	// Forced: CheckSelectable refused index-pattern architectures before
-	// scoring, or the caller forces; Run plans the final choice.
-	plan := func(removed []int) (*gguf.Plan, error) {
-		p, err := m.Plan(removed, true)
-		if errors.Is(err, gguf.ErrLlamaRule) {
-			return nil, fmt.Errorf("%w: %w", bi.ErrInvalidRemoval, err)
-		}
-		return p, err
-	}
 	if s.Count > 0 {
 		return bi.SelectCountBy(rep.Blocks, s.Count, s.Protect, rep.key(), func(removed []int) error {
-			if _, err := plan(removed); errors.Is(err, bi.ErrInvalidRemoval) {
+			if _, err := m.trialPlan(removed); errors.Is(err, bi.ErrInvalidRemoval) {
 				return err
 			}
 			return nil
@@ -63,7 +52,7 @@ func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, er
 		return nil, errors.New("prune: a selection needs a block count or a target size")
 	}
 	remove, err := bi.SelectSizeBy(rep.Blocks, s.TargetSize, func(removed []int) (int64, error) {
-		p, err := plan(removed)
+		p, err := m.trialPlan(removed)
 		if err != nil {
 			return 0, err
 		}
@@ -74,6 +63,20 @@ func (m *Model) Select(rep *ScoreReport, s Selection, keepSplit bool) ([]int, er
 		return nil, &SizeError{Target: s.TargetSize, Smallest: ue.Smallest}
 	}
 	return remove, err
+}
+
+// trialPlan plans a removal a selection tries (ascending blocks). A removal
+// llama.cpp would abort on breaks a rule, which more removals only break
+// further: its error wraps bi.ErrInvalidRemoval, and selections pass over
+// the block that made it so. Forced: CheckSelectable refused index-pattern
+// architectures before scoring, or the caller forces; Run plans the final
+// choice.
+func (m *Model) trialPlan(removed []int) (*gguf.Plan, error) {
+	p, err := m.Plan(removed, true)
+	if errors.Is(err, gguf.ErrLlamaRule) {
+		return nil, fmt.Errorf("%w: %w", bi.ErrInvalidRemoval, err)
+	}
+	return p, err
 }
 
 // SizeError is a target size that cannot be reached without removing

@@ -42,8 +42,7 @@ func TestSizes(t *testing.T) {
 func TestSelectPassesOverInvalidRemovals(t *testing.T) {
 	ctx := context.Background()
 	src := filepath.Join(t.TempDir(), "granitehybrid.gguf")
-	s := fixture.ModelSpec{Arch: "granitehybrid", Blocks: 6, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256, Identity: []int{2, 5}}
-	if err := fixture.RandomModel(src, fixture.Asset(t, "models/stories260K.gguf"), s); err != nil {
+	if err := fixture.RandomModel(src, fixture.Asset(t, "models/stories260K.gguf"), spec("granitehybrid", 6, 2, 5)); err != nil {
 		t.Fatal(err)
 	}
 	m, err := prune.Open(src)
