@@ -55,25 +55,25 @@ test: third_party vet
 	$(GO) test -run '^$$' -fuzz '^FuzzNewFile$$' -fuzztime $(FUZZTIME) ./gguf
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBlockList$$' -fuzztime $(FUZZTIME) ./gguf
 
-# Speed and memory targets (README, "Benchmarks"). Each line prints its own
+# Speed and memory targets (docs/benchmarks.md). Each line prints its own
 # metrics: prune vs cp on a generated 1 GiB GGUF (GGUFPRUNE_BENCH_GIB=N for
 # more), capture vs plain decoding and eval on the deepest shared model, and
 # the BI accumulator alone.
 bench: third_party
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./gguf
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./gguf/surgery
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./llamacpp
 	$(GO) test -run '^$$' -bench . ./bi
 
 demo: build
 	sh scripts/demo.sh
 
-# Every selection method on the shipped models (README, "Choosing blocks"):
+# Every selection method on the shipped models (docs/methods.md, "Choosing blocks"):
 # bin/quality/quality.json, plots, and the Markdown table on stdout.
 quality: third_party
 	mkdir -p bin/quality
 	$(GO) run ./scripts/quality -o bin/quality | tee bin/quality/table.md
 
-# Plain against healed removal (README, "Healing"); HEAL_ARGS=-m other.gguf ...
+# Plain against healed removal (docs/healing.md); HEAL_ARGS=-m other.gguf ...
 heal: third_party
 	$(GO) run ./scripts/heal -o bin/heal $(HEAL_ARGS)
 

@@ -1,5 +1,7 @@
-// Package bi computes Block Influence (ShortGPT, Men et al. 2024) and related
-// per-block redundancy metrics from hidden states, and chooses blocks to remove.
+// Package bi holds the metrics only: Block Influence (ShortGPT, Men et al.
+// 2024) and angular distance from hidden states, the float64 log-softmax,
+// and the KL divergence of next-token distributions with its percentiles.
+// Choosing blocks by them is prune/selection's.
 //
 // For block i with input h_in_i and output h_out_i (one vector per token):
 //

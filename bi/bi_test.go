@@ -1,12 +1,9 @@
 package bi_test
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"reflect"
-	"slices"
 	"testing"
 
 	"github.com/ggufprune/ggufprune/bi"
@@ -65,67 +62,6 @@ func TestAccumulator(t *testing.T) {
 	}
 }
 
-func scores(bis ...float64) []bi.BlockScore {
-	s := make([]bi.BlockScore, len(bis))
-	for i, v := range bis {
-		s[i] = bi.BlockScore{Index: i, BI: v}
-	}
-	return s
-}
-
-func TestSelect(t *testing.T) {
-	s := scores(0.001, 0.5, 0.01, 0.3, 0.02, 0.9, 0.0)
-	p := bi.Protect{First: 1, Last: 1}
-	if got := bi.Candidates(s, p); !reflect.DeepEqual(got, []int{2, 4, 3, 1, 5}) {
-		t.Fatalf("candidates %v", got)
-	}
-	got, err := bi.SelectCount(s, 2, p)
-	if err != nil || !reflect.DeepEqual(got, []int{2, 4}) {
-		t.Fatalf("SelectCount = %v, %v", got, err)
-	}
-	if _, err := bi.SelectCount(s, 6, p); err == nil {
-		t.Fatal("removing more blocks than unprotected accepted")
-	}
-	if got, _ := bi.SelectCount(s, 1, bi.Protect{}); !reflect.DeepEqual(got, []int{6}) {
-		t.Fatalf("unprotected: %v", got)
-	}
-	// Protected blocks are never chosen, whatever their scores.
-	rng := rand.New(rand.NewPCG(1, 2))
-	for trial := 0; trial < 200; trial++ {
-		n := 3 + rng.IntN(30)
-		bis := make([]float64, n)
-		for i := range bis {
-			bis[i] = rng.Float64()
-		}
-		p := bi.Protect{First: 1 + rng.IntN(2), Last: 1 + rng.IntN(2)}
-		k := 1 + rng.IntN(n)
-		got, err := bi.SelectCount(scores(bis...), k, p)
-		if err != nil {
-			continue
-		}
-		for _, b := range got {
-			if b < p.First || b >= n-p.Last {
-				t.Fatalf("protected block %d chosen (%+v, n %d)", b, p, n)
-			}
-		}
-	}
-}
-
-func TestSelectSize(t *testing.T) {
-	s := scores(0.5, 0.1, 0.2, 0.05, 0.9)
-	size := func(removed []int) (int64, error) { return int64(1000 - 100*len(removed)), nil }
-	p := bi.Protect{First: 1, Last: 1}
-	got, err := bi.SelectSize(s, 800, size, p)
-	if err != nil || !reflect.DeepEqual(got, []int{1, 3}) {
-		t.Fatalf("SelectSize = %v, %v", got, err)
-	}
-	_, err = bi.SelectSize(s, 500, size, p)
-	var ue *bi.UnreachableError
-	if !errors.As(err, &ue) || ue.Smallest != 700 {
-		t.Fatalf("unreachable: %v", err)
-	}
-}
-
 func ExampleAccumulator() {
 	acc := bi.NewAccumulator(2)
 	h0 := []float32{1, 0, 0, 1} // two tokens of two dimensions: the embeddings
@@ -158,39 +94,5 @@ func BenchmarkAccumulator(b *testing.B) {
 				acc.Observe(0, h, nEmbd, nTok)
 			}
 		})
-	}
-}
-
-// A check passes over candidates whose removal with the others is invalid:
-// here blocks 1 and 3 may not both go.
-func TestSelectValid(t *testing.T) {
-	s := scores(0.5, 0.1, 0.2, 0.05, 0.9, 0.3)
-	p := bi.Protect{First: 1, Last: 1}
-	notBoth := func(removed []int) error {
-		if slices.Contains(removed, 1) && slices.Contains(removed, 3) {
-			return fmt.Errorf("1 and 3: %w", bi.ErrInvalidRemoval)
-		}
-		return nil
-	}
-	got, err := bi.SelectCountBy(s, 2, p, bi.ByBI, notBoth)
-	if err != nil || !reflect.DeepEqual(got, []int{2, 3}) {
-		t.Fatalf("SelectCountBy = %v, %v", got, err)
-	}
-	if _, err := bi.SelectCountBy(s, 4, p, bi.ByBI, notBoth); !errors.Is(err, bi.ErrInvalidRemoval) {
-		t.Fatalf("4 of 4 candidates: %v", err)
-	}
-	other := errors.New("broken")
-	if _, err := bi.SelectCountBy(s, 2, p, bi.ByBI, func([]int) error { return other }); !errors.Is(err, other) {
-		t.Fatalf("other errors: %v", err)
-	}
-	size := func(removed []int) (int64, error) {
-		if err := notBoth(removed); err != nil {
-			return 0, err
-		}
-		return int64(1000 - 100*len(removed)), nil
-	}
-	got, err = bi.SelectSizeBy(s, 800, size, p, bi.ByBI)
-	if err != nil || !reflect.DeepEqual(got, []int{2, 3}) {
-		t.Fatalf("SelectSizeBy = %v, %v", got, err)
 	}
 }

@@ -2,6 +2,7 @@ package gguf
 
 import (
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -103,4 +104,65 @@ func BlockOf(name string) int {
 		return -1
 	}
 	return b
+}
+
+// MaxBlockIndex bounds the indices ParseBlockList accepts: no model has
+// that many blocks (llama.cpp takes 512), and a bound keeps a hostile list
+// from taking memory and time (the fuzz target's inputs stay cheap).
+const MaxBlockIndex = 1 << 12
+
+// ParseBlockList parses "3,5-7" into sorted, unique block indices.
+func ParseBlockList(s string) ([]int, error) {
+	type span struct{ lo, hi int }
+	var spans []span
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			return nil, fmt.Errorf("block list %q: empty item", s)
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+		b := a
+		var err2 error
+		if isRange {
+			b, err2 = strconv.Atoi(strings.TrimSpace(hi))
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a {
+			return nil, fmt.Errorf("block list %q: %q is not an index or an ascending range like 5-7", s, part)
+		}
+		if b >= MaxBlockIndex {
+			return nil, fmt.Errorf("block list %q: block %d is past any model's blocks (at most %d)", s, b, MaxBlockIndex-1)
+		}
+		spans = append(spans, span{a, b})
+	}
+	// Merge the spans before expanding them: the result is at most
+	// MaxBlockIndex indices, however many items the list has.
+	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
+	var out []int
+	next := 0 // the lowest index not yet in out
+	for _, sp := range spans {
+		for i := max(sp.lo, next); i <= sp.hi; i++ {
+			out = append(out, i)
+		}
+		next = max(next, sp.hi+1)
+	}
+	return out, nil
+}
+
+// FormatBlockList writes sorted indices compactly: [3 5 6 7] is "3,5-7".
+func FormatBlockList(blocks []int) string {
+	var parts []string
+	for i := 0; i < len(blocks); {
+		j := i
+		for j+1 < len(blocks) && blocks[j+1] == blocks[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", blocks[i], blocks[j]))
+		} else {
+			parts = append(parts, strconv.Itoa(blocks[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
 }

@@ -9,7 +9,9 @@ import (
 	"testing"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 )
 
 var update = flag.Bool("update", false, "rewrite the seed corpus in testdata/")
@@ -100,13 +102,13 @@ func FuzzNewFile(f *testing.F) {
 		}
 		// The checks before llama.cpp, and surgery, on any accepted file
 		// refuse cleanly or pass.
-		gguf.CheckGGML(file)
+		arch.CheckGGML(file)
 		if m, err := gguf.NewModel(file); err == nil {
-			gguf.CheckLlama(m, true)
-			gguf.CheckBlocks(m)
-			gguf.MappedAlignmentOK(m)
-			if plan, err := gguf.PlanRemoval(m, []int{0}, false); err == nil {
-				plan.Size(false)
+			arch.CheckModel(m, arch.Run)
+			arch.CheckBlocks(m)
+			arch.MappedAlignmentOK(m)
+			if plan, err := surgery.PlanRemoval(m, []int{0}, surgery.Options{}); err == nil {
+				plan.Size(surgery.OneFile)
 				plan.CheckLlama()
 			}
 			m.Stats()

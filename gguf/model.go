@@ -88,14 +88,14 @@ func (m *Model) init() error {
 			}
 			continue
 		}
-		no, okNo := intKey(f, KeySplitNo)
-		cnt, okCnt := intKey(f, KeySplitCount)
+		no, okNo := IntKey(f, KeySplitNo)
+		cnt, okCnt := IntKey(f, KeySplitCount)
 		if !okNo || !okCnt || no != int64(i) || cnt != int64(n) {
 			return fmt.Errorf("%s: split keys say shard %d of %d, the name says %d of %d", f.name, no, cnt, i+1, n)
 		}
 	}
 	if n > 1 {
-		want, ok := intKey(m.Shards[0], KeySplitTensorsCount)
+		want, ok := IntKey(m.Shards[0], KeySplitTensorsCount)
 		if !ok || want != int64(total) {
 			return fmt.Errorf("%s: split.tensors.count is %d but the %d shards hold %d tensors", m.Shards[0].name, want, n, total)
 		}
@@ -108,14 +108,6 @@ func (m *Model) init() error {
 		}
 	}
 	return nil
-}
-
-func intKey(f *File, key string) (int64, bool) {
-	v, ok := f.Get(key)
-	if !ok {
-		return 0, false
-	}
-	return v.Int()
 }
 
 // Close closes every shard.
@@ -164,7 +156,7 @@ func (m *Model) TensorData(t *ModelTensor) *io.SectionReader {
 
 // Architecture is general.architecture.
 func (m *Model) Architecture() (string, error) {
-	v, ok := m.Get("general.architecture")
+	v, ok := m.Get(KeyArchitecture)
 	s, isStr := v.Str()
 	if !ok || !isStr || s == "" {
 		return "", fmt.Errorf("%s: general.architecture is missing or not a string", m.Name())
@@ -178,7 +170,7 @@ func (m *Model) BlockCount() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	key := arch + ".block_count"
+	key := arch + "." + KeyBlockCount
 	v, ok := m.Get(key)
 	n, isInt := v.Int()
 	if !ok || !isInt || n < 0 || n > 1<<20 {
@@ -202,4 +194,13 @@ func (m *Model) SameFile(path string) bool {
 		}
 	}
 	return false
+}
+
+// SplitPrefix is the prefix of a split set's shard name: "dir/NAME" of
+// "dir/NAME-00001-of-00003.gguf"; ok is false for another name.
+func SplitPrefix(path string) (prefix string, ok bool) {
+	if sm := splitName.FindStringSubmatch(filepath.Base(path)); sm != nil {
+		return filepath.Join(filepath.Dir(path), sm[1]), true
+	}
+	return "", false
 }

@@ -1,5 +1,6 @@
-// Package gguf reads, writes and edits GGUF model files (the container format
-// of ggml and llama.cpp) without loading tensor data into memory.
+// Package gguf is the GGUF container (the file format of ggml and llama.cpp)
+// and nothing else: it reads, writes and edits files without loading tensor
+// data into memory, and knows no policy of llama.cpp (see llamacpp/arch).
 //
 // A File is one parsed .gguf file over an io.ReaderAt; a Model is the logical
 // model of one file or of a split set NAME-0000i-of-0000n.gguf. Tensor data is
@@ -180,7 +181,7 @@ func NewFile(r io.ReaderAt, size int64) (*File, error) {
 	}
 
 	f.Alignment = DefaultAlignment
-	if v, ok := f.Get("general.alignment"); ok {
+	if v, ok := f.Get(KeyAlignment); ok {
 		a, isInt := v.Int()
 		if v.Type() != TypeUint32 || !isInt || a == 0 || a&(a-1) != 0 {
 			return nil, &FormatError{0, fmt.Sprintf("general.alignment must be a power-of-two uint32, got %v %v", v.Type(), v)}

@@ -223,3 +223,13 @@ func appendScalar(b []byte, bits uint64, size int) []byte {
 	binary.LittleEndian.PutUint64(buf[:], bits)
 	return append(b, buf[:size]...)
 }
+
+// WithCount returns an integer value of v's type holding n (cut to the
+// type's size): a count rewritten in place keeps the type the file had.
+func (v Value) WithCount(n int) Value {
+	v.bits = uint64(n)
+	if sz := v.typ.scalarSize(); sz < 8 {
+		v.bits &= 1<<(8*sz) - 1
+	}
+	return v
+}

@@ -28,7 +28,7 @@ type Layout struct {
 // padded to the alignment given by general.alignment (default 32).
 func ComputeLayout(kvs []KV, tensors []TensorInfo) (*Layout, error) {
 	l := &Layout{Alignment: DefaultAlignment}
-	if v, ok := lookup(kvs, "general.alignment"); ok {
+	if v, ok := lookup(kvs, KeyAlignment); ok {
 		a, _ := v.Int()
 		if v.Type() != TypeUint32 || a <= 0 || a&(a-1) != 0 {
 			return nil, fmt.Errorf("gguf: general.alignment must be a power-of-two uint32, got %v", v)

@@ -9,6 +9,7 @@ import (
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/eval"
 )
 
 // BenchmarkScoreCapture decodes the same chunks of the deepest shipped model
@@ -33,7 +34,7 @@ func BenchmarkPerplexity(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
-		if _, err := llamacpp.Perplexity(context.Background(), ctx, tokens, nChunks, nil); err != nil {
+		if _, err := eval.Perplexity(context.Background(), ctx, tokens, nChunks, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,7 +1,9 @@
 // Package llamacpp runs GGUF models in llama.cpp (linked through cgo from the
 // ollama module): loading, tokenizing, decoding with capture of the hidden
-// state at every block boundary, perplexity, and quantization. It is the only
-// package of the project that uses cgo; its API hides C.
+// state at every block boundary, watches and skips, generation, and
+// quantization. It is the only package of the project that uses cgo; its
+// API hides C. Perplexity and other measurements are prune/eval's; what
+// llama.cpp requires of a file is llamacpp/arch's.
 package llamacpp
 
 /*
@@ -26,6 +28,8 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
+
 	// llama.cpp, ggml and ggml's CPU backend, as cgo packages.
 	_ "github.com/ollama/ollama/llama/llama.cpp/src"
 )
@@ -157,27 +161,27 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 		}
 		defer gm.Close()
 	}
-	arch, err := gm.Architecture()
+	archName, err := gm.Architecture()
 	if err != nil {
 		return nil, err
 	}
 	// Refuse what llama.cpp would abort on, before it sees the file.
-	if err := gguf.CheckLlama(gm, true); err != nil {
+	if err := arch.CheckModel(gm, arch.Run); err != nil {
 		return nil, err
 	}
-	if !gguf.MappedAlignmentOK(gm) {
+	if !arch.MappedAlignmentOK(gm) {
 		// ggml asserts that mapped tensor data is 32-byte aligned; a legal
 		// file with a smaller general.alignment is read into memory instead.
 		p.NoMmap = true
 	}
 	nBlocks, _ := gm.BlockCount()
-	mtp := len(gguf.MTPBlocks(gm, nBlocks))
+	mtp := len(arch.MTPBlocks(gm, nBlocks))
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	eb := newErrBuf()
 	defer eb.free()
 	if p.GPULayers > 0 && gpuDevices() == 0 {
-		return nil, &Error{"loading model", path, fmt.Sprintf("%d GPU layers asked for, but this build has no GPU backend (put a ggml GPU backend library such as libggml-cuda.so next to the executable or name it in GGML_BACKEND_PATH; see the README)", p.GPULayers), ErrNoGPU}
+		return nil, &Error{"loading model", path, fmt.Sprintf("%d GPU layers asked for, but this build has no GPU backend (put a ggml GPU backend library such as libggml-cuda.so next to the executable or name it in GGML_BACKEND_PATH; see docs/building.md)", p.GPULayers), ErrNoGPU}
 	}
 	m := &Model{path: path}
 	if C.gp_model_load(cpath, C.int(p.GPULayers), C.bool(!p.NoMmap), C.bool(p.VocabOnly), &m.c, eb.p) != 0 {
@@ -185,7 +189,7 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 	}
 	vocab := C.llama_model_get_vocab(m.c)
 	m.info = Info{
-		Architecture: arch,
+		Architecture: archName,
 		NLayer:       int(C.llama_model_n_layer(m.c)),
 		NMTP:         mtp,
 		NEmbd:        int(C.llama_model_n_embd(m.c)),
@@ -321,8 +325,8 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 		c.handle.Delete()
 		return nil, &Error{"creating context", m.path, eb.msg(), ErrContext}
 	}
-	if b, ok := boundaryNames[m.info.Architecture]; ok && p.Capture {
-		cembd, cout := C.CString(b.embd), C.CString(b.out)
+	if b := arch.Boundaries(m.info.Architecture); p.Capture && b != arch.DefaultBoundaries {
+		cembd, cout := C.CString(b.Embeddings), C.CString(b.BlockOutput)
 		defer C.free(unsafe.Pointer(cembd))
 		defer C.free(unsafe.Pointer(cout))
 		if C.gp_ctx_set_boundaries(c.c, cembd, cout, eb.p) != 0 {
@@ -503,9 +507,6 @@ func QuantizeRows(typ gguf.TensorType, rows []float32, nCols int, imatrix []floa
 	return C.GoBytes(dst, C.int(size)), nil
 }
 
-// Skipped returns the blocks SetSkip set.
-func (c *Context) Skipped() []int { return append([]int(nil), c.skip...) }
-
 // SetNoHead makes the following decodes stop after the last block's output:
 // the output head (the largest matrix of many models) is not computed, and
 // there are no logits. For hidden-state capture only.
@@ -578,7 +579,7 @@ func (c *Context) Decode(tokens []int32, pos, logitsFrom int) error {
 		return &Error{"decoding", c.model.path, eb.msg(), ErrDecode}
 	}
 	if run := c.model.info.RunBlocks(); c.hidden != nil && c.blocks != run+1 {
-		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (the embeddings and %[5]s-0…%[5]s-%[4]d); this architecture does not name its block outputs %[5]s-N", c.model.info.Architecture, c.blocks, run+1, run-1, BlockOutput(c.model.info.Architecture)), ErrCapture}
+		return &Error{"capturing hidden states", c.model.path, fmt.Sprintf("the %s graph gave %d of the %d block boundaries (the embeddings and %[5]s-0…%[5]s-%[4]d); this architecture does not name its block outputs %[5]s-N", c.model.info.Architecture, c.blocks, run+1, run-1, arch.Boundaries(c.model.info.Architecture).BlockOutput), ErrCapture}
 	}
 	return nil
 }
@@ -623,8 +624,8 @@ func (c *Context) logitsView(i int) ([]float32, error) {
 	return unsafe.Slice((*float32)(unsafe.Pointer(p)), c.model.info.NVocab), nil
 }
 
-// TypeInfo is ggml's own layout of a tensor type, for checking other tables.
-func TypeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
+// typeInfo is ggml's own layout of a tensor type, for checking other tables.
+func typeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
 	var bs C.int64_t
 	buf := make([]byte, 64)
 	ts := C.gp_type_size(C.int32_t(t), &bs, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
@@ -634,16 +635,16 @@ func TypeInfo(t uint32) (name string, blockSize, typeSize int64, ok bool) {
 	return C.GoString((*C.char)(unsafe.Pointer(&buf[0]))), int64(bs), int64(ts), true
 }
 
-// ReadGGUF reads a file's header with ggml's GGUF reader, the one llama.cpp
+// readGGUF reads a file's header with ggml's GGUF reader, the one llama.cpp
 // loads models and importance matrices with: a check that llama.cpp accepts
 // a file this project wrote.
-func ReadGGUF(path string) (GGUFInfo, error) {
+func readGGUF(path string) (GGUFInfo, error) {
 	initBackend()
 	f, err := gguf.Open(path)
 	if err != nil {
 		return GGUFInfo{}, err
 	}
-	err = gguf.CheckGGML(f)
+	err = arch.CheckGGML(f)
 	f.Close()
 	if err != nil {
 		return GGUFInfo{}, err

@@ -16,8 +16,11 @@ import (
 
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
+	"github.com/ggufprune/ggufprune/prune/eval"
 )
 
 func load(t testing.TB, path string) *llamacpp.Model {
@@ -226,23 +229,23 @@ func TestIdentityBlocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := gguf.PlanRemoval(gm, identity, false)
+	plan, err := surgery.PlanRemoval(gm, identity, surgery.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pruned := filepath.Join(dir, "pruned.gguf")
-	if _, err := plan.Write(pruned, false); err != nil {
+	if _, err := plan.Write(pruned, surgery.OneFile); err != nil {
 		t.Fatal(err)
 	}
 	gm.Close()
-	eval := text(t, "text/tinystories/tinystories_val_first100.txt", 40000)
+	evalText := text(t, "text/tinystories/tinystories_val_first100.txt", 40000)
 	ppl := func(path string) float64 {
 		mm := load(t, path)
-		toks, err := mm.Tokenize(eval, true)
+		toks, err := mm.Tokenize(evalText, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := llamacpp.Perplexity(context.Background(), newCtx(t, mm, 128, false), toks, 20, nil)
+		r, err := eval.Perplexity(context.Background(), newCtx(t, mm, 128, false), toks, 20, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -292,7 +295,7 @@ func TestSharedModels(t *testing.T) {
 				}
 			}
 			ctx.CaptureHidden(nil)
-			r, err := llamacpp.Perplexity(context.Background(), ctx, tokens, 4, nil)
+			r, err := eval.Perplexity(context.Background(), ctx, tokens, 4, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -354,7 +357,7 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("short text: %v", err)
 	}
 	ctx := newCtx(t, m, 64, false)
-	if _, err := llamacpp.Perplexity(context.Background(), ctx, toks, 0, nil); err == nil || !strings.Contains(err.Error(), "at least 128 tokens") {
+	if _, err := eval.Perplexity(context.Background(), ctx, toks, 0, nil); err == nil || !strings.Contains(err.Error(), "at least 128 tokens") {
 		t.Fatalf("short perplexity text: %v", err)
 	}
 	if err := ctx.CaptureHidden(func(int, []float32, int, int) {}); err == nil {
@@ -482,8 +485,8 @@ func TestCheckedBeforeLlama(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	eval := text(t, "text/unseen/tinystories_last50.txt", 20000)
-	if a, b := perplexity(t, src, eval, 64, 4), perplexity(t, aligned8, eval, 64, 4); a != b {
+	evalText := text(t, "text/unseen/tinystories_last50.txt", 20000)
+	if a, b := perplexity(t, src, evalText, 64, 4), perplexity(t, aligned8, evalText, 64, 4); a != b {
 		t.Fatalf("perplexity %v of the 8-aligned copy, %v of the original", b, a)
 	}
 	bad := filepath.Join(dir, "zero-blocks.gguf")
@@ -492,10 +495,10 @@ func TestCheckedBeforeLlama(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := llamacpp.LoadModel(bad, llamacpp.ModelParams{}); !errors.Is(err, gguf.ErrLlamaRule) || !strings.Contains(err.Error(), "head_count_kv") {
+	if _, err := llamacpp.LoadModel(bad, llamacpp.ModelParams{}); !errors.Is(err, arch.ErrRule) || !strings.Contains(err.Error(), "head_count_kv") {
 		t.Fatalf("loading a file llama.cpp aborts on: %v", err)
 	}
-	if err := llamacpp.Quantize(bad, filepath.Join(dir, "q.gguf"), llamacpp.QuantizeParams{Type: quantType(t, "Q8_0")}); !errors.Is(err, gguf.ErrLlamaRule) {
+	if err := llamacpp.Quantize(bad, filepath.Join(dir, "q.gguf"), llamacpp.QuantizeParams{Type: quantType(t, "Q8_0")}); !errors.Is(err, arch.ErrRule) {
 		t.Fatalf("quantizing a file llama.cpp aborts on: %v", err)
 	}
 }

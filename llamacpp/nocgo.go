@@ -39,8 +39,6 @@ func (c *Context) ClearMemory() error                       { return ErrNoLlama 
 func (c *Context) Decode([]int32, int, int) error           { return ErrNoLlama }
 func (c *Context) Logits(int) ([]float32, error)            { return nil, ErrNoLlama }
 func Quantize(string, string, QuantizeParams) error         { return ErrNoLlama }
-func ReadGGUF(string) (GGUFInfo, error)                     { return GGUFInfo{}, ErrNoLlama }
-func TypeInfo(uint32) (name string, bs, ts int64, ok bool)  { return "", 0, 0, false }
 func (c *Context) logitsView(int) ([]float32, error)        { return nil, ErrNoLlama }
 func (c *Context) LogitsInto(int, []float32) error          { return ErrNoLlama }
 
@@ -50,9 +48,11 @@ const ExitCrash = 3
 
 func testCrash(int)                                                           {}
 func (c *Context) SetSkip([]int) error                                        { return ErrNoLlama }
-func (c *Context) Skipped() []int                                             { return nil }
 func (c *Context) SetNoHead(bool) error                                       { return ErrNoLlama }
 func (c *Context) Watch([]string, WatchFunc) error                            { return ErrNoLlama }
 func Dequantize(gguf.TensorType, []byte, int) ([]float32, error)              { return nil, ErrNoLlama }
 func QuantizeRows(gguf.TensorType, []float32, int, []float32) ([]byte, error) { return nil, ErrNoLlama }
 func (c *Context) SetStopAfter(int) error                                     { return ErrNoLlama }
+
+func readGGUF(string) (GGUFInfo, error)                    { return GGUFInfo{}, ErrNoLlama }
+func typeInfo(uint32) (name string, bs, ts int64, ok bool) { return "", 0, 0, false }

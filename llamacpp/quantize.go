@@ -14,6 +14,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 )
 
 // Quantize writes a quantized copy of in to out with llama.cpp's own
@@ -31,7 +32,7 @@ func Quantize(in, out string, p QuantizeParams) error {
 	if m.SameFile(out) {
 		return fmt.Errorf("%s: output would overwrite the input", out)
 	}
-	if err := gguf.CheckLlama(m, false); err != nil {
+	if err := arch.CheckModel(m, arch.Load); err != nil {
 		return err
 	}
 	q := p.Type

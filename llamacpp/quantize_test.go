@@ -11,8 +11,10 @@ import (
 
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/eval"
 )
 
 func quantType(t *testing.T, name string) llamacpp.QuantType {
@@ -30,7 +32,7 @@ func perplexity(t *testing.T, path, text string, nCtx, chunks int) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := llamacpp.Perplexity(context.Background(), newCtx(t, m, nCtx, false), toks, chunks, nil)
+	r, err := eval.Perplexity(context.Background(), newCtx(t, m, nCtx, false), toks, chunks, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,10 +43,10 @@ func perplexity(t *testing.T, path, text string, nCtx, chunks int) float64 {
 // is smaller than Q8_0.
 func TestQuantizeDeepestModel(t *testing.T) {
 	src := fixture.Asset(t, "models/story16-f16.gguf")
-	eval := text(t, "text/unseen/gutenberg_tails.txt", 200000)
+	evalText := text(t, "text/unseen/gutenberg_tails.txt", 200000)
 	dir := t.TempDir()
 	sizes := map[string]int64{}
-	ppl := map[string]float64{"F16": perplexity(t, src, eval, 256, 24)}
+	ppl := map[string]float64{"F16": perplexity(t, src, evalText, 256, 24)}
 	for _, typ := range []string{"Q8_0", "Q4_K_M"} {
 		out := filepath.Join(dir, typ+".gguf")
 		if err := llamacpp.Quantize(src, out, llamacpp.QuantizeParams{Type: quantType(t, typ), Threads: 2}); err != nil {
@@ -52,7 +54,7 @@ func TestQuantizeDeepestModel(t *testing.T) {
 		}
 		st, _ := os.Stat(out)
 		sizes[typ] = st.Size()
-		ppl[typ] = perplexity(t, out, eval, 256, 24)
+		ppl[typ] = perplexity(t, out, evalText, 256, 24)
 	}
 	if d := math.Abs(ppl["Q8_0"]/ppl["F16"] - 1); d > 0.01 {
 		t.Errorf("Q8_0 perplexity %.4f is %.2f%% from F16 %.4f", ppl["Q8_0"], 100*d, ppl["F16"])
@@ -142,13 +144,13 @@ func TestImatrixFromScoring(t *testing.T) {
 	chunks, _ := m.Chunks(toks, 128, 4)
 	ctx := newCtx(t, m, 128, true)
 	acc := bi.NewAccumulator(m.Info().NLayer)
-	imAcc := gguf.NewImatrixAccumulator()
+	imAcc := imatrix.NewAccumulator()
 	ctx.CaptureHidden(acc.Observe)
 	ctx.CaptureMatmul(imAcc.Observe)
 	if err := llamacpp.Scan(context.Background(), ctx, chunks, nil); err != nil {
 		t.Fatal(err)
 	}
-	im := imAcc.Imatrix("pg1661", len(chunks), 128)
+	im := imAcc.Matrix("pg1661", len(chunks), 128)
 	if len(im.Entries) != 16*7 {
 		t.Fatalf("%d entries", len(im.Entries))
 	}
@@ -166,7 +168,7 @@ func TestImatrixFromScoring(t *testing.T) {
 	if err != nil || info.GeneralType != "imatrix" || info.Tensors != 2*16*7 {
 		t.Fatalf("ggml reads %+v, %v", info, err)
 	}
-	back, err := gguf.ReadImatrix(path)
+	back, err := imatrix.Read(path)
 	if err != nil || !reflect.DeepEqual(back.Entries, im.Entries) || back.ChunkCount != 4 || back.ChunkSize != 128 {
 		t.Fatalf("read back: %v", err)
 	}
@@ -181,21 +183,21 @@ func TestImatrixFromScoring(t *testing.T) {
 // A pruned imatrix has exactly the kept blocks' entries, renumbered, with
 // the same values, in both file formats.
 func TestImatrixPrune(t *testing.T) {
-	im := &gguf.Imatrix{Datasets: []string{"d"}, ChunkCount: 3, ChunkSize: 64}
+	im := &imatrix.Matrix{Datasets: []string{"d"}, ChunkCount: 3, ChunkSize: 64}
 	for b := 0; b < 5; b++ {
 		for _, w := range []string{"attn_q.weight", "ffn_down.weight"} {
-			e := gguf.ImatrixEntry{Name: "blk." + string(rune('0'+b)) + "." + w, NIn: 4, Sums: []float32{float32(b), 1, 2, 3}, Counts: []float32{8}}
+			e := imatrix.Entry{Name: "blk." + string(rune('0'+b)) + "." + w, NIn: 4, Sums: []float32{float32(b), 1, 2, 3}, Counts: []float32{8}}
 			im.Entries = append(im.Entries, e)
 		}
 	}
-	im.Entries = append(im.Entries, gguf.ImatrixEntry{Name: "output.weight", NIn: 4, Sums: []float32{9, 9, 9, 9}, Counts: []float32{8}})
+	im.Entries = append(im.Entries, imatrix.Entry{Name: "output.weight", NIn: 4, Sums: []float32{9, 9, 9, 9}, Counts: []float32{8}})
 	dir := t.TempDir()
 	for _, name := range []string{"im.gguf", "im.dat"} {
 		path := filepath.Join(dir, name)
 		if err := im.Write(path); err != nil {
 			t.Fatal(err)
 		}
-		read, err := gguf.ReadImatrix(path)
+		read, err := imatrix.Read(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -211,7 +213,7 @@ func TestImatrixPrune(t *testing.T) {
 		if err := pruned.Write(out); err != nil {
 			t.Fatal(err)
 		}
-		got, err := gguf.ReadImatrix(out)
+		got, err := imatrix.Read(out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,11 +240,11 @@ func TestImatrixPrune(t *testing.T) {
 	}
 }
 
-func findEntry(im *gguf.Imatrix, name string) *gguf.ImatrixEntry {
+func findEntry(im *imatrix.Matrix, name string) *imatrix.Entry {
 	for i := range im.Entries {
 		if im.Entries[i].Name == name {
 			return &im.Entries[i]
 		}
 	}
-	return &gguf.ImatrixEntry{}
+	return &imatrix.Entry{}
 }

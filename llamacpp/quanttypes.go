@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
 )
 
 // QuantType is a quantization llama-quantize offers.
@@ -88,8 +89,8 @@ var noFallback = map[gguf.TensorType]struct {
 // QuantizeParams are the options of Quantize.
 type QuantizeParams struct {
 	Type    QuantType
-	Threads int           // 0: all cores
-	Imatrix *gguf.Imatrix // optional importance matrix, checked against the model
+	Threads int             // 0: all cores
+	Imatrix *imatrix.Matrix // optional importance matrix, checked against the model
 	// Progress, when not nil, is called after each tensor with the number
 	// done and the total.
 	Progress func(done, total int)

@@ -7,33 +7,16 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/eval"
 )
-
-// writePruned writes the model without the given blocks.
-func writePruned(t *testing.T, src, dst string, remove []int) {
-	t.Helper()
-	m, err := gguf.OpenModel(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	plan, err := gguf.PlanRemoval(m, remove, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := plan.Write(dst, false); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // Skipping blocks at run time computes what the file without those blocks
 // computes: the same logits (1e-5 relative) and perplexity (1e-6), for
 // several sets of blocks, the first and the last among them.
 func TestSkipEqualsPrunedFile(t *testing.T) {
-	eval := text(t, "text/unseen/tinystories_last50.txt", 40000)
+	evalText := text(t, "text/unseen/tinystories_last50.txt", 40000)
 	for _, c := range []struct {
 		model string
 		sets  [][]int
@@ -43,7 +26,7 @@ func TestSkipEqualsPrunedFile(t *testing.T) {
 	} {
 		src := fixture.Asset(t, "models/"+c.model)
 		m := load(t, src)
-		toks, err := m.Tokenize(eval, true)
+		toks, err := m.Tokenize(evalText, true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +39,7 @@ func TestSkipEqualsPrunedFile(t *testing.T) {
 		for _, set := range c.sets {
 			t.Run(fmt.Sprintf("%s-%v", c.model, set), func(t *testing.T) {
 				pruned := filepath.Join(t.TempDir(), "p.gguf")
-				writePruned(t, src, pruned, set)
+				fixture.WritePruned(t, src, pruned, set...)
 				pm := load(t, pruned)
 				pctx := newCtx(t, pm, nCtx, false)
 				if err := skipCtx.SetSkip(set); err != nil {
@@ -87,11 +70,11 @@ func TestSkipEqualsPrunedFile(t *testing.T) {
 				if worst > 1e-5 {
 					t.Fatalf("logits differ by %g relative", worst)
 				}
-				p1, err := llamacpp.Perplexity(context.Background(), skipCtx, toks, 3, nil)
+				p1, err := eval.Perplexity(context.Background(), skipCtx, toks, 3, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
-				p2, _ := llamacpp.Perplexity(context.Background(), pctx, toks, 3, nil)
+				p2, _ := eval.Perplexity(context.Background(), pctx, toks, 3, nil)
 				if math.Abs(p1.PPL/p2.PPL-1) > 1e-6 {
 					t.Fatalf("perplexity %v skipping, %v pruned", p1.PPL, p2.PPL)
 				}

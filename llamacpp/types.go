@@ -95,21 +95,3 @@ type GGUFInfo struct {
 // RunBlocks is the number of blocks a decode runs, and so the number of
 // block outputs a capture sees: NLayer less the multi-token-prediction blocks.
 func (i Info) RunBlocks() int { return i.NLayer - i.NMTP }
-
-// boundaryNames are the graph names of the embeddings and of block outputs
-// (the residual stream after the block) where an architecture's graph does
-// not call them inp_embd and l_out (models/*.cpp, cb(cur, name, il)).
-// lfm2's graph names no block output.
-var boundaryNames = map[string]struct{ embd, out string }{
-	"qwen3next":  {"model.embed_tokens", "post_moe"},   // models/qwen3next.cpp
-	"nemotron_h": {"inp_embd", "nemotron_h_block_out"}, // models/nemotron-h.cpp; its "l_out" is an FFN block's FFN output
-}
-
-// BlockOutput is the graph name of the architecture's block outputs, which
-// capture reads as name-N.
-func BlockOutput(arch string) string {
-	if b, ok := boundaryNames[arch]; ok {
-		return b.out
-	}
-	return "l_out"
-}

@@ -14,17 +14,22 @@ import (
 	"testing"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/eval"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // archCase is one generated architecture and what the test shows of it.
-// The README's table of architectures is rendered from these (see
+// The table of architectures in docs/architectures.md is rendered from these (see
 // TestArchitectureTable), so the two cannot drift.
 type archCase struct {
 	fixture.ModelSpec
-	What string // the generated model, for the README
+	What string // the generated model, for docs/architectures.md
 	// NoScore is why score refuses the architecture, by name ("" when it
 	// scores): capture needs one hidden state per token at every block
 	// boundary.
@@ -100,15 +105,15 @@ var archs = []archCase{
 func TestArchitectures(t *testing.T) {
 	ctx := context.Background()
 	tok := fixture.Asset(t, "models/stories260K.gguf")
-	cal, err := prune.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, err := prune.TextFile(fixture.Asset(t, "text/unseen/tinystories_last50.txt"))
+	text, err := runner.TextFile(fixture.Asset(t, "text/unseen/tinystories_last50.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := prune.RunOptions{Ctx: 64, Chunks: 2, Threads: 2}
+	o := runner.Options{Ctx: 64, Chunks: 2, Threads: 2}
 	for _, c := range archs {
 		t.Run(c.Arch, func(t *testing.T) {
 			dir := t.TempDir()
@@ -125,7 +130,7 @@ func TestArchitectures(t *testing.T) {
 			out := filepath.Join(dir, "pruned.gguf")
 			var res *prune.Result
 			if c.NoScore != "" {
-				_, _, err := m.Score(ctx, cal, o, false)
+				_, _, err := m.Score(ctx, prune.ScoreOptions{Calibration: cal, Run: o})
 				if !errors.Is(err, llamacpp.ErrCapture) || !strings.Contains(err.Error(), c.Arch) {
 					t.Fatalf("score: %v", err)
 				}
@@ -134,7 +139,7 @@ func TestArchitectures(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				rep, _, err := m.Score(ctx, cal, o, false)
+				rep, _, err := m.Score(ctx, prune.ScoreOptions{Calibration: cal, Run: o})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -148,8 +153,8 @@ func TestArchitectures(t *testing.T) {
 				}
 				// Index-pattern architectures refuse blocks chosen one by
 				// one unless forced; the planted run is a whole period.
-				res, err = prune.Run(ctx, m, prune.Options{Select: prune.Selection{Count: len(c.Identity), Protect: prune.Protect{First: 1, Last: 1}},
-					Calibration: cal, Run: o, Write: prune.WriteOptions{Output: out, Force: c.Middle != ""}})
+				res, err = prune.Run(ctx, m, prune.Options{Select: prune.Selection{Count: len(c.Identity), Protect: selection.Protect{First: 1, Last: 1}},
+					Calibration: cal, Run: o, Write: prune.WriteOptions{Output: out, Plan: surgery.Options{Force: c.Middle != ""}}})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -168,8 +173,8 @@ func TestArchitectures(t *testing.T) {
 			finite(t, ctx, text, q)
 			if c.Invalid != nil {
 				bad := filepath.Join(dir, "invalid.gguf")
-				_, err := prune.Run(ctx, m, prune.Options{Layers: c.Invalid, Write: prune.WriteOptions{Output: bad, Force: true}})
-				if !errors.Is(err, gguf.ErrLlamaRule) || !strings.Contains(err.Error(), c.InvalidWhy) {
+				_, err := prune.Run(ctx, m, prune.Options{Layers: c.Invalid, Write: prune.WriteOptions{Output: bad, Plan: surgery.Options{Force: true}}})
+				if !errors.Is(err, arch.ErrRule) || !strings.Contains(err.Error(), c.InvalidWhy) {
 					t.Fatalf("removing %v: %v", c.Invalid, err)
 				}
 				if _, serr := os.Stat(bad); !os.IsNotExist(serr) {
@@ -188,7 +193,7 @@ func TestArchitectures(t *testing.T) {
 			middle := filepath.Join(dir, "middle.gguf")
 			_, err = prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: middle}})
 			if c.Middle != "" {
-				if !errors.Is(err, gguf.ErrIndexPattern) || !strings.Contains(err.Error(), c.Middle) {
+				if !errors.Is(err, arch.ErrIndexPattern) || !strings.Contains(err.Error(), c.Middle) {
 					t.Fatalf("removing block 1: %v", err)
 				}
 				if _, serr := os.Stat(middle); !os.IsNotExist(serr) {
@@ -210,7 +215,7 @@ func TestArchitectures(t *testing.T) {
 // the result.
 func forced(t *testing.T, ctx context.Context, m *prune.Model, c archCase, out string) {
 	t.Helper()
-	res, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: out, Force: true}})
+	res, err := prune.Run(ctx, m, prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Output: out, Plan: surgery.Options{Force: true}}})
 	switch c.Forced {
 	case "warns":
 		if err != nil {
@@ -225,7 +230,7 @@ func forced(t *testing.T, ctx context.Context, m *prune.Model, c archCase, out s
 		}
 		lm.Close()
 	case "refused":
-		if !errors.Is(err, gguf.ErrIndexPattern) || !strings.Contains(err.Error(), "would not load") || !strings.Contains(err.Error(), c.Middle) {
+		if !errors.Is(err, arch.ErrIndexPattern) || !strings.Contains(err.Error(), "would not load") || !strings.Contains(err.Error(), c.Middle) {
 			t.Fatalf("forced: %v", err)
 		}
 		if _, serr := os.Stat(out); !os.IsNotExist(serr) {
@@ -237,9 +242,9 @@ func forced(t *testing.T, ctx context.Context, m *prune.Model, c archCase, out s
 }
 
 // finite evaluates the models and fails on a perplexity that is not finite.
-func finite(t *testing.T, ctx context.Context, text *prune.Text, models ...string) {
+func finite(t *testing.T, ctx context.Context, text *runner.Text, models ...string) {
 	t.Helper()
-	rs, err := prune.Evaluate(ctx, models, text, prune.RunOptions{Ctx: 64, Chunks: 2})
+	rs, err := eval.Evaluate(ctx, models, text, runner.Options{Ctx: 64, Chunks: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,14 +292,14 @@ func maxRelDiff(t *testing.T, a, b string, n int) float64 {
 	return fixture.MaxRelDiff(logits(a), logits(b))
 }
 
-var updateREADME = flag.Bool("update-readme", false, "rewrite the README's table of architectures from archs")
+var updateREADME = flag.Bool("update-readme", false, "rewrite the table of architectures in docs/architectures.md from archs")
 
-// The README's table of architectures is archs, rendered: this test fails
+// The table of architectures in docs/architectures.md is archs, rendered: this test fails
 // when they differ (go test ./prune -run ArchitectureTable -update-readme
 // rewrites it).
 func TestArchitectureTable(t *testing.T) {
 	const begin, end = "<!-- architectures: generated from prune/arch_test.go -->\n", "<!-- end of architectures -->\n"
-	path := filepath.Join(fixture.Root(), "README.md")
+	path := filepath.Join(fixture.Root(), "docs", "architectures.md")
 	readme, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -302,7 +307,7 @@ func TestArchitectureTable(t *testing.T) {
 	before, rest, ok := strings.Cut(string(readme), begin)
 	_, after, ok2 := strings.Cut(rest, end)
 	if !ok || !ok2 {
-		t.Fatalf("README.md has no %q … %q section", begin, end)
+		t.Fatalf("docs/architectures.md has no %q … %q section", begin, end)
 	}
 	want := archTable()
 	if *updateREADME {
@@ -312,7 +317,7 @@ func TestArchitectureTable(t *testing.T) {
 		return
 	}
 	if got, _, _ := strings.Cut(rest, end); got != want {
-		t.Fatalf("README.md's table of architectures is not archs; run go test ./prune -run ArchitectureTable -update-readme\ngot:\n%s\nwant:\n%s", got, want)
+		t.Fatalf("docs/architectures.md's table of architectures is not archs; run go test ./prune -run ArchitectureTable -update-readme\ngot:\n%s\nwant:\n%s", got, want)
 	}
 }
 

@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // Score a model's blocks on a text, choose the most redundant one (the first
@@ -20,19 +23,19 @@ func Example() {
 	}
 	defer m.Close()
 
-	cal, err := prune.CalibrationFile("../testdata/text/tinystories/tinystories_val_first100.txt")
+	cal, err := runner.CalibrationFile("../testdata/text/tinystories/tinystories_val_first100.txt")
 	if err != nil {
 		log.Fatal(err)
 	}
-	rep, _, err := m.Score(ctx, cal, prune.RunOptions{Ctx: 128, Chunks: 8}, false)
+	rep, _, err := m.Score(ctx, prune.ScoreOptions{Calibration: cal, Run: runner.Options{Ctx: 128, Chunks: 8}})
 	if err != nil {
 		log.Fatal(err)
 	}
-	remove, err := m.Select(rep, prune.Selection{Count: 1, Protect: prune.Protect{First: 1, Last: 1}}, false)
+	remove, err := m.Select(rep, prune.Selection{Count: 1, Protect: selection.Protect{First: 1, Last: 1}})
 	if err != nil {
 		log.Fatal(err)
 	}
-	plan, err := m.Plan(remove, false)
+	plan, err := m.Plan(remove, surgery.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -58,7 +61,7 @@ func ExampleRun() {
 		log.Fatal(err)
 	}
 	defer m.Close()
-	text, err := prune.TextFile("../testdata/text/unseen/tinystories_last50.txt")
+	text, err := runner.TextFile("../testdata/text/unseen/tinystories_last50.txt")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -70,7 +73,7 @@ func ExampleRun() {
 	res, err := prune.Run(ctx, m, prune.Options{
 		Layers:   []int{2},
 		Write:    prune.WriteOptions{Output: filepath.Join(dir, "pruned.gguf")},
-		Run:      prune.RunOptions{Ctx: 128, Chunks: 4},
+		Run:      runner.Options{Ctx: 128, Chunks: 4},
 		EvalText: text,
 	})
 	if err != nil {

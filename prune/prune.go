@@ -1,13 +1,15 @@
-// Package prune is ggufprune's pipeline as a library: open a GGUF model once,
-// score its blocks on calibration text (Block Influence, ShortGPT), choose
-// the blocks to remove, write the smaller model (plain, split, or quantized
-// with its importance matrix), and evaluate it. The ggufprune command only
-// parses flags, calls this package and prints its results.
+// Package prune is ggufprune's pipeline: open a GGUF model once, score its
+// blocks on calibration text, choose the blocks to remove, plan, heal and
+// write the smaller model (plain, split, or quantized with its importance
+// matrix), and evaluate it. Each stage's work lives in its own package
+// (runner, selection, heal, eval; gguf/surgery, gguf/imatrix); this one
+// chains them. The ggufprune command only parses flags, calls this package
+// and prints its results.
 //
 // The stages are separate verbs (Open, Model.Score, Model.Select,
-// Model.Plan, Model.Write, Evaluate) that return plain values; Run chains
-// them as the prune command does. Long work takes a context.Context and
-// stops between chunks when it is cancelled; progress is a callback.
+// Model.Choose, Model.Plan, Model.Write) that return plain values; Run
+// chains them as the prune command does. Long work takes a context.Context
+// and stops between chunks when it is cancelled; progress is a callback.
 package prune
 
 import (
@@ -15,9 +17,12 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/ggufprune/ggufprune/bi"
-	"github.com/ggufprune/ggufprune/gguf"
-	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/internal/units"
+	"github.com/ggufprune/ggufprune/prune/eval"
+	"github.com/ggufprune/ggufprune/prune/heal"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // Options say what Run does. Exactly one way of choosing blocks is given:
@@ -27,27 +32,27 @@ type Options struct {
 	Layers []int
 	// Choose blocks by score: see Selection. Ignored with Layers.
 	Select Selection
-	// Method chooses the blocks (default MethodBI). With Scores, the report's
-	// metric must be the method's.
-	Method Method
+	// Method chooses the blocks (nil: selection.BI, or the report's). With
+	// Scores, the report's metric must be the method's.
+	Method *selection.Method
 	// Where scores come from when blocks are chosen by score: a report
 	// (checked against the model), else the calibration.
 	Scores      *ScoreReport
 	ScoresFile  string // the report's file, for the method's name
-	Calibration Calibration
-	Run         RunOptions
+	Calibration runner.Calibration
+	Run         runner.Options
 
 	Write WriteOptions
 
 	// Heal fits and folds the healing map of every removed run (see
-	// Model.Heal) on the calibration; Ridge is its relative ridge (0:
-	// DefaultRidge).
+	// heal.Heal) on the calibration; Ridge is its relative ridge (0:
+	// heal.DefaultRidge).
 	Heal  bool
 	Ridge float64
 
 	// EvalText, when not nil, is evaluated on the input before writing and
 	// on the output after (perplexity).
-	EvalText *Text
+	EvalText *runner.Text
 }
 
 // Run prunes m as Options say: choose the blocks (scoring when needed), plan
@@ -63,17 +68,17 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		if o.Write.Output != "" && m.GGUF.SameFile(o.Write.Output) {
 			return nil, fmt.Errorf("%s: output would overwrite an input file", o.Write.Output)
 		}
-		if err := CheckOutput(o.Write.Output, o.Write.Overwrite); err != nil {
+		if err := atomicfile.CheckOutput(o.Write.Output, o.Write.Overwrite); err != nil {
 			return nil, err
 		}
 		if o.Write.ImatrixOut != "" {
-			if err := CheckOutput(o.Write.ImatrixOut, o.Write.Overwrite); err != nil {
+			if err := atomicfile.CheckOutput(o.Write.ImatrixOut, o.Write.Overwrite); err != nil {
 				return nil, err
 			}
 		}
 	}
 	if t := o.Select.TargetSize; len(o.Layers) == 0 && o.Select.Count <= 0 && t >= m.Size() {
-		return nil, fmt.Errorf("%s is %s, already at most the target size %s (%d bytes): no block needs to go", m.Path, HumanBytes(m.Size()), HumanBytes(t), t)
+		return nil, fmt.Errorf("%s is %s, already at most the target size %s (%d bytes): no block needs to go", m.Path, units.HumanBytes(m.Size()), units.HumanBytes(t), t)
 	}
 	if o.Write.Imatrix != nil {
 		if err := o.Write.Imatrix.CheckModel(m.GGUF); err != nil {
@@ -82,66 +87,71 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	}
 	remove := o.Layers
 	var rep *ScoreReport
-	var search *Search
+	var search *selection.Search
 	method := MethodLayers
 	if len(o.Layers) == 0 {
-		if err := m.CheckSelectable(o.Write.Force); err != nil {
+		if err := m.CheckSelectable(o.Write.Plan); err != nil {
 			return nil, err
 		}
-		choose := o.Method
-		if choose == "" {
-			choose = MethodBI
-			if o.Scores != nil {
-				choose = Method(o.Scores.Metric)
-			}
-		}
-		switch {
-		case o.Scores != nil:
+		if o.Scores != nil {
 			if err := o.Scores.Check(m); err != nil {
 				return nil, err
 			}
-			if string(choose) != o.Scores.Metric {
-				return nil, fmt.Errorf("%s holds scores of metric %s, not of method %s", o.ScoresFile, o.Scores.Metric, choose)
+		}
+		choose := o.Method
+		if choose == nil {
+			choose = selection.BI
+			if o.Scores != nil {
+				choose, _ = selection.Lookup(o.Scores.Metric)
+			}
+		}
+		sel := o.Select
+		sel.Sharding = o.Write.sharding()
+		switch {
+		case o.Scores != nil:
+			if choose.Name != o.Scores.Metric {
+				return nil, fmt.Errorf("%s holds scores of metric %s, not of method %s", o.ScoresFile, o.Scores.Metric, choose.Name)
 			}
 			rep, method = o.Scores, o.Scores.Metric+" (scores from "+o.ScoresFile+")"
-		case choose == MethodBI:
+		case choose == selection.BI:
+			// BI's scores come in one pass: the report is part of the result.
 			var err error
-			if rep, _, err = m.Score(ctx, o.Calibration, o.Run, false); err != nil {
+			if rep, _, err = m.Score(ctx, ScoreOptions{Calibration: o.Calibration, Run: o.Run}); err != nil {
 				return nil, err
 			}
-			method = string(MethodBI)
+			method = choose.Name
 		default:
 			var err error
-			if search, err = m.Choose(ctx, choose, o.Select, o.Write.KeepSplit, o.Calibration, o.Run); err != nil {
+			if search, err = m.Choose(ctx, choose, sel, o.Calibration, o.Run); err != nil {
 				return nil, err
 			}
-			remove, method = search.Removed, string(choose)
+			remove, method = search.Removed, choose.Name
 		}
 		if o.Scores == nil && o.Calibration.SelfGenerated() {
 			method += " (self-calibrated)"
 		}
 		if rep != nil {
 			var err error
-			if remove, err = m.Select(rep, o.Select, o.Write.KeepSplit); err != nil {
+			if remove, err = m.Select(rep, sel); err != nil {
 				return nil, err
 			}
 		}
 	}
-	plan, err := m.Plan(remove, o.Write.Force)
+	plan, err := m.Plan(remove, o.Write.Plan)
 	if err != nil {
 		return nil, err
 	}
-	var healing *Healing
+	var healing *heal.Healing
 	if o.Heal {
 		if o.Write.DryRun {
 			// What healing would rewrite, without running it.
-			runs, err := m.HealPlan(plan.Removed)
+			runs, err := heal.Plan(m.GGUF, plan.Removed)
 			if err != nil {
 				return nil, err
 			}
-			healing = &Healing{Runs: runs}
+			healing = &heal.Healing{Runs: runs}
 		} else {
-			if healing, err = m.Heal(ctx, plan.Removed, o.Calibration, o.Run, o.Ridge, o.Write.Imatrix); err != nil {
+			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, Imatrix: o.Write.Imatrix}); err != nil {
 				return nil, err
 			}
 			for name, data := range healing.Tensors() {
@@ -155,7 +165,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	// text the evaluation refuses (too short, say) fails the run with
 	// nothing written.
 	if o.EvalText != nil && !o.Write.DryRun {
-		if err := m.checkEvalText(o.EvalText, o.Run); err != nil {
+		if err := eval.CheckText(m.Path, m.GGUF, o.EvalText, o.Run); err != nil {
 			return nil, err
 		}
 	}
@@ -167,41 +177,12 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if o.EvalText != nil && !o.Write.DryRun {
 		// Input and output in one pass: perplexity of both, and the
 		// output's divergence from the input.
-		if res.Eval, err = Compare(ctx, Base{Model: m.Path}, res.Outputs[:1], o.EvalText, o.Run); err != nil {
+		if res.Eval, err = eval.Compare(ctx, eval.Base{Model: m.Path}, res.Outputs[:1], o.EvalText, o.Run); err != nil {
 			return nil, err
 		}
 	}
 	return res, nil
 }
 
-// checkEvalText tokenizes the evaluation text with the model's vocabulary
-// alone (no weights are loaded) and refuses a text too short to evaluate.
-func (m *Model) checkEvalText(text *Text, o RunOptions) error {
-	lm, err := llamacpp.LoadModel(m.Path, llamacpp.ModelParams{VocabOnly: true, Header: m.GGUF})
-	if err != nil {
-		return err
-	}
-	defer lm.Close()
-	toks, err := text.tokens(lm, o.Chunks*o.ctx())
-	if err != nil {
-		return err
-	}
-	if n := o.ctx(); len(toks) < 2*n {
-		return fmt.Errorf("%s: evaluating needs at least %d tokens (2 × context %d), the text has %d: %w", text.Name, 2*n, n, len(toks), llamacpp.ErrShortText)
-	}
-	return nil
-}
-
 // MethodLayers is Result.Method when the blocks were given.
 const MethodLayers = "layers"
-
-// Protect is re-exported for callers that only import this package.
-type Protect = bi.Protect
-
-// ParseBlockList reads a list of 0-based block indices and inclusive
-// ranges such as "3,5-7".
-func ParseBlockList(s string) ([]int, error) { return gguf.ParseBlockList(s) }
-
-// LogOutput sends llama.cpp's own log to w (nil: quiet, the default). It is
-// process-wide, as llama.cpp's log is.
-var LogOutput = llamacpp.Log.SetOutput

@@ -4,15 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"os"
-	"sort"
+	"strings"
 
 	"github.com/ggufprune/ggufprune/bi"
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // ScoreReport is the scores of every block of a model, as the score command
@@ -28,26 +29,28 @@ type ScoreReport struct {
 	Blocks      []bi.BlockScore `json:"blocks"`
 }
 
-// MetricBI is ScoreReport.Metric of Block Influence scores. A report of
-// metric "ppl" or "kld" (ScoreLoss) also holds each block's loss.
-const MetricBI = "bi"
-
-// key is what the report's blocks are ranked by.
-func (r *ScoreReport) key() bi.Key {
-	if r.Metric == MetricBI {
-		return bi.ByBI
+// method is the selection method whose scores the report holds.
+func (r *ScoreReport) method() (*selection.Method, error) {
+	m, ok := selection.Lookup(r.Metric)
+	if !ok || m.Key == nil {
+		return nil, fmt.Errorf("not a score file of ggufprune (metric %q, %d blocks)", r.Metric, len(r.Blocks))
 	}
-	return bi.ByLoss
+	return m, nil
 }
 
-// SelfCalibrationChunks is how many chunks of text a model writes for its
-// own calibration when RunOptions.Chunks does not say.
-const SelfCalibrationChunks = 8
+// ScoreOptions say how Score scores.
+type ScoreOptions struct {
+	Calibration runner.Calibration
+	Run         runner.Options
+	// Imatrix also collects, in the same pass, the importance matrix
+	// llama.cpp's llama-imatrix would.
+	Imatrix bool
+}
 
 // Score runs the model on the calibration and scores every block it runs
-// (BI and angular distance). With imatrix it also collects, in the same
-// pass, the importance matrix llama.cpp's llama-imatrix would.
-func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatrix bool) (*ScoreReport, *gguf.Imatrix, error) {
+// (BI and angular distance), and collects an importance matrix when asked.
+func (m *Model) Score(ctx context.Context, so ScoreOptions) (*ScoreReport, *imatrix.Matrix, error) {
+	cal, o := so.Calibration, so.Run
 	fp, err := m.Fingerprint()
 	if err != nil {
 		return nil, nil, err
@@ -57,11 +60,11 @@ func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatri
 		return nil, nil, err
 	}
 	defer lm.Close()
-	chunks, _, err := calibrationChunks(ctx, lm, cal, o)
+	chunks, _, err := runner.CalibrationChunks(ctx, lm, cal, o)
 	if err != nil {
 		return nil, nil, err
 	}
-	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads, Capture: true})
+	lctx, err := runner.NewContext(lm, runner.Options{Ctx: o.Ctx, Threads: o.Threads}, runner.Capture)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -74,95 +77,51 @@ func (m *Model) Score(ctx context.Context, cal Calibration, o RunOptions, imatri
 	if err := lctx.SetNoHead(true); err != nil {
 		return nil, nil, err
 	}
-	var imAcc *gguf.ImatrixAccumulator
-	if imatrix {
-		imAcc = gguf.NewImatrixAccumulator()
+	var imAcc *imatrix.Accumulator
+	if so.Imatrix {
+		imAcc = imatrix.NewAccumulator()
 		if err := lctx.CaptureMatmul(imAcc.Observe); err != nil {
 			return nil, nil, err
 		}
 	}
-	if err := llamacpp.Scan(ctx, lctx, chunks, o.progress("scoring", "chunks", o.ctx())); err != nil {
+	if err := llamacpp.Scan(ctx, lctx, chunks, o.ProgressFunc("scoring", "chunks", o.CtxSize())); err != nil {
 		return nil, nil, err
 	}
 	if err := acc.Err(); err != nil {
 		return nil, nil, err
 	}
 	rep := &ScoreReport{
-		Model: m.Path, Fingerprint: fp, Metric: MetricBI, Calibration: cal.String(),
-		Tokens: acc.Tokens(), Ctx: o.ctx(), Chunks: len(chunks), Blocks: acc.Scores(),
+		Model: m.Path, Fingerprint: fp, Metric: selection.BI.Name, Calibration: cal.String(),
+		Tokens: acc.Tokens(), Ctx: o.CtxSize(), Chunks: len(chunks), Blocks: acc.Scores(),
 	}
-	var im *gguf.Imatrix
+	var im *imatrix.Matrix
 	if imAcc != nil {
-		im = imAcc.Imatrix(cal.String(), len(chunks), o.ctx())
+		im = imAcc.Matrix(cal.String(), len(chunks), o.CtxSize())
 	}
 	return rep, im, nil
-}
-
-// calibrationChunks tokenizes and cuts the calibration text as
-// llama-perplexity does, or lets the model write it. It returns the chunks
-// to decode (each starting with BOS) and the text's own tokens of each
-// chunk (the next-token targets).
-func calibrationChunks(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) (chunks, targets [][]int32, err error) {
-	var tokens []int32
-	if !cal.SelfGenerated() {
-		if tokens, err = cal.Text.tokens(lm, o.Chunks*o.ctx()); err != nil {
-			return nil, nil, err
-		}
-		if chunks, err = lm.Chunks(tokens, o.ctx(), o.Chunks); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", cal.Text.Name, err)
-		}
-	} else if tokens, chunks, err = selfCalibration(ctx, lm, cal, o); err != nil {
-		return nil, nil, err
-	}
-	for i := range chunks {
-		targets = append(targets, tokens[i*o.ctx():(i+1)*o.ctx()])
-	}
-	return chunks, targets, nil
-}
-
-// selfCalibration lets the model write its calibration text.
-func selfCalibration(ctx context.Context, lm *llamacpp.Model, cal Calibration, o RunOptions) ([]int32, [][]int32, error) {
-	n := o.Chunks
-	if n == 0 {
-		n = SelfCalibrationChunks
-	}
-	o.notify("no calibration text given: the model writes %d chunks of %d tokens itself (seed %d)", n, o.ctx(), cal.Seed)
-	lctx, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.ctx(), Threads: o.Threads})
-	if err != nil {
-		return nil, nil, err
-	}
-	defer lctx.Close()
-	tokens, err := llamacpp.Generate(ctx, lctx, n*o.ctx(), llamacpp.SampleParams{Seed: cal.Seed}, o.progress("generating", "tokens", 1))
-	if err != nil {
-		return nil, nil, err
-	}
-	chunks, err := lm.Chunks(tokens, o.ctx(), n)
-	return tokens, chunks, err
 }
 
 // Ranks gives each block its rank by the report's metric, 1 for the lowest
 // (most redundant).
 func (r *ScoreReport) Ranks() map[int]int {
-	order := append([]bi.BlockScore(nil), r.Blocks...)
-	key := r.key()
-	sort.SliceStable(order, func(i, j int) bool { return key(order[i]) < key(order[j]) })
-	rank := make(map[int]int, len(order))
-	for i, b := range order {
-		rank[b.Index] = i + 1
+	rank := make(map[int]int, len(r.Blocks))
+	m, err := r.method()
+	if err != nil {
+		return rank
+	}
+	for i, b := range selection.Rank(r.Blocks, m.Key) {
+		rank[b] = i + 1
 	}
 	return rank
 }
 
 // WriteFile writes the report as indented JSON, atomically.
 func (r *ScoreReport) WriteFile(path string) error {
-	return atomicfile.Write(path, func(f *os.File) error { return WriteJSON(f, r) })
-}
-
-// WriteJSON writes v as indented JSON, the format of every JSON output.
-func WriteJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return atomicfile.Write(path, func(f *os.File) error {
+		enc := json.NewEncoder(f)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	})
 }
 
 // ReadScoreReport reads a score report and checks that it was made for m.
@@ -186,7 +145,7 @@ func ReadScoreReport(path string, m *Model) (*ScoreReport, error) {
 func (r *ScoreReport) Check(m *Model) error { return r.check(m) }
 
 func (r *ScoreReport) check(m *Model) error {
-	if (r.Metric != MetricBI && r.Metric != string(MethodPPL) && r.Metric != string(MethodKLD)) || len(r.Blocks) == 0 {
+	if _, err := r.method(); err != nil || len(r.Blocks) == 0 {
 		return fmt.Errorf("not a score file of ggufprune (metric %q, %d blocks)", r.Metric, len(r.Blocks))
 	}
 	fp, err := m.Fingerprint()
@@ -208,35 +167,42 @@ func (r *ScoreReport) check(m *Model) error {
 }
 
 // ScoreLoss scores every block by the calibration loss of the model with
-// that block skipped (method MethodPPL: mean NLL; MethodKLD: KL divergence
-// from the whole model), beside its BI and angular distance. Protected
-// blocks are measured too.
-func (m *Model) ScoreLoss(ctx context.Context, method Method, cal Calibration, o RunOptions) (*ScoreReport, error) {
-	if method != MethodPPL && method != MethodKLD {
-		return nil, fmt.Errorf("scores by loss are of method %s or %s, not %s", MethodPPL, MethodKLD, method)
+// that block skipped (a method that ranks by loss: selection.PPL, mean NLL;
+// selection.KLDMethod, KL divergence from the whole model), beside its BI
+// and angular distance. Protected blocks are measured too.
+func (m *Model) ScoreLoss(ctx context.Context, method *selection.Method, cal runner.Calibration, o runner.Options) (*ScoreReport, error) {
+	if method.Loss == selection.NoLoss || method.Key == nil {
+		return nil, fmt.Errorf("method %s has no scores by loss (one of %s)", method.Name, strings.Join(lossScores(), ", "))
 	}
 	fp, err := m.Fingerprint()
 	if err != nil {
 		return nil, err
 	}
-	s, err := m.newSearcher(ctx, cal, o)
+	meas, err := selection.NewMeasurer(ctx, m.Path, m.GGUF, cal, o)
 	if err != nil {
 		return nil, err
 	}
-	defer s.Close()
-	scores, err := s.biScores(ctx, nil)
+	defer meas.Close()
+	scores, err := meas.BI(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
 	for i := range scores {
-		if scores[i].Loss, err = s.loss(ctx, []int{i}, method.lossKind()); err != nil {
+		if scores[i].Loss, err = meas.Loss(ctx, []int{i}, method.Loss); err != nil {
 			return nil, err
 		}
 	}
-	var tokens int64
-	for _, ch := range s.chunks {
-		tokens += int64(len(ch))
+	return &ScoreReport{Model: m.Path, Fingerprint: fp, Metric: method.Name, Calibration: cal.String(),
+		Tokens: meas.Tokens(), Ctx: o.CtxSize(), Chunks: meas.Chunks(), Blocks: scores}, nil
+}
+
+// lossScores are the methods whose scores ScoreLoss measures.
+func lossScores() []string {
+	var out []string
+	for _, m := range selection.Methods() {
+		if m.Loss != selection.NoLoss && m.Key != nil {
+			out = append(out, m.Name)
+		}
 	}
-	return &ScoreReport{Model: m.Path, Fingerprint: fp, Metric: string(method), Calibration: cal.String(),
-		Tokens: tokens, Ctx: o.ctx(), Chunks: len(s.chunks), Blocks: scores}, nil
+	return out
 }

@@ -7,30 +7,34 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/internal/units"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 func TestSizes(t *testing.T) {
 	for in, want := range map[string]int64{"3GiB": 3 << 30, "2.5GB": 2.5e9, "70%": 700, "123": 123, "1.5 MiB": 1.5 * (1 << 20)} {
-		got, err := prune.ParseSize(in, 1000)
+		got, err := units.ParseSize(in, 1000)
 		if err != nil || got != want {
 			t.Errorf("%q: %d, %v", in, got, err)
 		}
 	}
 	for _, bad := range []string{"", "GB", "-1GB", "x%", "NaN", "nan%", "1e19", "9223372036854775807", "Inf", "0.1"} {
-		if _, err := prune.ParseSize(bad, 1000); err == nil {
+		if _, err := units.ParseSize(bad, 1000); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
 	for in, want := range map[string]int{"3": 3, "25%": 4, "1%": 1} {
-		if got, err := prune.ParseCount(in, 16); err != nil || got != want {
+		if got, err := selection.ParseCount(in, 16); err != nil || got != want {
 			t.Errorf("%q: %d, %v", in, got, err)
 		}
 	}
 	for _, bad := range []string{"nan%", "NaN", "0", "-2", "100%", "0%", "x"} {
-		if got, err := prune.ParseCount(bad, 16); err == nil {
+		if got, err := selection.ParseCount(bad, 16); err == nil {
 			t.Errorf("%q accepted as %d", bad, got)
 		}
 	}
@@ -50,11 +54,11 @@ func TestSelectPassesOverInvalidRemovals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cal, err := prune.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, _, err := m.Score(ctx, cal, prune.RunOptions{Ctx: 64, Chunks: 2, Threads: 2}, false)
+	rep, _, err := m.Score(ctx, prune.ScoreOptions{Calibration: cal, Run: runner.Options{Ctx: 64, Chunks: 2, Threads: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,26 +71,26 @@ func TestSelectPassesOverInvalidRemovals(t *testing.T) {
 	if rep.Blocks[2].BI != 0 || rep.Blocks[5].BI != 0 {
 		t.Fatalf("planted blocks score %g and %g", rep.Blocks[2].BI, rep.Blocks[5].BI)
 	}
-	got, err := m.Select(rep, prune.Selection{Count: 2, Protect: prune.Protect{First: 1}}, false)
+	got, err := m.Select(rep, prune.Selection{Count: 2, Protect: selection.Protect{First: 1}})
 	if want := []int{2, next}; err != nil || !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Fatalf("selected %v (%v), want %v", got, err, want)
 	}
 	// The search methods pass over it too.
-	for _, method := range []prune.Method{prune.MethodBI, prune.MethodBIIterative, prune.MethodGreedy, prune.MethodAngular} {
-		res, err := m.Choose(ctx, method, prune.Selection{Count: 2, Protect: prune.Protect{First: 1}}, false, cal, prune.RunOptions{Ctx: 64, Chunks: 1, Threads: 2})
+	for _, method := range []*selection.Method{selection.BI, selection.BIIterative, selection.Greedy, selection.Angular} {
+		res, err := m.Choose(ctx, method, prune.Selection{Count: 2, Protect: selection.Protect{First: 1}}, cal, runner.Options{Ctx: 64, Chunks: 1, Threads: 2})
 		if err != nil {
 			t.Fatalf("%s: %v", method, err)
 		}
-		if _, err := m.Plan(res.Removed, true); err != nil || len(res.Removed) != 2 {
+		if _, err := m.Plan(res.Removed, surgery.Options{Force: true}); err != nil || len(res.Removed) != 2 {
 			t.Fatalf("%s chose %v: %v", method, res.Removed, err)
 		}
 	}
 	// One attention block and one recurrent block must stay: 4 of 6 can
 	// go, not 5.
-	if got, err := m.Select(rep, prune.Selection{Count: 4}, false); err != nil || len(got) != 4 {
+	if got, err := m.Select(rep, prune.Selection{Count: 4}); err != nil || len(got) != 4 {
 		t.Fatalf("removing 4 of 6: %v, %v", got, err)
 	}
-	if _, err := m.Select(rep, prune.Selection{Count: 5}, false); !errors.Is(err, gguf.ErrLlamaRule) {
+	if _, err := m.Select(rep, prune.Selection{Count: 5}); !errors.Is(err, arch.ErrRule) {
 		t.Fatalf("removing 5 of 6: %v", err)
 	}
 }

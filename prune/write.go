@@ -7,17 +7,22 @@ import (
 	"path/filepath"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/eval"
+	"github.com/ggufprune/ggufprune/prune/heal"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // WriteOptions say how a plan is written.
 type WriteOptions struct {
-	Output    string // the output file (with KeepSplit: named like its first shard)
-	KeepSplit bool   // write a split input as as many shards instead of one file
-	Force     bool   // remove blocks even where the architecture derives block kinds from the index
-	DryRun    bool   // plan and size only; write nothing
-	Overwrite bool   // replace output files that exist (they keep their permissions)
+	Output    string           // the output file (with surgery.KeepSplit: named like its first shard)
+	Sharding  surgery.Sharding // write a split input as one file, or as as many shards
+	Plan      surgery.Options  // how the removal is planned (forced or not)
+	DryRun    bool             // plan and size only; write nothing
+	Overwrite bool             // replace output files that exist (they keep their permissions)
 
 	// Quantize, when its Name is set, quantizes the pruned model into
 	// Output (one file; the pruned intermediate is a temporary file).
@@ -27,7 +32,7 @@ type WriteOptions struct {
 	// Imatrix is the input model's importance matrix (ImatrixName its
 	// file): pruned with the model, used by Quantize, and written to
 	// ImatrixOut when that is set.
-	Imatrix     *gguf.Imatrix
+	Imatrix     *imatrix.Matrix
 	ImatrixName string
 	ImatrixOut  string
 
@@ -37,31 +42,31 @@ type WriteOptions struct {
 
 // Result is what a prune did, as the prune command prints it.
 type Result struct {
-	Model            string       `json:"model"`
-	Outputs          []string     `json:"outputs,omitempty"`
-	Method           string       `json:"method"`
-	Removed          []int        `json:"removed"`
-	BlockCountBefore int          `json:"block_count_before"`
-	BlockCountAfter  int          `json:"block_count_after"`
-	BytesBefore      int64        `json:"bytes_before"`
-	BytesAfter       int64        `json:"bytes_after"`
-	DryRun           bool         `json:"dry_run"`
-	Quantized        string       `json:"quantized,omitempty"`
-	ImatrixOut       string       `json:"imatrix_out,omitempty"`
-	Scores           *ScoreReport `json:"scores,omitempty"`
-	Search           *Search      `json:"search,omitempty"` // methods other than bi: the choice's steps and cost
-	Heal             *Healing     `json:"heal,omitempty"`   // what healing rewrote
-	Eval             []EvalResult `json:"eval,omitempty"`
+	Model            string            `json:"model"`
+	Outputs          []string          `json:"outputs,omitempty"`
+	Method           string            `json:"method"`
+	Removed          []int             `json:"removed"`
+	BlockCountBefore int               `json:"block_count_before"`
+	BlockCountAfter  int               `json:"block_count_after"`
+	BytesBefore      int64             `json:"bytes_before"`
+	BytesAfter       int64             `json:"bytes_after"`
+	DryRun           bool              `json:"dry_run"`
+	Quantized        string            `json:"quantized,omitempty"`
+	ImatrixOut       string            `json:"imatrix_out,omitempty"`
+	Scores           *ScoreReport      `json:"scores,omitempty"`
+	Search           *selection.Search `json:"search,omitempty"` // methods other than bi: the choice's steps and cost
+	Heal             *heal.Healing     `json:"heal,omitempty"`   // what healing rewrote
+	Eval             []eval.Result     `json:"eval,omitempty"`
 	// Warnings are what the output does not keep of the original (a forced
 	// removal that changed the kind of kept blocks).
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-// Plan works out the removal of the given blocks (see gguf.PlanRemoval) and
-// checks that llama.cpp would load the result (gguf.LlamaRules): with force
-// too, a file llama.cpp would abort on is never written.
-func (m *Model) Plan(remove []int, force bool) (*gguf.Plan, error) {
-	plan, err := gguf.PlanRemoval(m.GGUF, remove, force)
+// Plan works out the removal of the given blocks (see surgery.PlanRemoval)
+// and checks that llama.cpp would load the result (arch.Rules): forced too,
+// a file llama.cpp would abort on is never written.
+func (m *Model) Plan(remove []int, o surgery.Options) (*surgery.Plan, error) {
+	plan, err := surgery.PlanRemoval(m.GGUF, remove, o)
 	if err != nil {
 		return nil, err
 	}
@@ -74,15 +79,15 @@ func (m *Model) Plan(remove []int, force bool) (*gguf.Plan, error) {
 // Write writes the plan as o says and reports what it wrote. Every file goes
 // through a temporary file next to it and is renamed into place only when
 // complete; a failure leaves no output and no temporary file.
-func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Result, error) {
+func (m *Model) Write(ctx context.Context, plan *surgery.Plan, o WriteOptions) (*Result, error) {
 	quantize := o.Quantize.Name != ""
-	if quantize && o.KeepSplit {
+	if quantize && o.Sharding == surgery.KeepSplit {
 		return nil, fmt.Errorf("a quantized output is one file; it cannot keep the input's split")
 	}
 	if err := o.check(plan); err != nil {
 		return nil, err
 	}
-	after, err := plan.Size(o.KeepSplit && !quantize)
+	after, err := plan.Size(o.sharding())
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +100,7 @@ func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Re
 		res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %s derives %s from the block index, and removing %s moves block %d to index %d, which changes its kind; llama.cpp loads the output, but it does not compute what the original computes without those blocks",
 			b.Architecture, b.What, gguf.FormatBlockList(b.Removed), b.Block, b.To))
 	}
-	var im *gguf.Imatrix
+	var im *imatrix.Matrix
 	if o.Imatrix != nil {
 		if im, err = o.Imatrix.Prune(plan.Map); err != nil {
 			return nil, fmt.Errorf("%s: %w", o.ImatrixName, err)
@@ -108,7 +113,7 @@ func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Re
 		return nil, err
 	}
 	if !quantize {
-		if res.Outputs, err = plan.Write(o.Output, o.KeepSplit); err != nil {
+		if res.Outputs, err = plan.Write(o.Output, o.Sharding); err != nil {
 			return nil, err
 		}
 	} else {
@@ -130,12 +135,20 @@ func (m *Model) Write(ctx context.Context, plan *gguf.Plan, o WriteOptions) (*Re
 	return res, nil
 }
 
-// check refuses outputs that cannot be written (see CheckOutput).
-func (o WriteOptions) check(plan *gguf.Plan) error {
+// sharding is how the plan is written: a quantized output is one file.
+func (o WriteOptions) sharding() surgery.Sharding {
+	if o.Quantize.Name != "" {
+		return surgery.OneFile
+	}
+	return o.Sharding
+}
+
+// check refuses outputs that cannot be written (see atomicfile.CheckOutput).
+func (o WriteOptions) check(plan *surgery.Plan) error {
 	if o.DryRun {
 		return nil
 	}
-	outs := plan.Outputs(o.Output, o.KeepSplit && o.Quantize.Name == "")
+	outs := plan.Outputs(o.Output, o.sharding())
 	if o.ImatrixOut != "" {
 		outs = append(outs, o.ImatrixOut)
 	}
@@ -143,7 +156,7 @@ func (o WriteOptions) check(plan *gguf.Plan) error {
 		if plan.Model.SameFile(out) {
 			return fmt.Errorf("%s: output would overwrite an input file", out)
 		}
-		if err := CheckOutput(out, o.Overwrite); err != nil {
+		if err := atomicfile.CheckOutput(out, o.Overwrite); err != nil {
 			return err
 		}
 	}
@@ -152,7 +165,7 @@ func (o WriteOptions) check(plan *gguf.Plan) error {
 
 // writeQuantized writes the pruned model to a temporary file next to the
 // output, quantizes it into the output, and removes it whatever happens.
-func (m *Model) writeQuantized(plan *gguf.Plan, o WriteOptions, im *gguf.Imatrix) error {
+func (m *Model) writeQuantized(plan *surgery.Plan, o WriteOptions, im *imatrix.Matrix) error {
 	if plan.Model.SameFile(o.Output) {
 		return fmt.Errorf("%s: output would overwrite an input file", o.Output)
 	}

@@ -5,7 +5,10 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/prune/eval"
+	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/urfave/cli/v2"
 )
 
@@ -44,8 +47,8 @@ func runEval(c *cli.Context) error {
 	if err := requireFlags(c, "model"); err != nil {
 		return err
 	}
-	var kinds []prune.TaskKind
-	for _, k := range []prune.TaskKind{prune.HellaSwag, prune.WinoGrande, prune.MultipleChoice} {
+	var kinds []eval.TaskKind
+	for _, k := range []eval.TaskKind{eval.HellaSwag, eval.WinoGrande, eval.MultipleChoice} {
 		if c.IsSet(string(k)) {
 			kinds = append(kinds, k)
 		}
@@ -69,7 +72,7 @@ func runEval(c *cli.Context) error {
 		return err
 	}
 	if v := c.String("skip"); v != "" {
-		if o.Skip, err = prune.ParseBlockList(v); err != nil {
+		if o.Skip, err = gguf.ParseBlockList(v); err != nil {
 			return usagef("--skip %v", err)
 		}
 	}
@@ -79,23 +82,23 @@ func runEval(c *cli.Context) error {
 		}
 	}
 	verboseLog(c)
-	var text *prune.Text
+	var text *runner.Text
 	if !readBase {
-		if text, err = prune.TextFile(c.String("file")); err != nil {
+		if text, err = runner.TextFile(c.String("file")); err != nil {
 			return err
 		}
 	}
-	var results []prune.EvalResult
+	var results []eval.Result
 	if c.IsSet("base") || readBase {
-		base := prune.Base{Model: c.String("base"), Overwrite: c.Bool("overwrite")}
+		base := eval.Base{Model: c.String("base"), Overwrite: c.Bool("overwrite")}
 		if readBase {
 			base.LogitsIn = c.String("kl-divergence-base")
 		} else {
 			base.LogitsOut = c.String("kl-divergence-base")
 		}
-		results, err = prune.Compare(c.Context, base, c.StringSlice("model"), text, o)
+		results, err = eval.Compare(c.Context, base, c.StringSlice("model"), text, o)
 	} else {
-		results, err = prune.Evaluate(c.Context, c.StringSlice("model"), text, o)
+		results, err = eval.Evaluate(c.Context, c.StringSlice("model"), text, o)
 	}
 	if err != nil {
 		return withFlags(c, err)
@@ -108,7 +111,7 @@ func runEval(c *cli.Context) error {
 
 // printEval prints perplexities, with the divergence from the base where
 // models were compared with one (the base is the first row).
-func printEval(w io.Writer, results []prune.EvalResult) error {
+func printEval(w io.Writer, results []eval.Result) error {
 	compared := len(results) > 1 && results[1].KLD != nil
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if !compared {
@@ -141,19 +144,19 @@ func printEval(w io.Writer, results []prune.EvalResult) error {
 	fmt.Fprintln(tw)
 	rows := []struct {
 		name string
-		get  func(p prune.Percentiles) float64
+		get  func(p bi.Percentiles) float64
 	}{
-		{"max", func(p prune.Percentiles) float64 { return p.Max }},
-		{"99.9%", func(p prune.Percentiles) float64 { return p.P99_9 }},
-		{"99%", func(p prune.Percentiles) float64 { return p.P99 }},
-		{"95%", func(p prune.Percentiles) float64 { return p.P95 }},
-		{"90%", func(p prune.Percentiles) float64 { return p.P90 }},
-		{"median", func(p prune.Percentiles) float64 { return p.Median }},
-		{"10%", func(p prune.Percentiles) float64 { return p.P10 }},
-		{"5%", func(p prune.Percentiles) float64 { return p.P5 }},
-		{"1%", func(p prune.Percentiles) float64 { return p.P1 }},
-		{"0.1%", func(p prune.Percentiles) float64 { return p.P0_1 }},
-		{"min", func(p prune.Percentiles) float64 { return p.Min }},
+		{"max", func(p bi.Percentiles) float64 { return p.Max }},
+		{"99.9%", func(p bi.Percentiles) float64 { return p.P99_9 }},
+		{"99%", func(p bi.Percentiles) float64 { return p.P99 }},
+		{"95%", func(p bi.Percentiles) float64 { return p.P95 }},
+		{"90%", func(p bi.Percentiles) float64 { return p.P90 }},
+		{"median", func(p bi.Percentiles) float64 { return p.Median }},
+		{"10%", func(p bi.Percentiles) float64 { return p.P10 }},
+		{"5%", func(p bi.Percentiles) float64 { return p.P5 }},
+		{"1%", func(p bi.Percentiles) float64 { return p.P1 }},
+		{"0.1%", func(p bi.Percentiles) float64 { return p.P0_1 }},
+		{"min", func(p bi.Percentiles) float64 { return p.Min }},
 	}
 	for _, row := range rows {
 		fmt.Fprint(tw, row.name)
@@ -166,7 +169,7 @@ func printEval(w io.Writer, results []prune.EvalResult) error {
 }
 
 // runTasks evaluates task accuracy.
-func runTasks(c *cli.Context, kinds []prune.TaskKind) error {
+func runTasks(c *cli.Context, kinds []eval.TaskKind) error {
 	if len(kinds) > 1 {
 		return usagef("eval: give one of --hellaswag, --winogrande and --multiple-choice")
 	}
@@ -183,14 +186,14 @@ func runTasks(c *cli.Context, kinds []prune.TaskKind) error {
 		return usagef("eval: --skip goes with perplexity and --base, not with --%s", kinds[0])
 	}
 	if !c.IsSet("tasks") {
-		n = prune.DefaultTasks(kinds[0])
+		n = eval.DefaultTasks(kinds[0])
 	}
 	o, err := runOptionsFrom(c)
 	if err != nil {
 		return err
 	}
 	verboseLog(c)
-	results, err := prune.EvaluateTasks(c.Context, kinds[0], c.String(string(kinds[0])), n, c.StringSlice("model"), o)
+	results, err := eval.EvaluateTasks(c.Context, kinds[0], c.String(string(kinds[0])), n, c.StringSlice("model"), o)
 	if err != nil {
 		return withFlags(c, err)
 	}

@@ -6,7 +6,9 @@ import (
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/gguf"
-	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/internal/units"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 	"github.com/urfave/cli/v2"
 )
 
@@ -51,7 +53,7 @@ func runInspect(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
-	arch, err := m.Architecture()
+	archName, err := m.Architecture()
 	if err != nil {
 		return err
 	}
@@ -59,12 +61,12 @@ func runInspect(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := gguf.CheckBlocks(m); err != nil {
+	if err := arch.CheckBlocks(m); err != nil {
 		return err
 	}
 	st := m.Stats()
 	r := inspectReport{
-		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: arch, BlockCount: n,
+		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: archName, BlockCount: n,
 		TensorCount: len(m.Tensors), Alignment: m.Shards[0].Alignment, FileSize: m.Size(),
 		Files: len(m.Shards), Params: st.Params, Types: st.Types, Blocks: st.Blocks,
 	}
@@ -72,7 +74,7 @@ func runInspect(c *cli.Context) error {
 		return printJSON(c.App.Writer, r)
 	}
 	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "file\t%s (%d file(s), %s)\n", path, r.Files, prune.HumanBytes(r.FileSize))
+	fmt.Fprintf(w, "file\t%s (%d file(s), %s)\n", path, r.Files, units.HumanBytes(r.FileSize))
 	fmt.Fprintf(w, "gguf version\t%d\n", r.GGUFVersion)
 	fmt.Fprintf(w, "architecture\t%s\n", r.Architecture)
 	fmt.Fprintf(w, "blocks\t%d\n", r.BlockCount)
@@ -112,7 +114,7 @@ func isImatrixFile(path string) bool {
 		return strings.HasSuffix(path, ".dat")
 	}
 	defer f.Close()
-	return gguf.IsImatrix(f)
+	return imatrix.Is(f)
 }
 
 type imatrixReport struct {
@@ -128,7 +130,7 @@ type imatrixReport struct {
 }
 
 func inspectImatrix(c *cli.Context, path string) error {
-	im, err := gguf.ReadImatrix(path)
+	im, err := imatrix.Read(path)
 	if err != nil {
 		return err
 	}

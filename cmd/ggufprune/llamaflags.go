@@ -7,9 +7,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 	"github.com/urfave/cli/v2"
 )
 
@@ -27,19 +31,18 @@ func runFlags(defaultCtx int) []cli.Flag {
 
 // runOptionsFrom reads the run flags into the library's options, with
 // progress bars and notes on stderr.
-func runOptionsFrom(c *cli.Context) (prune.RunOptions, error) {
-	o := prune.RunOptions{Ctx: c.Int("ctx-size"), Chunks: c.Int("chunks"), Threads: c.Int("threads"), GPULayers: c.Int("gpu-layers"), NoMmap: c.Bool("no-mmap")}
-	switch {
-	case o.Ctx < 2:
-		return o, usagef("-c %d: the context size must be at least 2", o.Ctx)
-	case o.Chunks < 0:
-		return o, usagef("--chunks %d: must not be negative", o.Chunks)
-	case o.Threads < 0:
-		return o, usagef("-t %d: must not be negative", o.Threads)
-	case o.GPULayers < 0:
-		return o, usagef("-ngl %d: must not be negative", o.GPULayers)
+func runOptionsFrom(c *cli.Context) (runner.Options, error) {
+	o := runner.Options{Ctx: c.Int("ctx-size"), Chunks: c.Int("chunks"), Threads: c.Int("threads"), GPULayers: c.Int("gpu-layers"), NoMmap: c.Bool("no-mmap")}
+	if o.Ctx == 0 {
+		return o, usagef("-c 0: the context size must be at least 2")
 	}
-	o.Threads = capThreads(c, o.Threads)
+	if o.Threads > 0 {
+		o.Threads = capThreads(c, o.Threads)
+	}
+	// The one check of these values is the library's.
+	if err := o.Check(); err != nil {
+		return o, usagef("%v", err)
+	}
 	stderr := c.App.ErrWriter
 	var bar *progress
 	o.Progress = func(stage, unit string, tokensPerStep, done, total int) {
@@ -52,9 +55,9 @@ func runOptionsFrom(c *cli.Context) (prune.RunOptions, error) {
 	return o, nil
 }
 
-// capThreads caps a thread count at prune.MaxThreads, and says so.
+// capThreads caps a thread count at runner.MaxThreads, and says so.
 func capThreads(c *cli.Context, n int) int {
-	if limit := prune.MaxThreads(); n > limit {
+	if limit := runner.MaxThreads(); n > limit {
 		fmt.Fprintf(c.App.ErrWriter, "ggufprune: -t %d: using %d threads (4 per core); more only slow ggml down\n", n, limit)
 		return limit
 	}
@@ -64,16 +67,16 @@ func capThreads(c *cli.Context, n int) int {
 // verboseLog shows llama.cpp's log on stderr when -v was given.
 func verboseLog(c *cli.Context) {
 	if c.Bool("verbose") {
-		llamacpp.Log.SetOutput(c.App.ErrWriter)
+		prune.LogTo(c.App.ErrWriter)
 	}
 }
 
 // withFlags adds to a library error the flags that would change the
 // outcome, where the command line knows them.
 func withFlags(c *cli.Context, err error) error {
-	var ce *prune.ContextError
-	var se *prune.SizeError
-	var pe *gguf.PatternError
+	var ce *runner.ContextError
+	var se *selection.SizeError
+	var pe *arch.PatternError
 	switch {
 	case err == nil:
 		return nil
@@ -83,13 +86,13 @@ func withFlags(c *cli.Context, err error) error {
 		return fmt.Errorf("--target-size %s: %w", c.String("target-size"), err)
 	case errors.As(err, &pe):
 		return fmt.Errorf("%w, or pass --force to remove them anyway", err)
-	case errors.Is(err, gguf.ErrIndexPattern):
+	case errors.Is(err, arch.ErrIndexPattern):
 		return fmt.Errorf("%w (use --layers, or --force to choose by score anyway)", err)
-	case errors.Is(err, gguf.ErrImatrixMismatch):
+	case errors.Is(err, imatrix.ErrMismatch):
 		return fmt.Errorf("%w (prune --imatrix-out writes the imatrix of a pruned model)", err)
-	case errors.Is(err, prune.ErrOutputExists):
+	case errors.Is(err, atomicfile.ErrOutputExists):
 		return fmt.Errorf("%w (--overwrite replaces it)", err)
-	case errors.Is(err, prune.ErrTextTooLarge):
+	case errors.Is(err, runner.ErrTextTooLarge):
 		return fmt.Errorf("%w (--chunks N reads only what N chunks need)", err)
 	case errors.Is(err, llamacpp.ErrShortText):
 		return fmt.Errorf("%w (give more text or a smaller -c)", err)

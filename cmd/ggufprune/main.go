@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +13,6 @@ import (
 	"syscall"
 
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
-	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -123,7 +123,11 @@ func commandUsageErrors(c *cli.Command) *cli.Command {
 	return c
 }
 
-func printJSON(w io.Writer, v any) error { return prune.WriteJSON(w, v) }
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
 
 // isTerminal reports whether w is a terminal, for progress output.
 func isTerminal(w io.Writer) bool {

@@ -7,8 +7,12 @@ import (
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/gguf"
-	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
+	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 	"github.com/urfave/cli/v2"
 )
 
@@ -31,7 +35,7 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "target-size", Usage: "remove the fewest blocks that bring the output to `SIZE`: bytes, 3GiB, 2.5GB, 800MiB or 70% (of the input)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` for scoring"},
 			&cli.StringFlag{Name: "scores", Usage: "use the scores in `FILE` (from score -o or --json) instead of scoring"},
-			&cli.StringFlag{Name: "method", Usage: "how blocks are chosen (`METHOD`): bi (default), angular, bi-iterative, ppl, greedy, kld, kld-greedy; with --scores, the report's metric"},
+			&cli.StringFlag{Name: "method", Usage: "how blocks are chosen (`METHOD`): " + strings.Join(selection.Names(), ", ") + " (default " + selection.BI.Name + "; see docs/methods.md); with --scores, the report's metric"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text (no -f, no --scores)"},
 			&cli.IntFlag{Name: "keep-first", Value: 1, Usage: "never remove the first `N` blocks"},
 			&cli.IntFlag{Name: "keep-last", Value: 1, Usage: "never remove the last `N` blocks"},
@@ -98,20 +102,20 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("plot") && c.IsSet("layers") {
 		return usagef("prune: --plot draws scores; --layers has none (use score --plot)")
 	}
-	var method prune.Method
+	var method *selection.Method
 	if v := c.String("method"); v != "" {
 		var err error
-		if method, err = prune.ParseMethod(v); err != nil {
+		if method, err = selection.Parse(v); err != nil {
 			return usagef("--method %v", err)
 		}
 		if c.IsSet("layers") {
 			return usagef("prune: --method chooses blocks; --layers gives them")
 		}
-		if c.IsSet("plot") && method != prune.MethodBI && !c.IsSet("scores") {
-			return usagef("prune: --plot draws per-block scores; --method %s has none (score --metric ppl or kld, then --scores, has)", method)
+		if c.IsSet("plot") && method != selection.BI && !c.IsSet("scores") {
+			return usagef("prune: --plot draws per-block scores; --method %s has none (score --metric %s, then --scores, has)", method, strings.Join(lossMetrics(), " or "))
 		}
 	}
-	if p := c.String("plot"); p != "" && !prune.ValidPlotName(p) {
+	if p := c.String("plot"); p != "" && !validPlotName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
 	run, err := runOptionsFrom(c)
@@ -127,11 +131,14 @@ func runPrune(c *cli.Context) error {
 		}
 	}
 	o := prune.Options{Run: run, Method: method, Heal: heal, Ridge: c.Float64("ridge"), Write: prune.WriteOptions{
-		Output: out, KeepSplit: c.Bool("keep-split"), Force: c.Bool("force"), DryRun: dryRun,
+		Output: out, Plan: surgery.Options{Force: c.Bool("force")}, DryRun: dryRun,
 		ImatrixOut: c.String("imatrix-out"), Overwrite: c.Bool("overwrite"),
 	}}
+	if c.Bool("keep-split") {
+		o.Write.Sharding = surgery.KeepSplit
+	}
 	if typ := c.String("quantize"); typ != "" {
-		q, ok := llamacpp.LookupQuantType(typ)
+		q, ok := prune.LookupQuantType(typ)
 		if !ok {
 			return unknownQuantType(typ)
 		}
@@ -139,12 +146,12 @@ func runPrune(c *cli.Context) error {
 		o.Write.Progress = newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update
 	}
 	if p := c.String("eval"); p != "" {
-		if o.EvalText, err = prune.TextFile(p); err != nil {
+		if o.EvalText, err = runner.TextFile(p); err != nil {
 			return err
 		}
 	}
 	if p := c.String("imatrix"); p != "" {
-		if o.Write.Imatrix, err = gguf.ReadImatrix(p); err != nil {
+		if o.Write.Imatrix, err = imatrix.Read(p); err != nil {
 			return err
 		}
 		o.Write.ImatrixName = p
@@ -160,11 +167,11 @@ func runPrune(c *cli.Context) error {
 		}
 	}
 	if c.IsSet("layers") {
-		if o.Layers, err = prune.ParseBlockList(c.String("layers")); err != nil {
+		if o.Layers, err = gguf.ParseBlockList(c.String("layers")); err != nil {
 			return usageError{err}
 		}
 	} else {
-		if o.Select, err = selection(c, m); err != nil {
+		if o.Select, err = selectionFrom(c, m); err != nil {
 			return err
 		}
 		if file := c.String("scores"); file != "" {
@@ -184,7 +191,7 @@ func runPrune(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "ggufprune: warning: %s: %s\n", res.Model, w)
 	}
 	if p := c.String("plot"); p != "" && res.Scores != nil {
-		if err := prune.PlotScores(p, res.Scores, res.Removed); err != nil {
+		if err := plotScores(p, res.Scores, res.Removed); err != nil {
 			return err
 		}
 	}
@@ -199,20 +206,20 @@ func runPrune(c *cli.Context) error {
 	return nil
 }
 
-// selection reads --remove or --target-size and the protected blocks.
-func selection(c *cli.Context, m *prune.Model) (prune.Selection, error) {
-	s := prune.Selection{Protect: prune.Protect{First: c.Int("keep-first"), Last: c.Int("keep-last")}}
+// selectionFrom reads --remove or --target-size and the protected blocks.
+func selectionFrom(c *cli.Context, m *prune.Model) (prune.Selection, error) {
+	s := prune.Selection{Protect: selection.Protect{First: c.Int("keep-first"), Last: c.Int("keep-last")}}
 	if s.Protect.First < 0 || s.Protect.Last < 0 {
 		return s, usagef("--keep-first and --keep-last must not be negative")
 	}
 	var err error
 	if v := c.String("remove"); v != "" {
-		if s.Count, err = prune.ParseCount(v, m.ScoredBlocks()); err != nil {
+		if s.Count, err = selection.ParseCount(v, m.ScoredBlocks()); err != nil {
 			return s, usagef("--remove %w", err)
 		}
 		return s, nil
 	}
-	if s.TargetSize, err = prune.ParseSize(c.String("target-size"), m.Size()); err != nil {
+	if s.TargetSize, err = units.ParseSize(c.String("target-size"), m.Size()); err != nil {
 		return s, usagef("--target-size %w", err)
 	}
 	return s, nil
@@ -224,7 +231,7 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 	fmt.Fprintf(tw, "method\t%s\n", s.Method)
 	fmt.Fprintf(tw, "removed blocks\t%s (%d of %d)\n", gguf.FormatBlockList(s.Removed), len(s.Removed), s.BlockCountBefore)
 	fmt.Fprintf(tw, "blocks\t%d -> %d\n", s.BlockCountBefore, s.BlockCountAfter)
-	fmt.Fprintf(tw, "size\t%s -> %s (%.1f%%)\n", prune.HumanBytes(s.BytesBefore), prune.HumanBytes(s.BytesAfter), 100*float64(s.BytesAfter)/float64(s.BytesBefore))
+	fmt.Fprintf(tw, "size\t%s -> %s (%.1f%%)\n", units.HumanBytes(s.BytesBefore), units.HumanBytes(s.BytesAfter), 100*float64(s.BytesAfter)/float64(s.BytesBefore))
 	if s.DryRun {
 		fmt.Fprintf(tw, "dry run\tnothing written\n")
 	}
@@ -267,4 +274,15 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 		}
 	}
 	tw.Flush()
+}
+
+// lossMetrics are the score metrics measured by loss (score --metric).
+func lossMetrics() []string {
+	var out []string
+	for _, m := range selection.Methods() {
+		if m.Key != nil && m.Loss != selection.NoLoss {
+			out = append(out, m.Name)
+		}
+	}
+	return out
 }

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/urfave/cli/v2"
@@ -12,7 +14,7 @@ import (
 
 func quantizeCommand() *cli.Command {
 	var types strings.Builder
-	for _, q := range llamacpp.QuantTypes {
+	for _, q := range prune.QuantTypes() {
 		need := ""
 		if q.NeedImatrix {
 			need = " (needs --imatrix)"
@@ -43,42 +45,33 @@ func runQuantize(c *cli.Context) error {
 		return usagef("quantize: expected IN.gguf OUT.gguf TYPE, got %d arguments", c.NArg())
 	}
 	in, out, typ := c.Args().Get(0), c.Args().Get(1), c.Args().Get(2)
-	q, ok := llamacpp.LookupQuantType(typ)
+	q, ok := prune.LookupQuantType(typ)
 	if !ok {
 		return unknownQuantType(typ)
 	}
 	if t := c.Int("threads"); t < 0 {
 		return usagef("-t %d: must not be negative", t)
 	}
-	if err := prune.CheckOutput(out, c.Bool("overwrite")); err != nil {
-		return withFlags(c, err)
+	if err := atomicfile.CheckOutput(out, c.Bool("overwrite")); err != nil {
+		return withFlags(c, err) // before any work: the imatrix may be slow to read
 	}
 	verboseLog(c)
 	p := llamacpp.QuantizeParams{Type: q, Threads: capThreads(c, c.Int("threads")), Progress: newProgress(c.App.ErrWriter, "quantizing", "tensors", 0).update}
 	if path := c.String("imatrix"); path != "" {
-		im, err := gguf.ReadImatrix(path)
+		im, err := imatrix.Read(path)
 		if err != nil {
 			return err
 		}
 		p.Imatrix = im
 	}
-	if err := llamacpp.Quantize(in, out, p); err != nil {
+	r, err := prune.Quantize(in, out, prune.QuantizeOptions{Params: p, Overwrite: c.Bool("overwrite")})
+	if err != nil {
 		return withFlags(c, err)
 	}
-	m, err := gguf.OpenModel(out)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	src, err := gguf.OpenModel(in)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	fmt.Fprintf(c.App.Writer, "wrote %s: %s, %s -> %s (%.1f%%)\n", out, p.Type.Name, prune.HumanBytes(src.Size()), prune.HumanBytes(m.Size()), 100*float64(m.Size())/float64(src.Size()))
+	fmt.Fprintf(c.App.Writer, "wrote %s: %s, %s -> %s (%.1f%%)\n", r.Output, r.Type, units.HumanBytes(r.BytesBefore), units.HumanBytes(r.After), 100*float64(r.After)/float64(r.BytesBefore))
 	return nil
 }
 
 func unknownQuantType(typ string) error {
-	return usagef("unknown quantization type %q; one of %s", typ, strings.Join(llamacpp.QuantTypeNames(), ", "))
+	return usagef("unknown quantization type %q; one of %s", typ, strings.Join(prune.QuantTypeNames(), ", "))
 }

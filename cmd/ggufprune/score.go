@@ -3,10 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 	"github.com/urfave/cli/v2"
 )
 
@@ -19,7 +23,7 @@ func scoreCommand() *cli.Command {
 		Flags: append(runFlags(256),
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8); without it the model calibrates on text it writes itself"},
-			&cli.StringFlag{Name: "metric", Value: "bi", Usage: "`METRIC`: bi (Block Influence, one pass), ppl (calibration loss with each block skipped) or kld (KL divergence from the whole model with each block skipped)"},
+			&cli.StringFlag{Name: "metric", Value: selection.BI.Name, Usage: "`METRIC`: " + metricHelp()},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
 			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png"},
@@ -39,21 +43,18 @@ func runScore(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if p := c.String("plot"); p != "" && !prune.ValidPlotName(p) {
+	if p := c.String("plot"); p != "" && !validPlotName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
 	if err := checkOutputs(c, "output", "plot", "imatrix-out"); err != nil {
 		return err
 	}
-	metric := c.String("metric")
-	switch metric {
-	case "bi":
-	case string(prune.MethodPPL), string(prune.MethodKLD):
-		if c.IsSet("imatrix-out") {
-			return usagef("score: --imatrix-out is collected with --metric bi")
-		}
-	default:
-		return usagef("--metric %s: one of bi, ppl, kld", metric)
+	metric, ok := selection.Lookup(c.String("metric"))
+	if !ok || metric.Key == nil {
+		return usagef("--metric %s: one of %s", c.String("metric"), strings.Join(selection.ScoreNames(), ", "))
+	}
+	if metric != selection.BI && c.IsSet("imatrix-out") {
+		return usagef("score: --imatrix-out is collected with --metric %s", selection.BI.Name)
 	}
 	verboseLog(c)
 	cal, err := calibrationFrom(c)
@@ -66,11 +67,11 @@ func runScore(c *cli.Context) error {
 	}
 	defer m.Close()
 	var rep *prune.ScoreReport
-	var im *gguf.Imatrix
-	if metric == "bi" {
-		rep, im, err = m.Score(c.Context, cal, o, c.String("imatrix-out") != "")
+	var im *imatrix.Matrix
+	if metric == selection.BI {
+		rep, im, err = m.Score(c.Context, prune.ScoreOptions{Calibration: cal, Run: o, Imatrix: c.String("imatrix-out") != ""})
 	} else {
-		rep, err = m.ScoreLoss(c.Context, prune.Method(metric), cal, o)
+		rep, err = m.ScoreLoss(c.Context, metric, cal, o)
 	}
 	if err != nil {
 		return withFlags(c, err)
@@ -86,7 +87,7 @@ func runScore(c *cli.Context) error {
 		}
 	}
 	if plot := c.String("plot"); plot != "" {
-		if err := prune.PlotScores(plot, rep, nil); err != nil {
+		if err := plotScores(plot, rep, nil); err != nil {
 			return err
 		}
 	}
@@ -101,13 +102,13 @@ func runScore(c *cli.Context) error {
 var overwriteFlag = &cli.BoolFlag{Name: "overwrite", Usage: "replace output files that exist (they keep their permissions); without it an existing output is an error"}
 
 // checkOutputs checks, before any work, that the files the named flags give
-// can be written (see prune.CheckOutput).
+// can be written (see atomicfile.CheckOutput).
 func checkOutputs(c *cli.Context, flags ...string) error {
 	for _, f := range flags {
 		if p := c.String(f); p == "-" {
 			return usagef("--%s -: outputs are files; standard output is not one", f)
 		} else if p != "" {
-			if err := prune.CheckOutput(p, c.Bool("overwrite")); err != nil {
+			if err := atomicfile.CheckOutput(p, c.Bool("overwrite")); err != nil {
 				return withFlags(c, fmt.Errorf("--%s: %w", f, err))
 			}
 		}
@@ -116,11 +117,11 @@ func checkOutputs(c *cli.Context, flags ...string) error {
 }
 
 // calibrationFrom reads -f, or asks for self-generated text seeded by --seed.
-func calibrationFrom(c *cli.Context) (prune.Calibration, error) {
+func calibrationFrom(c *cli.Context) (runner.Calibration, error) {
 	if f := c.String("file"); f != "" {
-		return prune.CalibrationFile(f)
+		return runner.CalibrationFile(f)
 	}
-	return prune.Calibration{Seed: c.Uint64("seed")}, nil
+	return runner.Calibration{Seed: c.Uint64("seed")}, nil
 }
 
 // printScores prints the block table; removed blocks are marked.
@@ -132,7 +133,7 @@ func printScores(w io.Writer, rep *prune.ScoreReport, removed []int) {
 	}
 	fmt.Fprintf(w, "model %s, calibration %s: %d tokens in %d chunks of %d\n", rep.Model, rep.Calibration, rep.Tokens, rep.Chunks, rep.Ctx)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	loss := rep.Metric != prune.MetricBI
+	loss := rep.Metric != selection.BI.Name
 	if loss {
 		fmt.Fprintf(tw, "block\tBI\tangular\t%s loss skipped\trank\t\n", rep.Metric)
 	} else {
@@ -150,4 +151,15 @@ func printScores(w io.Writer, rep *prune.ScoreReport, removed []int) {
 		}
 	}
 	tw.Flush()
+}
+
+// metricHelp describes the metrics of score reports, from the registry.
+func metricHelp() string {
+	var parts []string
+	for _, m := range selection.Methods() {
+		if m.Key != nil {
+			parts = append(parts, fmt.Sprintf("%s (%s)", m.Name, m.Help))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,4 +1,4 @@
-// Command heal measures healing (README, "Healing"): for k = 1 to a quarter
+// Command heal measures healing (docs/healing.md): for k = 1 to a quarter
 // of the blocks, the k lowest-BI blocks are removed plainly and with
 // healing, and both models are compared with the original on text the
 // calibration never saw. It prints a Markdown table and writes heal.json
@@ -21,7 +21,12 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/eval"
+	"github.com/ggufprune/ggufprune/prune/heal"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // Row is one k.
@@ -39,7 +44,7 @@ type Row struct {
 func main() {
 	model := flag.String("m", "testdata/models/story16-f16.gguf", "model")
 	calib := flag.String("f", "testdata/text/gutenberg/pg1342.txt", "calibration text")
-	eval := flag.String("e", "testdata/text/unseen/gutenberg_tails.txt", "evaluation text")
+	evalPath := flag.String("e", "testdata/text/unseen/gutenberg_tails.txt", "evaluation text")
 	ctxSize := flag.Int("c", 256, "chunk size")
 	calChunks := flag.Int("chunks", 64, "calibration chunks")
 	evalChunks := flag.Int("eval-chunks", 32, "evaluation chunks")
@@ -54,38 +59,38 @@ func main() {
 		log.Fatal(err)
 	}
 	defer m.Close()
-	cal, err := prune.CalibrationFile(*calib)
+	cal, err := runner.CalibrationFile(*calib)
 	if err != nil {
 		log.Fatal(err)
 	}
-	text, err := prune.TextFile(*eval)
+	text, err := runner.TextFile(*evalPath)
 	if err != nil {
 		log.Fatal(err)
 	}
-	o := prune.RunOptions{Ctx: *ctxSize, Chunks: *calChunks}
+	o := runner.Options{Ctx: *ctxSize, Chunks: *calChunks}
 	kMax := max(1, m.ScoredBlocks()/4)
-	rep, _, err := m.Score(ctx, cal, o, false)
+	rep, _, err := m.Score(ctx, prune.ScoreOptions{Calibration: cal, Run: o})
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("%s, calibration %s (%d chunks of %d), evaluation %s (%d chunks)\n\n", *model, *calib, *calChunks, *ctxSize, *eval, *evalChunks)
+	fmt.Printf("%s, calibration %s (%d chunks of %d), evaluation %s (%d chunks)\n\n", *model, *calib, *calChunks, *ctxSize, *evalPath, *evalChunks)
 	fmt.Println("| removed | plain PPL | healed PPL | plain KLD | healed KLD | share of the increase removed | healing |")
 	fmt.Println("|---|---|---|---|---|---|---|")
 	var rows []Row
 	for k := 1; k <= kMax; k++ {
-		removed, err := m.Select(rep, prune.Selection{Count: k, Protect: prune.Protect{First: 1, Last: 1}}, false)
+		removed, err := m.Select(rep, prune.Selection{Count: k, Protect: selection.Protect{First: 1, Last: 1}})
 		if err != nil {
 			log.Fatal(err)
 		}
 		plainPath, healedPath := filepath.Join(*out, "plain.gguf"), filepath.Join(*out, "healed.gguf")
-		plan, err := m.Plan(removed, false)
+		plan, err := m.Plan(removed, surgery.Options{})
 		if err != nil {
 			log.Fatal(err)
 		}
 		if _, err := m.Write(ctx, plan, prune.WriteOptions{Output: plainPath, Overwrite: true}); err != nil {
 			log.Fatal(err)
 		}
-		h, err := m.Heal(ctx, removed, cal, o, 0, nil)
+		h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{})
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -97,7 +102,7 @@ func main() {
 		if _, err := m.Write(ctx, plan, prune.WriteOptions{Output: healedPath, Overwrite: true}); err != nil {
 			log.Fatal(err)
 		}
-		rs, err := prune.Compare(ctx, prune.Base{Model: *model}, []string{plainPath, healedPath}, text, prune.RunOptions{Ctx: *ctxSize, Chunks: *evalChunks})
+		rs, err := eval.Compare(ctx, eval.Base{Model: *model}, []string{plainPath, healedPath}, text, runner.Options{Ctx: *ctxSize, Chunks: *evalChunks})
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -113,7 +118,7 @@ func main() {
 		log.Fatal(err)
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s on %s (unpruned: %.3f)", filepath.Base(*model), filepath.Base(*eval), rows[0].Base)
+	p.Title.Text = fmt.Sprintf("%s on %s (unpruned: %.3f)", filepath.Base(*model), filepath.Base(*evalPath), rows[0].Base)
 	p.X.Label.Text = "blocks removed (lowest BI)"
 	p.Y.Label.Text = "perplexity"
 	for i, ser := range []struct {

@@ -22,7 +22,11 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/eval"
+	"github.com/ggufprune/ggufprune/prune/runner"
+	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
 // Row is one method's choice at one k, evaluated.
@@ -80,27 +84,27 @@ func measure(ctx context.Context, path string, texts []string, calib string, chu
 	}
 	defer m.Close()
 	kMax := max(1, m.ScoredBlocks()/4)
-	cal, err := prune.CalibrationFile(calib)
+	cal, err := runner.CalibrationFile(calib)
 	if err != nil {
 		log.Fatal(err)
 	}
-	o := prune.RunOptions{Ctx: 256, Chunks: chunks}
-	sel := prune.Selection{Count: kMax, Protect: prune.Protect{First: 1, Last: 1}}
+	o := runner.Options{Ctx: 256, Chunks: chunks}
+	sel := prune.Selection{Count: kMax, Protect: selection.Protect{First: 1, Last: 1}}
 	var rows []Row
-	for _, method := range prune.Methods {
-		if method == prune.MethodAngular {
+	for _, method := range selection.Methods() {
+		if method == selection.Angular {
 			for k := 1; k <= kMax; k++ {
 				sel.Count = k
-				s, err := m.Choose(ctx, method, sel, false, cal, o)
+				s, err := m.Choose(ctx, method, sel, cal, o)
 				if err != nil {
 					log.Fatal(err)
 				}
-				rows = append(rows, Row{Model: path, Method: string(method), K: k, Removed: s.Removed, Seconds: s.Cost.Seconds, Passes: s.Cost.Passes})
+				rows = append(rows, Row{Model: path, Method: method.Name, K: k, Removed: s.Removed, Seconds: s.Cost.Seconds, Passes: s.Cost.Passes})
 			}
 			sel.Count = kMax
 			continue
 		}
-		s, err := m.Choose(ctx, method, sel, false, cal, o)
+		s, err := m.Choose(ctx, method, sel, cal, o)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -111,7 +115,7 @@ func measure(ctx context.Context, path string, texts []string, calib string, chu
 				removed = append(removed, st.Block)
 			}
 			slices.Sort(removed)
-			rows = append(rows, Row{Model: path, Method: string(method), K: k, Removed: removed, Seconds: s.Cost.Seconds, Passes: s.Cost.Passes})
+			rows = append(rows, Row{Model: path, Method: method.Name, K: k, Removed: removed, Seconds: s.Cost.Seconds, Passes: s.Cost.Passes})
 		}
 	}
 	// Write each distinct pruned model once, and evaluate them all against
@@ -128,7 +132,7 @@ func measure(ctx context.Context, path string, texts []string, calib string, chu
 		if files[key] != "" {
 			continue
 		}
-		plan, err := m.Plan(r.Removed, false)
+		plan, err := m.Plan(r.Removed, surgery.Options{})
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -140,15 +144,15 @@ func measure(ctx context.Context, path string, texts []string, calib string, chu
 		paths = append(paths, p)
 	}
 	for _, text := range texts {
-		t, err := prune.TextFile(text)
+		t, err := runner.TextFile(text)
 		if err != nil {
 			log.Fatal(err)
 		}
-		res, err := prune.Compare(ctx, prune.Base{Model: path}, paths, t, prune.RunOptions{Ctx: 256, Chunks: evalChunks})
+		res, err := eval.Compare(ctx, eval.Base{Model: path}, paths, t, runner.Options{Ctx: 256, Chunks: evalChunks})
 		if err != nil {
 			log.Fatal(err)
 		}
-		byFile := map[string]prune.EvalResult{}
+		byFile := map[string]eval.Result{}
 		for _, r := range res[1:] {
 			byFile[r.Model] = r
 		}
@@ -171,10 +175,10 @@ func plotRows(rows []Row, model, text string, base float64, path string) {
 	p.X.Label.Text = "blocks removed"
 	p.Y.Label.Text = "perplexity"
 	colors := []color.RGBA{{70, 110, 180, 255}, {220, 70, 50, 255}, {60, 160, 80, 255}, {150, 90, 170, 255}, {230, 150, 30, 255}, {40, 170, 170, 255}, {120, 120, 120, 255}}
-	for i, method := range prune.Methods {
+	for i, method := range selection.Methods() {
 		var pts plotter.XYs
 		for _, r := range rows {
-			if r.Model == model && r.Method == string(method) {
+			if r.Model == model && r.Method == method.Name {
 				for _, e := range r.Eval {
 					if e.Text == text {
 						pts = append(pts, plotter.XY{X: float64(r.K), Y: e.PPL})
@@ -192,7 +196,7 @@ func plotRows(rows []Row, model, text string, base float64, path string) {
 			l.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
 		}
 		p.Add(l)
-		p.Legend.Add(string(method), l)
+		p.Legend.Add(method.Name, l)
 	}
 	p.Legend.Top = true
 	p.Legend.Left = true

@@ -1,0 +1,435 @@
+// Package imatrix reads, writes, prunes and collects importance matrices (llama.cpp's imatrix), in
+// both of llama.cpp's formats: GGUF and the legacy .dat.
+package imatrix
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
+)
+
+// Importance matrices (imatrix) are the mean squared activations at the input
+// of each weight matrix, which llama.cpp's quantizer uses to weight the
+// rounding error of each column. llama.cpp writes them in two formats: a
+// GGUF file (general.type "imatrix", a NAME.in_sum2 and a NAME.counts F32
+// tensor per weight) and the legacy binary .dat format.
+
+// Keys of the GGUF format.
+const (
+	KeyDatasets   = "imatrix.datasets"
+	KeyChunkCount = "imatrix.chunk_count"
+	KeyChunkSize  = "imatrix.chunk_size"
+)
+
+// ErrMismatch is wrapped by the errors of an importance matrix that
+// does not belong to a model (another model's, or not pruned with it).
+var ErrMismatch = errors.New("the importance matrix does not match the model")
+
+// Matrix is an importance matrix.
+type Matrix struct {
+	Entries    []Entry // sorted by name
+	Datasets   []string
+	ChunkCount int
+	ChunkSize  int
+	Legacy     bool // read from (or to be written in) the legacy .dat format
+}
+
+// Entry is the statistics of one weight: for each of NMat matrices
+// (experts; 1 for a plain weight), the sums of squared activations of its NIn
+// input columns and the number of activation rows summed.
+type Entry struct {
+	Name   string
+	NIn    int
+	Sums   []float32 // NMat rows of NIn
+	Counts []float32 // NMat
+}
+
+// NMat is the number of matrices (experts) of the entry.
+func (e *Entry) NMat() int { return len(e.Counts) }
+
+// Means returns the mean squared activation of each column, as llama.cpp's
+// quantizer reads them: sums divided by counts, 1 where a matrix saw no input.
+func (e *Entry) Means() []float32 {
+	out := make([]float32, len(e.Sums))
+	for m, c := range e.Counts {
+		for i := 0; i < e.NIn; i++ {
+			if c > 0 {
+				out[m*e.NIn+i] = e.Sums[m*e.NIn+i] / c
+			} else {
+				out[m*e.NIn+i] = 1
+			}
+		}
+	}
+	return out
+}
+
+// Is reports whether a parsed GGUF file is an importance matrix.
+func Is(f *gguf.File) bool {
+	v, ok := f.Get(gguf.KeyType)
+	s, _ := v.Str()
+	return ok && s == "imatrix"
+}
+
+// Read reads an importance matrix in either format.
+func Read(path string) (*Matrix, error) {
+	fp, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fp.Close()
+	st, err := fp.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var magic [4]byte
+	if _, err := fp.ReadAt(magic[:], 0); err == nil && binary.LittleEndian.Uint32(magic[:]) == gguf.Magic {
+		f, err := gguf.NewFile(fp, st.Size())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		im, err := fromGGUF(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return im, nil
+	}
+	im, err := readLegacy(bufio.NewReader(fp), st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%s: not an imatrix file (GGUF or legacy .dat): %w", path, err)
+	}
+	return im, nil
+}
+
+func fromGGUF(f *gguf.File) (*Matrix, error) {
+	if !Is(f) {
+		return nil, errors.New("a GGUF file but not an imatrix (general.type is not \"imatrix\")")
+	}
+	im := &Matrix{}
+	if v, ok := f.Get(KeyDatasets); ok {
+		if a, ok := v.Array(); ok && a.Elem() == gguf.TypeString {
+			for i := 0; i < a.Len(); i++ {
+				s, _ := a.Index(i).Str()
+				im.Datasets = append(im.Datasets, s)
+			}
+		}
+	}
+	if n, ok := gguf.IntKey(f, KeyChunkCount); ok {
+		im.ChunkCount = int(n)
+	}
+	if n, ok := gguf.IntKey(f, KeyChunkSize); ok {
+		im.ChunkSize = int(n)
+	}
+	readF32 := func(t *gguf.TensorInfo) ([]float32, error) {
+		if t.Type != gguf.TypeF32 {
+			return nil, fmt.Errorf("tensor %q is %v, want F32", t.Name, t.Type)
+		}
+		b := make([]byte, t.Size)
+		if _, err := f.TensorData(t).ReadAt(b, 0); err != nil {
+			return nil, err
+		}
+		out := make([]float32, len(b)/4)
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+		return out, nil
+	}
+	for i := range f.Tensors {
+		t := &f.Tensors[i]
+		name, ok := strings.CutSuffix(t.Name, ".in_sum2")
+		if !ok {
+			if !strings.HasSuffix(t.Name, ".counts") {
+				return nil, fmt.Errorf("unexpected tensor %q in an imatrix", t.Name)
+			}
+			continue
+		}
+		ct, ok := f.Tensor(name + ".counts")
+		if !ok {
+			return nil, fmt.Errorf("tensor %q has no %s.counts", t.Name, name)
+		}
+		sums, err := readF32(t)
+		if err != nil {
+			return nil, err
+		}
+		counts, err := readF32(ct)
+		if err != nil {
+			return nil, err
+		}
+		if len(t.Dims) < 1 || len(counts) == 0 || uint64(len(counts))*t.Dims[0] != uint64(len(sums)) {
+			return nil, fmt.Errorf("%s: %d sums do not match %d counts", name, len(sums), len(counts))
+		}
+		im.Entries = append(im.Entries, Entry{Name: name, NIn: int(t.Dims[0]), Sums: sums, Counts: counts})
+	}
+	im.sort()
+	return im, nil
+}
+
+func (im *Matrix) sort() {
+	sort.Slice(im.Entries, func(i, j int) bool { return im.Entries[i].Name < im.Entries[j].Name })
+}
+
+// readLegacy reads the .dat format: int32 entry count; per entry an
+// int32 name length, the name, int32 ncall, int32 nval and nval float32
+// means × ncall; then optionally int32 last chunk and a dataset name.
+func readLegacy(r *bufio.Reader, size int64) (*Matrix, error) {
+	var n int32
+	i32 := func() (int32, error) {
+		var v int32
+		err := binary.Read(r, binary.LittleEndian, &v)
+		return v, err
+	}
+	n, err := i32()
+	if err != nil {
+		return nil, err
+	}
+	if n <= 0 || int64(n) > size/16 {
+		return nil, fmt.Errorf("entry count %d", n)
+	}
+	im := &Matrix{Legacy: true}
+	left := size - 4
+	for i := int32(0); i < n; i++ {
+		l, err := i32()
+		if err != nil || l <= 0 || int64(l) > left {
+			return nil, fmt.Errorf("entry %d: bad name length %d", i, l)
+		}
+		name := make([]byte, l)
+		if _, err := io.ReadFull(r, name); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i, err)
+		}
+		ncall, err1 := i32()
+		nval, err2 := i32()
+		if err1 != nil || err2 != nil || nval <= 0 || int64(nval)*4 > left {
+			return nil, fmt.Errorf("entry %q: bad value count %d", name, nval)
+		}
+		vals := make([]float32, nval)
+		if err := binary.Read(r, binary.LittleEndian, vals); err != nil {
+			return nil, fmt.Errorf("entry %q: %w", name, err)
+		}
+		left -= int64(12 + len(name) + 4*len(vals))
+		// Stored as mean × ncall; keep them as sums over ncall "rows".
+		count := float32(max(ncall, 1))
+		im.Entries = append(im.Entries, Entry{Name: string(name), NIn: int(nval), Sums: vals, Counts: []float32{count}})
+	}
+	if last, err := i32(); err == nil {
+		im.ChunkCount = int(last)
+		if l, err := i32(); err == nil && l > 0 && int64(l) <= left {
+			name := make([]byte, l)
+			if _, err := io.ReadFull(r, name); err == nil {
+				im.Datasets = []string{string(name)}
+			}
+		}
+	}
+	im.sort()
+	return im, nil
+}
+
+// Write writes the imatrix to path atomically, in the legacy format when
+// im.Legacy is set or path ends in .dat, else as GGUF.
+func (im *Matrix) Write(path string) error {
+	return atomicfile.Write(path, func(f *os.File) error {
+		if im.Legacy || strings.HasSuffix(path, ".dat") {
+			return im.writeLegacy(f)
+		}
+		return im.writeGGUF(f)
+	})
+}
+
+func (im *Matrix) writeGGUF(w io.Writer) error {
+	ds := make([]gguf.Value, len(im.Datasets))
+	for i, d := range im.Datasets {
+		ds[i] = gguf.String(d)
+	}
+	dsv, _ := gguf.NewArray(gguf.TypeString, ds)
+	kvs := []gguf.KV{
+		{Key: gguf.KeyType, Value: gguf.String("imatrix")},
+		{Key: KeyDatasets, Value: dsv},
+		{Key: KeyChunkCount, Value: gguf.Uint32(uint32(im.ChunkCount))},
+		{Key: KeyChunkSize, Value: gguf.Uint32(uint32(im.ChunkSize))},
+	}
+	var ts []gguf.WriterTensor
+	for _, e := range im.Entries {
+		ts = append(ts,
+			f32Tensor(e.Name+".in_sum2", e.Sums, uint64(e.NIn), uint64(e.NMat())),
+			f32Tensor(e.Name+".counts", e.Counts, 1, uint64(e.NMat())))
+	}
+	_, err := gguf.Write(w, 3, kvs, ts)
+	return err
+}
+
+func f32Tensor(name string, v []float32, dims ...uint64) gguf.WriterTensor {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return gguf.WriterTensor{
+		Info: gguf.TensorInfo{Name: name, Dims: dims, Type: gguf.TypeF32, Size: uint64(len(b))},
+		Data: io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))),
+	}
+}
+
+// writeLegacy writes the .dat format as llama.cpp's imatrix tool does: means
+// × ncall, where ncall is the number of chunks the largest count spans.
+func (im *Matrix) writeLegacy(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	put := func(v any) { binary.Write(bw, binary.LittleEndian, v) }
+	put(int32(len(im.Entries)))
+	chunk := float32(max(im.ChunkSize, 1))
+	for _, e := range im.Entries {
+		put(int32(len(e.Name)))
+		bw.WriteString(e.Name)
+		if im.Legacy {
+			// Read from .dat: the sums are the stored values, the count is ncall.
+			put(int32(e.Counts[0]))
+			put(int32(len(e.Sums)))
+			put(e.Sums)
+			continue
+		}
+		var maxCount float32
+		for _, c := range e.Counts {
+			maxCount = max(maxCount, c)
+		}
+		ncall := int32(math.Ceil(float64(maxCount / chunk)))
+		put(ncall)
+		put(int32(len(e.Sums)))
+		means := e.Means()
+		for i := range means {
+			means[i] *= float32(ncall)
+		}
+		put(means)
+	}
+	put(int32(im.ChunkCount))
+	ds := ""
+	if len(im.Datasets) > 0 {
+		ds = im.Datasets[0]
+	}
+	put(int32(len(ds)))
+	bw.WriteString(ds)
+	return bw.Flush()
+}
+
+// Prune returns the imatrix of the model that bm makes: entries of removed
+// blocks are dropped and the others renumbered like the model's blocks.
+// Values are unchanged.
+func (im *Matrix) Prune(bm *gguf.BlockMap) (*Matrix, error) {
+	out := *im
+	out.Entries = nil
+	for _, e := range im.Entries {
+		name, keep, err := bm.Rename(e.Name)
+		if err != nil {
+			return nil, fmt.Errorf("imatrix entry %w", err)
+		}
+		if !keep {
+			continue
+		}
+		e.Name = name
+		out.Entries = append(out.Entries, e)
+	}
+	out.sort()
+	return &out, nil
+}
+
+// Blocks is the number of blocks the entries cover (highest blk.N + 1).
+func (im *Matrix) Blocks() int {
+	n := 0
+	for _, e := range im.Entries {
+		n = max(n, gguf.BlockOf(e.Name)+1)
+	}
+	return n
+}
+
+// CheckModel checks that the imatrix covers the model's blocks and that every
+// entry names a weight of the model with as many input columns (times
+// experts) as the imatrix has values.
+func (im *Matrix) CheckModel(m *gguf.Model) error {
+	if n, err := m.BlockCount(); err == nil && im.Blocks() != n {
+		return fmt.Errorf("the imatrix covers %d blocks but %s has %d (an imatrix must be pruned with its model): %w", im.Blocks(), m.Name(), n, ErrMismatch)
+	}
+	byName := map[string]*gguf.ModelTensor{}
+	for i := range m.Tensors {
+		byName[m.Tensors[i].Name] = &m.Tensors[i]
+	}
+	for _, e := range im.Entries {
+		t, ok := byName[e.Name]
+		if !ok {
+			return fmt.Errorf("imatrix entry %q names no tensor of %s (was the imatrix made for another model, or not pruned with it?): %w", e.Name, m.Name(), ErrMismatch)
+		}
+		want := t.Dims[0]
+		if len(t.Dims) > 2 {
+			want *= t.Dims[2]
+		}
+		if uint64(len(e.Sums)) != want {
+			return fmt.Errorf("imatrix entry %q has %d values, tensor %s needs %d: %w", e.Name, len(e.Sums), e.Name, want, ErrMismatch)
+		}
+	}
+	return nil
+}
+
+// Accumulator collects an importance matrix as llama.cpp's imatrix
+// tool does: for every weight matrix multiplication, the sum over activation
+// rows of the squared input of each column, and the number of rows; for
+// expert (MUL_MAT_ID) weights, per expert, counting the rows routed to it.
+type Accumulator struct {
+	entries map[string]*Entry
+}
+
+// NewAccumulator makes an empty accumulator.
+func NewAccumulator() *Accumulator {
+	return &Accumulator{entries: map[string]*Entry{}}
+}
+
+// Observe takes the input x of one multiplication by weight: nSlots×nTokens
+// rows of nIn floats. For expert weights ids holds, per token, the nExpertUsed
+// experts chosen, and row (slot k % nSlots, token t) goes to expert ids[t][k].
+func (a *Accumulator) Observe(weight string, x []float32, nIn, nSlots, nTokens int, ids []int32, nExpertUsed, nExperts int) {
+	nMat := 1
+	if ids != nil {
+		nMat = nExperts
+	}
+	e := a.entries[weight]
+	if e == nil || e.NIn != nIn || e.NMat() != nMat {
+		e = &Entry{Name: weight, NIn: nIn, Sums: make([]float32, nIn*nMat), Counts: make([]float32, nMat)}
+		a.entries[weight] = e
+	}
+	add := func(mat int, row []float32) {
+		sums := e.Sums[mat*nIn : (mat+1)*nIn]
+		for j, v := range row {
+			sums[j] += v * v
+		}
+		e.Counts[mat]++
+	}
+	if ids == nil {
+		for r := 0; r < nSlots*nTokens; r++ {
+			add(0, x[r*nIn:(r+1)*nIn])
+		}
+		return
+	}
+	for t := 0; t < nTokens; t++ {
+		for k := 0; k < nExpertUsed; k++ {
+			ex := int(ids[t*nExpertUsed+k])
+			if ex < 0 || ex >= nExperts {
+				continue
+			}
+			r := t*nSlots + k%nSlots
+			add(ex, x[r*nIn:(r+1)*nIn])
+		}
+	}
+}
+
+// Matrix returns what was collected, with the dataset name and the chunks.
+func (a *Accumulator) Matrix(dataset string, chunks, chunkSize int) *Matrix {
+	im := &Matrix{Datasets: []string{dataset}, ChunkCount: chunks, ChunkSize: chunkSize}
+	for _, e := range a.entries {
+		im.Entries = append(im.Entries, *e)
+	}
+	im.sort()
+	return im
+}

@@ -1,0 +1,420 @@
+// Package surgery plans and writes block removals: which tensors go, how
+// the rest are renamed, which metadata changes (block counts, per-layer
+// arrays, leading counts, pinned defaults, block-sized tensors), and the
+// streaming, atomic, verified rewrite that copies every kept tensor's bytes
+// unchanged. What llama.cpp requires of each architecture comes from
+// llamacpp/arch.
+package surgery
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
+)
+
+// Sharding is how the plan of a split model is written.
+type Sharding int
+
+const (
+	OneFile   Sharding = iota // one file, whatever the input's shards
+	KeepSplit                 // as many shards as the input, named like them
+)
+
+// Options say how a removal is planned.
+type Options struct {
+	// Force removes blocks even where the architecture derives block kinds
+	// from the index (the plan's Broken then says what changed); removals
+	// llama.cpp would not load or would abort on are refused all the same.
+	Force bool
+}
+
+// Plan is block surgery worked out and checked, ready to write.
+type Plan struct {
+	Model            *gguf.Model
+	Map              *gguf.BlockMap
+	Removed          []int // old block indices, ascending
+	BlockCountBefore int
+	BlockCountAfter  int
+	KV               []gguf.KV          // the first shard's metadata after surgery
+	Tensors          []gguf.ModelTensor // kept tensors, renamed, in source order
+	sources          []*gguf.ModelTensor
+	replaced         map[string][]byte            // new data of kept tensors, by source name
+	cut              map[string]*io.SectionReader // block-sized global tensors without the removed blocks' slices
+
+	// Broken is set when a forced removal changes the kind of kept blocks
+	// (an index-pattern architecture): llama.cpp loads the file, but its
+	// blocks do not compute what they did.
+	Broken *arch.PatternError
+}
+
+// ReplaceData makes the plan write new data for a kept tensor, named as in
+// the input: the same type and shape, so the same size (healing rewrites
+// the tensors it folds into). Every other tensor is still copied unchanged.
+func (p *Plan) ReplaceData(name string, data []byte) error {
+	for _, src := range p.sources {
+		if src.Name != name {
+			continue
+		}
+		if uint64(len(data)) != src.Size {
+			return fmt.Errorf("%s: new data of tensor %s is %d bytes, not %d", p.Model.Name(), name, len(data), src.Size)
+		}
+		if p.replaced == nil {
+			p.replaced = map[string][]byte{}
+		}
+		p.replaced[name] = data
+		return nil
+	}
+	return fmt.Errorf("%s: tensor %s is not kept by the plan", p.Model.Name(), name)
+}
+
+// data is the bytes tensor i of the plan is written from.
+func (p *Plan) data(i int) *io.SectionReader {
+	if d, ok := p.replaced[p.sources[i].Name]; ok {
+		return io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))
+	}
+	if d, ok := p.cut[p.sources[i].Name]; ok {
+		return io.NewSectionReader(d, 0, d.Size())
+	}
+	return p.Model.TensorData(p.sources[i])
+}
+
+// PlanRemoval works out the removal of the given blocks: which tensors go,
+// how the rest are renamed, and the new metadata. It refuses removing every
+// block, indices out of range, multi-token-prediction blocks, and (unless
+// o.Force) removals that break an architecture's index-derived layer
+// pattern (an *arch.PatternError).
+func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
+	name, err := m.Architecture()
+	if err != nil {
+		return nil, err
+	}
+	n, err := m.BlockCount()
+	if err != nil {
+		return nil, err
+	}
+	bm, err := gguf.NewBlockMap(n, remove)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", m.Name(), err)
+	}
+	p := &Plan{Model: m, Map: bm, Removed: bm.Removed(), BlockCountBefore: n, BlockCountAfter: bm.After()}
+	if len(p.Removed) == 0 {
+		return nil, fmt.Errorf("%s: no blocks to remove", m.Name())
+	}
+	if bm.After() == 0 {
+		return nil, fmt.Errorf("%s: removing all %d blocks would leave no model", m.Name(), n)
+	}
+	if mtp := arch.MTPBlocks(m, n); len(mtp) > 0 {
+		for _, b := range p.Removed {
+			if b >= mtp[0] {
+				return nil, fmt.Errorf("%s: block %d is a multi-token-prediction block (%s.%s = %d: blocks %s) and cannot be removed", m.Name(), b, name, gguf.KeyNextNPredictLayers, len(mtp), gguf.FormatBlockList(mtp))
+			}
+		}
+	}
+	if err := arch.CheckRemoval(m, bm); err != nil {
+		return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), gguf.FormatBlockList(p.Removed), err)
+	}
+	if perr := arch.BrokenPattern(m, bm); perr != nil {
+		if !o.Force {
+			return nil, perr
+		}
+		if err := sameBlockLayout(m, bm, perr); err != nil {
+			return nil, err
+		}
+		p.Broken = perr
+	}
+
+	// Metadata: block_count, the counts of leading blocks of a kind, and
+	// every per-layer array under the arch prefix.
+	kept := bm.Kept()
+	prefix := name + "."
+	for _, kv := range m.KV() {
+		switch {
+		case kv.Key == prefix+gguf.KeyBlockCount:
+			kv.Value = kv.Value.WithCount(len(kept))
+		case arch.LeadingCount(strings.TrimPrefix(kv.Key, prefix)) && strings.HasPrefix(kv.Key, prefix):
+			// The first `lead` blocks are of another kind (dense before
+			// mixture-of-experts blocks in deepseek2, glm4moe, …): removing
+			// some of them shortens the lead, so that every kept block keeps
+			// its kind.
+			if lead, ok := kv.Value.Int(); ok && lead > 0 {
+				gone := 0
+				for _, b := range p.Removed {
+					if int64(b) < lead {
+						gone++
+					}
+				}
+				kv.Value = kv.Value.WithCount(int(lead) - gone)
+			}
+		case strings.HasPrefix(kv.Key, prefix) && arch.PerLayer(strings.TrimPrefix(kv.Key, prefix)):
+			if a, ok := kv.Value.Array(); ok && a.Len() == n {
+				kv.Value = a.Slice(kept)
+			}
+		}
+		p.KV = append(p.KV, kv)
+	}
+	p.KV = append(p.KV, arch.PinnedDefaults(m, n)...)
+
+	// Tensors: drop removed blocks, renumber the rest.
+	for i := range m.Tensors {
+		t := &m.Tensors[i]
+		name, keep, err := bm.Rename(t.Name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tensor %w (%s)", m.Name(), err, prefix+gguf.KeyBlockCount)
+		}
+		if !keep {
+			continue
+		}
+		nt := *t
+		nt.Name = name
+		p.Tensors = append(p.Tensors, nt)
+		p.sources = append(p.sources, t)
+	}
+	for _, bt := range arch.BlockSized(name) {
+		i := slices.IndexFunc(p.Tensors, func(t gguf.ModelTensor) bool { return t.Name == bt.Name })
+		if i < 0 {
+			continue
+		}
+		info, data, err := cutBlocks(m, p.sources[i], bt.Dim, bm)
+		if err != nil {
+			return nil, err
+		}
+		p.Tensors[i].TensorInfo = info
+		if p.cut == nil {
+			p.cut = map[string]*io.SectionReader{}
+		}
+		p.cut[p.sources[i].Name] = data
+	}
+	return p, nil
+}
+
+// sameBlockLayout refuses a forced removal after which a kept block sits at
+// an index where llama.cpp expects other tensors (names or shapes): in
+// index-pattern architectures the loader asks each index for the tensors of
+// its kind (qwen3next's linear-attention vs attention blocks, llama4's dense
+// vs MoE blocks), and such a file does not load.
+func sameBlockLayout(m *gguf.Model, bm *gguf.BlockMap, perr *arch.PatternError) error {
+	layout := map[int]map[string]string{}
+	for _, t := range m.Tensors {
+		if b, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
+			if layout[b] == nil {
+				layout[b] = map[string]string{}
+			}
+			layout[b][rest] = fmt.Sprint(t.Dims)
+		}
+	}
+	for _, b := range bm.Kept() {
+		to := bm.NewIndex(b)
+		if to == b || maps.Equal(layout[b], layout[to]) {
+			continue
+		}
+		return fmt.Errorf("%s: removing %s moves block %d to index %d, where %s's loader expects the tensors of another kind of block (%s), so llama.cpp would not load the file; this is refused even when forced. Removing %s keeps the pattern: %w",
+			perr.Model, gguf.FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.ValidRemovals(), arch.ErrIndexPattern)
+	}
+	return nil
+}
+
+// Outputs are the files a plan writes: one, or one per source shard when
+// it keeps the split.
+func (p *Plan) Outputs(out string, s Sharding) []string {
+	n := len(p.Model.Shards)
+	if s != KeepSplit || n == 1 {
+		return []string{out}
+	}
+	prefix, ok := gguf.SplitPrefix(out)
+	if !ok {
+		prefix = strings.TrimSuffix(out, ".gguf")
+	}
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i] = gguf.SplitPath(prefix, i, n)
+	}
+	return paths
+}
+
+// fileParts is what goes into one output file.
+type fileParts struct {
+	kvs     []gguf.KV
+	tensors []gguf.WriterTensor
+}
+
+func (p *Plan) parts(s Sharding) []fileParts {
+	m := p.Model
+	if s != KeepSplit || len(m.Shards) == 1 {
+		var fp fileParts
+		for _, kv := range p.KV {
+			if len(m.Shards) > 1 && strings.HasPrefix(kv.Key, "split.") {
+				continue
+			}
+			fp.kvs = append(fp.kvs, kv)
+		}
+		for i, t := range p.Tensors {
+			fp.tensors = append(fp.tensors, gguf.WriterTensor{Info: t.TensorInfo, Data: p.data(i)})
+		}
+		return []fileParts{fp}
+	}
+	parts := make([]fileParts, len(m.Shards))
+	for i, t := range p.Tensors {
+		s := t.Shard
+		parts[s].tensors = append(parts[s].tensors, gguf.WriterTensor{Info: t.TensorInfo, Data: p.data(i)})
+	}
+	for i := range parts {
+		kvs := p.KV
+		if i > 0 {
+			kvs = m.Shards[i].KV
+		}
+		for _, kv := range kvs {
+			if kv.Key == gguf.KeySplitTensorsCount {
+				kv.Value = kv.Value.WithCount(len(p.Tensors))
+			}
+			parts[i].kvs = append(parts[i].kvs, kv)
+		}
+	}
+	return parts
+}
+
+// Size is the total size of the files the plan writes.
+func (p *Plan) Size(s Sharding) (int64, error) {
+	var total int64
+	for _, fp := range p.parts(s) {
+		infos := make([]gguf.TensorInfo, len(fp.tensors))
+		for i, t := range fp.tensors {
+			infos[i] = t.Info
+		}
+		l, err := gguf.ComputeLayout(fp.kvs, infos)
+		if err != nil {
+			return 0, err
+		}
+		total += l.Size
+	}
+	return total, nil
+}
+
+// Write writes the pruned model to out (or to its shards with KeepSplit).
+// Every file goes through a temporary file in the output's folder, is re-read
+// and checked against the plan, synced, and only then renamed into place;
+// nothing is written over an input file.
+func (p *Plan) Write(out string, s Sharding) ([]string, error) {
+	paths := p.Outputs(out, s)
+	for _, path := range paths {
+		if p.Model.SameFile(path) {
+			return nil, fmt.Errorf("%s: output would overwrite an input file", path)
+		}
+	}
+	parts := p.parts(s)
+	version := p.Model.Shards[0].Version
+	return paths, atomicfile.WriteSet(paths, func(i int, f *os.File) error {
+		l, err := gguf.Write(f, version, parts[i].kvs, parts[i].tensors)
+		if err != nil {
+			return fmt.Errorf("%s: %w", paths[i], err)
+		}
+		return verifyWritten(paths[i], f, l, parts[i])
+	})
+}
+
+// WriteFile writes the pruned model as one file into f, an open, empty
+// file that the caller owns (an intermediate result; Write is for outputs),
+// and checks what it wrote.
+func (p *Plan) WriteFile(f *os.File) error {
+	fp := p.parts(OneFile)[0]
+	l, err := gguf.Write(f, p.Model.Shards[0].Version, fp.kvs, fp.tensors)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return verifyWritten(f.Name(), f, l, fp)
+}
+
+// verifyWritten re-reads a written file and checks it holds what was planned.
+func verifyWritten(path string, f *os.File, l *gguf.Layout, fp fileParts) error {
+	got, err := gguf.NewFile(f, l.Size)
+	if err != nil {
+		return fmt.Errorf("%s: written file does not read back: %w", path, err)
+	}
+	if len(got.KV) != len(fp.kvs) || len(got.Tensors) != len(fp.tensors) {
+		return fmt.Errorf("%s: written file has %d keys and %d tensors, want %d and %d", path, len(got.KV), len(got.Tensors), len(fp.kvs), len(fp.tensors))
+	}
+	for i, t := range got.Tensors {
+		want := fp.tensors[i].Info
+		if t.Name != want.Name || t.Type != want.Type || t.Size != want.Size || t.Offset != l.Offsets[i] {
+			return fmt.Errorf("%s: written tensor %d is %q (%v, %d bytes at %d), want %q", path, i, t.Name, t.Type, t.Size, t.Offset, want.Name)
+		}
+	}
+	return nil
+}
+
+// CheckLlama checks what the plan would write against the rules of
+// llama.cpp (arch.CheckFile): a pruned file llama.cpp would abort on is
+// refused before it is written.
+func (p *Plan) CheckLlama() error {
+	infos := make([]gguf.TensorInfo, len(p.Tensors))
+	for i := range p.Tensors {
+		infos[i] = p.Tensors[i].TensorInfo
+	}
+	return arch.CheckFile("the pruned "+p.Model.Name(), p.KV, infos, arch.Load)
+}
+
+// cutBlocks plans the removal of the removed blocks' slices of a
+// block-sized global tensor: its new shape and a reader of its new data.
+func cutBlocks(m *gguf.Model, t *gguf.ModelTensor, dim int, bm *gguf.BlockMap) (gguf.TensorInfo, *io.SectionReader, error) {
+	n := bm.Before()
+	info := t.TensorInfo
+	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
+		return info, nil, fmt.Errorf("%s: tensor %s has shape %v, not a multiple of the %d blocks along dimension %d", m.Name(), t.Name, info.Dims, n, dim)
+	}
+	per := info.Dims[dim] / uint64(n) // values (dim 0) or rows of one block's slice
+	// One block's slice is a run of bytes, repeated for every index of the
+	// dimensions above dim.
+	var chunk uint64
+	if dim == 0 {
+		bs := info.Type.BlockSize()
+		if bs == 0 || per%bs != 0 {
+			return info, nil, fmt.Errorf("%s: tensor %s: a block's slice of %d values does not fill whole %v blocks", m.Name(), t.Name, per, info.Type)
+		}
+		chunk = per / bs * info.Type.BlockBytes()
+	} else {
+		chunk = info.Size / info.Dims[dim] * per
+		for _, d := range info.Dims[dim+1:] {
+			chunk /= d
+		}
+	}
+	dims := slices.Clone(info.Dims)
+	dims[dim] = per * uint64(bm.After())
+	info.Dims = dims
+	info.Size = info.Size / uint64(n) * uint64(bm.After())
+	g := &blockSlices{src: m.TensorData(t), chunk: int64(chunk), n: n, kept: bm.Kept()}
+	return info, io.NewSectionReader(g, 0, int64(info.Size)), nil
+}
+
+// blockSlices reads a block-sized tensor without the removed blocks'
+// slices: its data is chunks of one block's slice each, n per period, of
+// which the kept ones are read in order.
+type blockSlices struct {
+	src   *io.SectionReader
+	chunk int64
+	n     int
+	kept  []int
+}
+
+func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
+	done := 0
+	for done < len(b) {
+		o := off + int64(done)
+		idx, within := o/g.chunk, o%g.chunk
+		period, k := idx/int64(len(g.kept)), idx%int64(len(g.kept))
+		src := (period*int64(g.n)+int64(g.kept[k]))*g.chunk + within
+		m := min(int64(len(b)-done), g.chunk-within)
+		r, err := g.src.ReadAt(b[done:done+int(m)], src)
+		done += r
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}

@@ -1,0 +1,389 @@
+// Package heal repairs the gap a removed run of blocks leaves: a linear map
+// fitted by least squares on calibration text (ReplaceMe) and folded into
+// the FFN down projection of the block before the run. It fits, solves and
+// folds; the pipeline writes the rewritten tensors.
+package heal
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"gonum.org/v1/gonum/mat"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
+	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
+	"github.com/ggufprune/ggufprune/prune/runner"
+)
+
+// Training-free healing (ReplaceMe, Shopkhoev et al. 2025, least-squares
+// variant). For a removed run of blocks a…b, block i = a-1 is the last kept
+// block before it. On the calibration text, with M the FFN output of block
+// i (graph tensor ffn_out-i, before the residual add), Y the residual
+// after its attention (ffn_inp-i, so that block i's output is Y + M) and L
+// the output of block b in the unpruned model (l_out-b),
+//
+//	T = (MᵀM + λI)⁻¹ Mᵀ(L - Y)        (Cholesky, float64 sums)
+//
+// makes block i's output Y + M·T approximate block b's output. Since
+// M = H·Wᵀ with W the FFN down projection (ggml: n_embd rows of n_ff), the
+// map folds into it: W' = Tᵀ·W, so M·T = H·W'ᵀ. Runs are healed in order,
+// each fitted on the model with the earlier runs removed and healed (at run
+// time: skipped, and their FFN outputs multiplied by their T).
+
+// DefaultRidge is λ relative to the mean diagonal of MᵀM: λ = r·tr(MᵀM)/d.
+// MᵀM spans many orders of magnitude (a few directions of the residual
+// stream carry most of its energy), so the ridge is only a numerical
+// safeguard: on story16, 1e-4 loses most of the gain, 1e-8 some of it.
+const DefaultRidge = 1e-10
+
+// HealedRun is one removed run and what healing did for it.
+type HealedRun struct {
+	First   int      `json:"first"`             // the run's blocks, in the input's numbering
+	Last    int      `json:"last"`              //
+	Block   int      `json:"block"`             // the kept block whose FFN down projection absorbs the map (-1: none)
+	Tensors []string `json:"tensors,omitempty"` // tensors rewritten (input names)
+	Type    string   `json:"type,omitempty"`    // their type, kept (quantized types are quantized again by ggml)
+	Ridge   float64  `json:"ridge,omitempty"`   // λ
+	// Residual is Σ‖L - Y - M·T‖² / Σ‖L - Y - M‖²: the share of the gap
+	// plain removal leaves that remains after healing, on the calibration.
+	Residual float64 `json:"residual"`
+	Note     string  `json:"note,omitempty"` // why the run is not healed
+}
+
+// Healing is the result of Model.Heal.
+type Healing struct {
+	Runs []HealedRun `json:"runs"`
+	Cost runner.Cost `json:"cost"`
+
+	maps map[int]*mat.Dense // block i → T
+	data map[string][]byte  // tensor (input name) → new data
+}
+
+// Tensors are the new data of the rewritten tensors, by input name.
+func (h *Healing) Tensors() map[string][]byte { return h.data }
+
+// runsOf splits sorted blocks into runs of consecutive blocks.
+func runsOf(removed []int) [][2]int {
+	var runs [][2]int
+	for _, b := range removed {
+		if n := len(runs); n > 0 && runs[n-1][1] == b-1 {
+			runs[n-1][1] = b
+			continue
+		}
+		runs = append(runs, [2]int{b, b})
+	}
+	return runs
+}
+
+// Plan says, without running anything, which tensors healing the
+// removal of these blocks would rewrite, or why a run cannot be healed.
+func Plan(m *gguf.Model, removed []int) ([]HealedRun, error) {
+	var out []HealedRun
+	has := m.Tensor
+	for _, r := range runsOf(removed) {
+		h := HealedRun{First: r[0], Last: r[1], Block: r[0] - 1}
+		if h.Block < 0 {
+			h.Block, h.Note = -1, "the run starts at block 0: no block before it to absorb the map"
+			out = append(out, h)
+			continue
+		}
+		for _, post := range arch.FFNPostNorms {
+			if _, ok := has(gguf.BlockName(h.Block, post)); ok {
+				return nil, fmt.Errorf("%s: block %d normalises its FFN output before the residual add (%s): the healing map does not fold into its weights exactly; prune without healing", m.Name(), h.Block, post)
+			}
+		}
+		if _, ok := has(gguf.BlockName(h.Block, arch.FFNDownExpert)); ok {
+			return nil, fmt.Errorf("%s: block %d is a mixture of experts; healing folds into dense FFN down projections only", m.Name(), h.Block)
+		}
+		down, ok := has(gguf.BlockName(h.Block, arch.FFNDown))
+		if !ok || len(down.Dims) != 2 {
+			return nil, fmt.Errorf("%s: block %d has no 2-D ffn_down.weight to fold the healing map into", m.Name(), h.Block)
+		}
+		h.Tensors = []string{down.Name}
+		if _, ok := has(gguf.BlockName(h.Block, arch.FFNDownBias)); ok {
+			h.Tensors = append(h.Tensors, gguf.BlockName(h.Block, arch.FFNDownBias))
+		}
+		h.Type = down.Type.String()
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+// Options say how healing fits and folds its maps.
+type Options struct {
+	Ridge   float64         // the relative ridge (0: DefaultRidge)
+	Imatrix *imatrix.Matrix // the model's importance matrix: quantized types are quantized again weighted by it
+}
+
+// Heal fits the healing map of every run of removed blocks of m on the
+// calibration, and computes the rewritten FFN down projections (in their
+// own type).
+func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibration, o runner.Options, opt Options) (*Healing, error) {
+	runs, err := Plan(m, removed)
+	if err != nil {
+		return nil, err
+	}
+	ridge := opt.Ridge
+	if ridge == 0 {
+		ridge = DefaultRidge
+	}
+	archName, err := m.Architecture()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	lm, err := runner.Load(m.Name(), m, o)
+	if err != nil {
+		return nil, err
+	}
+	defer lm.Close()
+	chunks, _, err := runner.CalibrationChunks(ctx, lm, cal, o)
+	if err != nil {
+		return nil, err
+	}
+	newCtx := func() (*llamacpp.Context, error) {
+		return lm.NewContext(llamacpp.ContextParams{NCtx: o.CtxSize(), Threads: o.Threads, Capture: true})
+	}
+	work, err := newCtx()
+	if err != nil {
+		return nil, err
+	}
+	defer work.Close()
+	base, err := newCtx()
+	if err != nil {
+		return nil, err
+	}
+	defer base.Close()
+	d := lm.Info().NEmbd
+	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, data: map[string][]byte{}}
+	for ri := range h.Runs {
+		run := &h.Runs[ri]
+		if run.Block < 0 {
+			continue
+		}
+		var skip []int
+		for _, b := range removed {
+			if b < run.First {
+				skip = append(skip, b)
+			}
+		}
+		fit := newFit(d)
+		i := run.Block
+		var Y, M []float32
+		watchNames := []string{fmt.Sprintf("ffn_inp-%d", i), fmt.Sprintf("ffn_out-%d", i)}
+		for j := range h.maps {
+			watchNames = append(watchNames, fmt.Sprintf("ffn_out-%d", j))
+		}
+		if err := work.SetSkip(skip); err != nil {
+			return nil, err
+		}
+		if err := work.SetStopAfter(i); err != nil {
+			return nil, err
+		}
+		err := work.Watch(watchNames, func(name string, data []float32, nCols, nRows int) {
+			var blk int
+			switch {
+			case name == watchNames[0]:
+				Y = append(Y[:0], data...)
+			case name == watchNames[1]:
+				M = append(M[:0], data...)
+			default:
+				// An earlier healed block: its FFN output times its map.
+				fmt.Sscanf(name, "ffn_out-%d", &blk)
+				applyMap(data, h.maps[blk], nCols, nRows)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		var L []float32
+		out := fmt.Sprintf("%s-%d", arch.Boundaries(archName).BlockOutput, run.Last)
+		if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
+			return nil, err
+		}
+		if err := base.SetStopAfter(run.Last); err != nil {
+			return nil, err
+		}
+		progress := o.ProgressFunc(fmt.Sprintf("healing blocks %d-%d", run.First, run.Last), "chunks", o.CtxSize())
+		for ci, ch := range chunks {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			Y, M, L = Y[:0], M[:0], L[:0]
+			if err := runner.DecodeFrom(work, ch, 0); err != nil {
+				return nil, err
+			}
+			if err := runner.DecodeFrom(base, ch, 0); err != nil {
+				return nil, err
+			}
+			if len(Y) != len(ch)*d || len(M) != len(Y) || len(L) != len(Y) {
+				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and %s for every token; this architecture cannot be healed", m.Name(), i, i, out)
+			}
+			fit.add(M, Y, L, len(ch))
+			h.Cost.Tokens += 2 * int64(len(ch))
+			if progress != nil {
+				progress(ci+1, len(chunks))
+			}
+		}
+		h.Cost.Passes += 2
+		T, lambda, residual, err := fit.solve(ridge)
+		if err != nil {
+			return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", m.Name(), run.First, run.Last, err)
+		}
+		h.maps[i] = T
+		run.Ridge, run.Residual = lambda, residual
+	}
+	work.Watch(nil, nil)
+	base.Watch(nil, nil)
+	// Fold each map into its block's FFN down projection.
+	for _, run := range h.Runs {
+		if run.Block < 0 {
+			continue
+		}
+		for _, name := range run.Tensors {
+			data, err := foldMap(m, name, h.maps[run.Block], opt.Imatrix)
+			if err != nil {
+				return nil, err
+			}
+			h.data[name] = data
+		}
+	}
+	h.Cost.Seconds = time.Since(start).Seconds()
+	return h, nil
+}
+
+// applyMap replaces rows x (nRows of nCols) by x·T in place.
+func applyMap(data []float32, T *mat.Dense, nCols, nRows int) {
+	x := make([]float64, len(data))
+	for i, v := range data {
+		x[i] = float64(v)
+	}
+	var out mat.Dense
+	out.Mul(mat.NewDense(nRows, nCols, x), T)
+	for i, v := range out.RawMatrix().Data {
+		data[i] = float32(v)
+	}
+}
+
+// foldMap returns the data of tensor name (W: rows of the embedding size,
+// or a bias vector) with the map folded in: W' = Tᵀ·W, in W's type.
+func foldMap(m *gguf.Model, name string, T *mat.Dense, imatrix *imatrix.Matrix) ([]byte, error) {
+	t, _ := m.Tensor(name) // a name from Plan
+	raw := make([]byte, t.Size)
+	if _, err := m.TensorData(t).ReadAt(raw, 0); err != nil {
+		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
+	}
+	n := int(t.Elements())
+	w, err := llamacpp.Dequantize(t.Type, raw, n)
+	if err != nil {
+		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
+	}
+	d, _ := T.Dims()
+	cols := n / d // n_ff for the weight, 1 for a bias
+	W := mat.NewDense(d, cols, nil)
+	for r := 0; r < d; r++ {
+		for c := 0; c < cols; c++ {
+			W.Set(r, c, float64(w[r*cols+c]))
+		}
+	}
+	var W2 mat.Dense
+	W2.Mul(T.T(), W)
+	for r := 0; r < d; r++ {
+		for c := 0; c < cols; c++ {
+			w[r*cols+c] = float32(W2.At(r, c))
+		}
+	}
+	var im []float32
+	if imatrix != nil {
+		for _, e := range imatrix.Entries {
+			if e.Name == name && e.NMat() == 1 && e.NIn == cols {
+				im = e.Means()
+			}
+		}
+	}
+	return llamacpp.QuantizeRows(t.Type, w, cols, im)
+}
+
+// fit accumulates the normal equations of min_T ‖(L - Y) - M·T‖².
+type fit struct {
+	d      int
+	A, B   *mat.Dense // MᵀM, Mᵀ(L - Y)
+	rr     float64    // Σ‖L - Y‖²
+	mr, mm float64    // Σ⟨M, L - Y⟩, Σ‖M‖²: the plain removal's residual
+}
+
+func newFit(d int) *fit {
+	return &fit{d: d, A: mat.NewDense(d, d, nil), B: mat.NewDense(d, d, nil)}
+}
+
+// add accumulates one chunk of n tokens.
+func (f *fit) add(M, Y, L []float32, n int) {
+	Mm := mat.NewDense(n, f.d, nil)
+	R := mat.NewDense(n, f.d, nil)
+	for t := 0; t < n; t++ {
+		for j := 0; j < f.d; j++ {
+			mv := float64(M[t*f.d+j])
+			rv := float64(L[t*f.d+j]) - float64(Y[t*f.d+j])
+			Mm.Set(t, j, mv)
+			R.Set(t, j, rv)
+			f.rr += rv * rv
+			f.mr += mv * rv
+			f.mm += mv * mv
+		}
+	}
+	var a, b mat.Dense
+	a.Mul(Mm.T(), Mm)
+	b.Mul(Mm.T(), R)
+	f.A.Add(f.A, &a)
+	f.B.Add(f.B, &b)
+}
+
+// solve returns T = (A + λI)⁻¹ B with λ = ridge·tr(A)/d, λ, and the
+// residual Σ‖R - M·T‖² / Σ‖R - M‖².
+func (f *fit) solve(ridge float64) (*mat.Dense, float64, float64, error) {
+	lambda := ridge * mat.Trace(f.A) / float64(f.d)
+	sym := mat.NewSymDense(f.d, nil)
+	for r := 0; r < f.d; r++ {
+		for c := r; c < f.d; c++ {
+			v := (f.A.At(r, c) + f.A.At(c, r)) / 2
+			if r == c {
+				v += lambda
+			}
+			sym.SetSym(r, c, v)
+		}
+	}
+	var ch mat.Cholesky
+	if !ch.Factorize(sym) {
+		return nil, 0, 0, fmt.Errorf("the FFN outputs on the calibration are degenerate (MᵀM + λI is not positive definite)")
+	}
+	T := mat.NewDense(f.d, f.d, nil)
+	if err := ch.SolveTo(T, f.B); err != nil {
+		return nil, 0, 0, err
+	}
+	// ‖R - MT‖² = ‖R‖² - 2 tr(TᵀB) + tr(TᵀAT).
+	var AT mat.Dense
+	AT.Mul(f.A, T)
+	healed := f.rr - 2*frob(T, f.B) + frob(T, &AT)
+	plain := f.rr - 2*f.mr + f.mm
+	res := 0.0
+	if plain > 0 {
+		res = math.Max(0, healed) / plain
+	}
+	return T, lambda, res, nil
+}
+
+// frob is Σ_ij X_ij Y_ij = tr(XᵀY).
+func frob(x, y mat.Matrix) float64 {
+	r, c := x.Dims()
+	var s float64
+	for i := 0; i < r; i++ {
+		for j := 0; j < c; j++ {
+			s += x.At(i, j) * y.At(i, j)
+		}
+	}
+	return s
+}
