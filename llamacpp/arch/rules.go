@@ -293,6 +293,20 @@ var Rules = []Rule{
 	{Name: "blocks-present", Where: "llama-model.cpp load_tensors (a missing block's tensors are required)", check: func(v *ruleView) error {
 		return checkBlocksPresent(v.tensors, v.n, v.archKey(gguf.KeyBlockCount))
 	}},
+	{Name: "mtp-blocks", Where: "llama-model.cpp load_tensors (glm4moe, …): the last nextn_predict_layers blocks are multi-token prediction; with none left for the decode the graph has no block and ggml asserts \"tensor buffer not set\"", check: func(v *ruleView) error {
+		val, ok := v.getArch(gguf.KeyNextNPredictLayers)
+		if !ok {
+			return nil
+		}
+		k, isInt := val.Int()
+		if !isInt || k < 0 {
+			return fmt.Errorf("%s is %v %v, not a count", v.archKey(gguf.KeyNextNPredictLayers), val.Type(), val)
+		}
+		if k >= int64(v.n) {
+			return fmt.Errorf("%s is %d but %s is %d: every block would be a multi-token-prediction block, and a decode would run none", v.archKey(gguf.KeyNextNPredictLayers), k, v.archKey(gguf.KeyBlockCount), v.n)
+		}
+		return nil
+	}},
 	{Name: "head-counts", Where: "ggml.c ggml_set_rows / ggml_reshape / ggml_can_mul_mat (head counts by block)", check: func(v *ruleView) error {
 		heads, kv, err := v.heads()
 		if err != nil {
@@ -659,7 +673,7 @@ func CheckFile(name string, kvs []gguf.KV, tensors []gguf.TensorInfo, purpose Pu
 func infos(ts []gguf.ModelTensor) []gguf.TensorInfo {
 	out := make([]gguf.TensorInfo, len(ts))
 	for i := range ts {
-		out[i] = ts[i].TensorInfo
+		out[i] = *ts[i].TensorInfo
 	}
 	return out
 }
