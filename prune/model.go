@@ -18,8 +18,9 @@ type Model struct {
 	fingerprint string
 }
 
-// Open reads a GGUF model's header (a split set from any shard's name).
-// No tensor data is read.
+// Open reads a GGUF model's header (a split set from any shard's name) and
+// checks it against the rules of llama.cpp (arch.Rules). No tensor data is
+// read.
 func Open(path string) (*Model, error) {
 	g, err := gguf.OpenModel(path)
 	if err != nil {
@@ -28,7 +29,12 @@ func Open(path string) (*Model, error) {
 	m := &Model{Path: path, GGUF: g}
 	if m.Arch, err = g.Architecture(); err == nil {
 		if m.Blocks, err = g.BlockCount(); err == nil {
-			err = arch.CheckBlocks(g)
+			if err = arch.CheckBlocks(g); err == nil {
+				// The input passes the checks every file gets before
+				// llama.cpp reads it: a file llama.cpp would abort on is
+				// refused before any work, not carried into the output.
+				err = arch.CheckModel(g, arch.Load)
+			}
 		}
 	}
 	if err != nil {
