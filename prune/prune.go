@@ -174,6 +174,9 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		return nil, err
 	}
 	res.Method, res.Scores, res.Search, res.Heal = method, rep, search, healing
+	if healing != nil {
+		res.Warnings = append(res.Warnings, healing.Warnings...)
+	}
 	if o.EvalText != nil && !o.Write.DryRun {
 		// Input and output in one pass: perplexity of both, and the
 		// output's divergence from the input.

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"text/tabwriter"
 
@@ -87,8 +88,8 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("file") && c.IsSet("scores") && !heal {
 		return usagef("prune: give -f or --scores, not both (with --heal, -f is the healing's calibration)")
 	}
-	if c.IsSet("ridge") && (!heal || c.Float64("ridge") <= 0) {
-		return usagef("prune: --ridge is a positive number for --heal")
+	if r := c.Float64("ridge"); c.IsSet("ridge") && (!heal || !(r > 0) || math.IsInf(r, 0)) {
+		return usagef("prune: --ridge is a positive finite number for --heal")
 	}
 	if c.IsSet("imatrix") && !c.IsSet("imatrix-out") && !c.IsSet("quantize") {
 		return usagef("prune: --imatrix is used by --quantize or --imatrix-out; give one of them")
@@ -254,7 +255,11 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 			case s.DryRun:
 				fmt.Fprintf(tw, "would heal\tblocks %d-%d into %s (%s)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type)
 			default:
-				fmt.Fprintf(tw, "healed\tblocks %d-%d into %s (%s): %.1f%% of the removal's gap remains on the calibration (ridge %.3g)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type, 100*r.Residual, r.Ridge)
+				heldOut := ""
+				if r.HeldOut > 0 {
+					heldOut = fmt.Sprintf(", %.1f%% on held-out chunks", 100*r.HeldOut)
+				}
+				fmt.Fprintf(tw, "healed\tblocks %d-%d into %s (%s): %.1f%% of the removal's gap remains on the calibration%s (ridge %.3g)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type, 100*r.Residual, heldOut, r.Ridge)
 			}
 		}
 		if !s.DryRun {

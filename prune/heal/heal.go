@@ -51,13 +51,21 @@ type HealedRun struct {
 	// Residual is Σ‖L - Y - M·T‖² / Σ‖L - Y - M‖²: the share of the gap
 	// plain removal leaves that remains after healing, on the calibration.
 	Residual float64 `json:"residual"`
-	Note     string  `json:"note,omitempty"` // why the run is not healed
+	// HeldOut is Residual on the held-out calibration chunks (every 4th,
+	// with 4 chunks or more) of the map fitted on the others: above 1,
+	// healing makes text it was not fitted on worse than plain removal.
+	HeldOut float64 `json:"held_out_residual,omitempty"`
+	Note    string  `json:"note,omitempty"` // why the run is not healed
 }
 
 // Healing is the result of Model.Heal.
 type Healing struct {
 	Runs []HealedRun `json:"runs"`
 	Cost runner.Cost `json:"cost"`
+	// Warnings say when the healing is not to be trusted: a calibration
+	// too uniform for the width of the map, or a map that does worse than
+	// plain removal on the held-out chunks.
+	Warnings []string `json:"warnings,omitempty"`
 
 	maps map[int]*mat.Dense // block i → T
 	data map[string][]byte  // tensor (input name) → new data
@@ -128,6 +136,9 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 		return nil, err
 	}
 	ridge := opt.Ridge
+	if ridge < 0 || math.IsNaN(ridge) || math.IsInf(ridge, 0) {
+		return nil, fmt.Errorf("the healing ridge %g must be a positive finite number (0: the default %g)", ridge, DefaultRidge)
+	}
 	if ridge == 0 {
 		ridge = DefaultRidge
 	}
@@ -160,6 +171,12 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	defer base.Close()
 	d := lm.Info().NEmbd
 	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, data: map[string][]byte{}}
+	// A map of width d fitted on fewer distinct tokens is fitted on hidden
+	// states that barely differ: it can fit the calibration almost exactly
+	// and still wreck every other text.
+	if n := distinctTokens(chunks); n < d {
+		h.Warnings = append(h.Warnings, fmt.Sprintf("the calibration %s has %d distinct tokens, fewer than the %d columns of the healing map: the fit is underdetermined and may make other text worse; heal on more varied text", cal, n, d))
+	}
 	for ri := range h.Runs {
 		run := &h.Runs[ri]
 		if run.Block < 0 {
@@ -171,7 +188,7 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 				skip = append(skip, b)
 			}
 		}
-		fit := newFit(d)
+		train, held := newFit(d), newFit(d)
 		i := run.Block
 		var Y, M []float32
 		watchNames := []string{fmt.Sprintf("ffn_inp-%d", i), fmt.Sprintf("ffn_out-%d", i)}
@@ -223,19 +240,35 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 			if len(Y) != len(ch)*d || len(M) != len(Y) || len(L) != len(Y) {
 				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and %s for every token; this architecture cannot be healed", m.Name(), i, i, out)
 			}
-			fit.add(M, Y, L, len(ch))
+			if heldOut(ci, len(chunks)) {
+				held.add(M, Y, L, len(ch))
+			} else {
+				train.add(M, Y, L, len(ch))
+			}
 			h.Cost.Tokens += 2 * int64(len(ch))
 			if progress != nil {
 				progress(ci+1, len(chunks))
 			}
 		}
 		h.Cost.Passes += 2
-		T, lambda, residual, err := fit.solve(ridge)
+		// The map written is fitted on every chunk; the held-out check fits
+		// one on the others and measures it on the held-out chunks.
+		T, lambda, residual, err := train.plus(held).solve(ridge)
 		if err != nil {
 			return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", m.Name(), run.First, run.Last, err)
 		}
 		h.maps[i] = T
 		run.Ridge, run.Residual = lambda, residual
+		if held.tokens > 0 {
+			Tt, _, _, err := train.solve(ridge)
+			if err != nil {
+				return nil, fmt.Errorf("%s: healing blocks %d-%d on the chunks not held out: %w", m.Name(), run.First, run.Last, err)
+			}
+			run.HeldOut = held.residual(Tt)
+			if run.HeldOut > 1 {
+				h.Warnings = append(h.Warnings, fmt.Sprintf("healing blocks %d-%d makes the held-out calibration chunks worse than plain removal (%.0f%% of the gap remains where %.1f%% remains on the chunks it was fitted on): the healed file may be worse than the plain one; evaluate both (--eval) or prune without --heal", run.First, run.Last, 100*run.HeldOut, 100*run.Residual))
+			}
+		}
 	}
 	work.Watch(nil, nil)
 	base.Watch(nil, nil)
@@ -308,12 +341,50 @@ func foldMap(m *gguf.Model, name string, T *mat.Dense, imatrix *imatrix.Matrix) 
 	return llamacpp.QuantizeRows(t.Type, w, cols, im)
 }
 
+// heldOut says whether chunk ci of n is held out of the fit that checks
+// healing on text it was not fitted on: every 4th, with 4 chunks or more.
+func heldOut(ci, n int) bool { return n >= 4 && ci%4 == 3 }
+
+// distinctTokens counts the distinct tokens of the chunks.
+func distinctTokens(chunks [][]int32) int {
+	seen := map[int32]bool{}
+	for _, ch := range chunks {
+		for _, t := range ch {
+			seen[t] = true
+		}
+	}
+	return len(seen)
+}
+
 // fit accumulates the normal equations of min_T ‖(L - Y) - M·T‖².
 type fit struct {
 	d      int
 	A, B   *mat.Dense // MᵀM, Mᵀ(L - Y)
 	rr     float64    // Σ‖L - Y‖²
 	mr, mm float64    // Σ⟨M, L - Y⟩, Σ‖M‖²: the plain removal's residual
+	tokens int
+}
+
+// plus is the fit of both fits' tokens.
+func (f *fit) plus(g *fit) *fit {
+	s := newFit(f.d)
+	s.A.Add(f.A, g.A)
+	s.B.Add(f.B, g.B)
+	s.rr, s.mr, s.mm, s.tokens = f.rr+g.rr, f.mr+g.mr, f.mm+g.mm, f.tokens+g.tokens
+	return s
+}
+
+// residual is Σ‖R - M·T‖² / Σ‖R - M‖² on the fit's tokens, for a map T
+// fitted elsewhere: ‖R - MT‖² = ‖R‖² - 2 tr(TᵀB) + tr(TᵀAT).
+func (f *fit) residual(T *mat.Dense) float64 {
+	var AT mat.Dense
+	AT.Mul(f.A, T)
+	healed := f.rr - 2*frob(T, f.B) + frob(T, &AT)
+	plain := f.rr - 2*f.mr + f.mm
+	if plain <= 0 {
+		return 0
+	}
+	return math.Max(0, healed) / plain
 }
 
 func newFit(d int) *fit {
@@ -322,6 +393,7 @@ func newFit(d int) *fit {
 
 // add accumulates one chunk of n tokens.
 func (f *fit) add(M, Y, L []float32, n int) {
+	f.tokens += n
 	Mm := mat.NewDense(n, f.d, nil)
 	R := mat.NewDense(n, f.d, nil)
 	for t := 0; t < n; t++ {
@@ -364,16 +436,7 @@ func (f *fit) solve(ridge float64) (*mat.Dense, float64, float64, error) {
 	if err := ch.SolveTo(T, f.B); err != nil {
 		return nil, 0, 0, err
 	}
-	// ‖R - MT‖² = ‖R‖² - 2 tr(TᵀB) + tr(TᵀAT).
-	var AT mat.Dense
-	AT.Mul(f.A, T)
-	healed := f.rr - 2*frob(T, f.B) + frob(T, &AT)
-	plain := f.rr - 2*f.mr + f.mm
-	res := 0.0
-	if plain > 0 {
-		res = math.Max(0, healed) / plain
-	}
-	return T, lambda, res, nil
+	return T, lambda, f.residual(T), nil
 }
 
 // frob is Σ_ij X_ij Y_ij = tr(XᵀY).

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ggufprune/ggufprune/internal/fixture"
+)
+
+// Healing is refused a ridge that is not a positive finite number, and says
+// loudly (stderr and JSON) when it cannot be trusted: a calibration of too
+// few distinct tokens for the map's width, or a map that does worse than
+// plain removal on the held-out calibration chunks.
+func TestHealChecks(t *testing.T) {
+	in := model(t, "stories260K.gguf")
+	calib := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
+	dir := t.TempDir()
+	for _, r := range []string{"NaN", "Inf", "-Inf", "-1", "0"} {
+		runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--ridge", r, "-f", calib, "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--ridge is a positive finite number")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x.gguf")); !os.IsNotExist(err) {
+		t.Fatal("an output was written")
+	}
+
+	// One token repeated: the fit is underdetermined (and exact on the
+	// calibration), which the warning says.
+	same := filepath.Join(dir, "same.txt")
+	if err := os.WriteFile(same, []byte(strings.Repeat("the ", 20000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "-f", same, "-c", "128", "--chunks", "8", "-o", filepath.Join(dir, "same.gguf"), "--json").ok(t)
+	var res struct{ Warnings []string }
+	decode(t, r.stdout, &res)
+	if len(res.Warnings) == 0 || !strings.Contains(res.Warnings[0], "distinct tokens") || !strings.Contains(r.stderr, "warning") || !strings.Contains(r.stderr, "distinct tokens") {
+		t.Fatalf("no warning of a uniform calibration:\n%s\n%s", r.stdout, r.stderr)
+	}
+
+	// A ridge so large that the map is zero: the FFN output of block 1 is
+	// dropped, which the held-out chunks show to be worse than removal.
+	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--ridge", "1e300", "-f", calib, "-c", "128", "--chunks", "8", "-o", filepath.Join(dir, "zero.gguf"), "--json").ok(t)
+	var zero struct {
+		Warnings []string
+		Heal     struct {
+			Runs []struct {
+				HeldOutResidual float64 `json:"held_out_residual"`
+			}
+		}
+	}
+	decode(t, r.stdout, &zero)
+	if len(zero.Heal.Runs) != 1 || zero.Heal.Runs[0].HeldOutResidual <= 1 || len(zero.Warnings) == 0 || !strings.Contains(zero.Warnings[0], "worse than plain removal") || !strings.Contains(r.stderr, "held-out") {
+		t.Fatalf("no warning of a map worse than removal:\n%s\n%s", r.stdout, r.stderr)
+	}
+
+	// A sound healing: held-out chunks measured, below 1, no warning.
+	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "-f", calib, "-c", "128", "--chunks", "16", "-o", filepath.Join(dir, "good.gguf"), "--json").ok(t)
+	var good struct {
+		Warnings []string
+		Heal     struct {
+			Runs []struct {
+				HeldOutResidual float64 `json:"held_out_residual"`
+			}
+		}
+	}
+	decode(t, r.stdout, &good)
+	if len(good.Warnings) != 0 || len(good.Heal.Runs) != 1 || !(good.Heal.Runs[0].HeldOutResidual > 0 && good.Heal.Runs[0].HeldOutResidual < 1) {
+		t.Fatalf("sound healing: %s", r.stdout)
+	}
+}
