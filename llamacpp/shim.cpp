@@ -71,9 +71,57 @@ static void set_err(char *err, const char *msg) {
 
 static std::atomic<bool> g_forward{false};
 
+// The errors llama.cpp logged on this thread during the current call, so
+// that a failure says why (a missing tensor, a wrong shape, a key of the
+// wrong type) without -v: llama.cpp logs the reason, then returns nullptr.
+static thread_local std::string g_errors;
+static thread_local bool g_in_error = false;
+
 static void gp_log(enum ggml_log_level level, const char *text, void *) {
+    bool keep = level == GGML_LOG_LEVEL_ERROR || (level == GGML_LOG_LEVEL_CONT && g_in_error);
+    g_in_error = keep;
+    if (keep && g_errors.size() < 2048) {
+        g_errors += text;
+    }
     if (g_forward) {
         goLog((int)level, (char *)text);
+    }
+}
+
+// clear_errors forgets the errors logged before a call.
+static void clear_errors() {
+    g_errors.clear();
+    g_in_error = false;
+}
+
+// set_err_logged writes what failed with the errors llama.cpp logged, one
+// line each without the function that logged it, joined by "; " (or the
+// hint to run with -v when it logged none).
+static void set_err_logged(char *err, const char *what) {
+    std::string why;
+    size_t start = 0;
+    while (start < g_errors.size()) {
+        size_t end = g_errors.find('\n', start);
+        if (end == std::string::npos) {
+            end = g_errors.size();
+        }
+        std::string line = g_errors.substr(start, end - start);
+        start = end + 1;
+        size_t colon = line.find(": ");
+        if (colon != std::string::npos && line.find_first_of(" \t") > colon) {
+            line = line.substr(colon + 2); // "llama_model_load: error …" → "error …"
+        }
+        while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) {
+            line.pop_back();
+        }
+        if (!line.empty()) {
+            why += (why.empty() ? "" : "; ") + line;
+        }
+    }
+    if (why.empty()) {
+        snprintf(err, GP_ERRLEN, "%s (run with -v for its log)", what);
+    } else {
+        snprintf(err, GP_ERRLEN, "%s: %s", what, why.c_str());
     }
 }
 
@@ -175,9 +223,10 @@ int gp_model_load(const char *path, int n_gpu_layers, bool use_mmap, bool vocab_
         p.n_gpu_layers = n_gpu_layers;
         p.use_mmap = use_mmap;
         p.vocab_only = vocab_only;
+        clear_errors();
         *out = llama_model_load_from_file(path, p);
         if (*out == nullptr) {
-            set_err(err, "llama.cpp could not load the model (run with -v for its log)");
+            set_err_logged(err, "llama.cpp could not load the model");
             return -1;
         }
         return 0;
@@ -354,10 +403,11 @@ int gp_ctx_new(struct llama_model *model, int32_t n_ctx, int32_t n_threads, bool
             p.cb_eval = eval_cb;
             p.cb_eval_user_data = c;
         }
+        clear_errors();
         c->ctx = llama_init_from_model(model, p);
         if (c->ctx == nullptr) {
             delete c;
-            set_err(err, "llama.cpp could not create a context (run with -v for its log)");
+            set_err_logged(err, "llama.cpp could not create a context");
             return -1;
         }
         struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
@@ -522,9 +572,10 @@ int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_thread
         if (n_imatrix > 0) {
             p.imatrix = &imatrix;
         }
+        clear_errors();
         uint32_t rc = llama_model_quantize(in, out, &p);
         if (rc != 0) {
-            set_err(err, "llama_model_quantize failed (run with -v for its log)");
+            set_err_logged(err, "llama_model_quantize failed");
             return -1;
         }
         return 0;
@@ -534,9 +585,10 @@ int gp_quantize(const char *in, const char *out, int32_t ftype, int32_t n_thread
 int gp_gguf_read(const char *path, int64_t *n_tensors, int64_t *n_kv, char *general_type, size_t type_len, char *err) {
     GUARD(err, {
         struct gguf_init_params p = {true, nullptr};
+        clear_errors();
         struct gguf_context *g = gguf_init_from_file(path, p);
         if (g == nullptr) {
-            set_err(err, "ggml's GGUF reader refused the file (run with -v for its log)");
+            set_err_logged(err, "ggml's GGUF reader refused the file");
             return -1;
         }
         *n_tensors = gguf_get_n_tensors(g);
