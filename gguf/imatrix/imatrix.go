@@ -16,6 +16,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/internal/inputfile"
 )
 
 // Importance matrices (imatrix) are the mean squared activations at the input
@@ -80,34 +81,55 @@ func Is(f *gguf.File) bool {
 	return ok && s == "imatrix"
 }
 
-// Read reads an importance matrix in either format.
+// Read reads an importance matrix in either format. What is not a regular
+// file is refused without opening it (a FIFO would block the open); every
+// count the file declares is checked against its size before allocating for
+// it; values that cannot be sums of squares (NaN, infinite, negative) are
+// refused naming the entry, before llama.cpp's quantizer sees them.
 func Read(path string) (*Matrix, error) {
-	fp, err := os.Open(path)
+	// No size bound of its own: the GGUF reader and readLegacy check every
+	// count against the file's size, so memory follows the file.
+	fp, st, err := inputfile.Open(path, inputfile.NoLimit)
 	if err != nil {
 		return nil, err
 	}
 	defer fp.Close()
-	st, err := fp.Stat()
-	if err != nil {
-		return nil, err
-	}
+	var im *Matrix
 	var magic [4]byte
 	if _, err := fp.ReadAt(magic[:], 0); err == nil && binary.LittleEndian.Uint32(magic[:]) == gguf.Magic {
 		f, err := gguf.NewFile(fp, st.Size())
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		im, err := fromGGUF(f)
-		if err != nil {
+		if im, err = fromGGUF(f); err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		return im, nil
+	} else if im, err = readLegacy(bufio.NewReader(fp), st.Size()); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	im, err := readLegacy(bufio.NewReader(fp), st.Size())
-	if err != nil {
-		return nil, fmt.Errorf("%s: not an imatrix file (GGUF or legacy .dat): %w", path, err)
+	if err := im.checkValues(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return im, nil
+}
+
+// checkValues checks that every sum and count is a finite number, not
+// negative: sums of squared activations and numbers of rows cannot be
+// anything else, and llama.cpp's quantizer fails on them far from the file.
+func (im *Matrix) checkValues() error {
+	for _, e := range im.Entries {
+		for _, v := range []struct {
+			what string
+			vals []float32
+		}{{"value", e.Sums}, {"count", e.Counts}} {
+			for i, x := range v.vals {
+				if !(x >= 0) || math.IsInf(float64(x), 1) {
+					return fmt.Errorf("entry %q: %s %d of %d is %v; an importance matrix holds sums of squares and counts of rows (finite, not negative)", e.Name, v.what, i, len(v.vals), x)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func fromGGUF(f *gguf.File) (*Matrix, error) {
@@ -179,52 +201,98 @@ func (im *Matrix) sort() {
 
 // readLegacy reads the .dat format: int32 entry count; per entry an
 // int32 name length, the name, int32 ncall, int32 nval and nval float32
-// means × ncall; then optionally int32 last chunk and a dataset name.
+// means × ncall; then optionally int32 last chunk and a dataset name. Every
+// length is checked against the bytes left in the file (size in all) before
+// it is allocated.
 func readLegacy(r *bufio.Reader, size int64) (*Matrix, error) {
-	var n int32
-	i32 := func() (int32, error) {
+	// Reads fail only when the file shrinks while it is read: every read
+	// is first checked against the bytes left.
+	var readErr error
+	i32 := func() int32 {
 		var v int32
-		err := binary.Read(r, binary.LittleEndian, &v)
-		return v, err
+		if err := binary.Read(r, binary.LittleEndian, &v); err != nil && readErr == nil {
+			readErr = err
+		}
+		return v
 	}
-	n, err := i32()
-	if err != nil {
-		return nil, err
+	if size < 4 {
+		return nil, fmt.Errorf("not an imatrix file (GGUF or legacy .dat): %d bytes", size)
 	}
-	if n <= 0 || int64(n) > size/16 {
-		return nil, fmt.Errorf("entry count %d", n)
+	n := i32()
+	left := size - 4
+	if readErr != nil {
+		return nil, readErr
+	}
+	if n <= 0 {
+		return nil, fmt.Errorf("not an imatrix file (GGUF or legacy .dat): it starts with an entry count of %d", n)
+	}
+	// Nothing is allocated for the entry count: entries are read one by one,
+	// each length checked against the bytes left before it is allocated.
+	truncated := func(i int32, name []byte, what string, need int64) error {
+		if name == nil && i == 0 {
+			// Not even one name read: as likely another kind of file.
+			return fmt.Errorf("not an imatrix file (GGUF or legacy .dat), or a truncated one: entry 0 of %d needs %d bytes for %s, %d left", n, need, what, left)
+		}
+		who := fmt.Sprintf("entry %d", i)
+		if name != nil {
+			who = fmt.Sprintf("entry %d (name %q)", i, name)
+		}
+		return fmt.Errorf("legacy .dat imatrix of %d entries: %s needs %d bytes for %s, %d left: the file is truncated", n, who, need, what, left)
 	}
 	im := &Matrix{Legacy: true}
-	left := size - 4
 	for i := int32(0); i < n; i++ {
-		l, err := i32()
-		if err != nil || l <= 0 || int64(l) > left {
-			return nil, fmt.Errorf("entry %d: bad name length %d", i, l)
+		if left < 4 {
+			return nil, truncated(i, nil, "its name length", 4)
+		}
+		l := i32()
+		left -= 4
+		if readErr != nil {
+			return nil, fmt.Errorf("legacy .dat imatrix: entry %d: %w", i, readErr)
+		}
+		if l <= 0 {
+			return nil, fmt.Errorf("legacy .dat imatrix: entry %d: name length %d (not an imatrix file?)", i, l)
+		}
+		if int64(l) > left {
+			return nil, truncated(i, nil, "its name", int64(l))
 		}
 		name := make([]byte, l)
 		if _, err := io.ReadFull(r, name); err != nil {
-			return nil, fmt.Errorf("entry %d: %w", i, err)
+			return nil, fmt.Errorf("legacy .dat imatrix: entry %d: %w", i, err)
 		}
-		ncall, err1 := i32()
-		nval, err2 := i32()
-		if err1 != nil || err2 != nil || nval <= 0 || int64(nval)*4 > left {
-			return nil, fmt.Errorf("entry %q: bad value count %d", name, nval)
+		left -= int64(l)
+		if left < 8 {
+			return nil, truncated(i, name, "its call and value counts", 8)
+		}
+		ncall, nval := i32(), i32()
+		left -= 8
+		if readErr != nil {
+			return nil, fmt.Errorf("legacy .dat imatrix: entry %d (name %q): %w", i, name, readErr)
+		}
+		if nval <= 0 {
+			return nil, fmt.Errorf("legacy .dat imatrix: entry %d (name %q): value count %d (not an imatrix file?)", i, name, nval)
+		}
+		if 4*int64(nval) > left {
+			return nil, truncated(i, name, fmt.Sprintf("its %d values", nval), 4*int64(nval))
 		}
 		vals := make([]float32, nval)
 		if err := binary.Read(r, binary.LittleEndian, vals); err != nil {
-			return nil, fmt.Errorf("entry %q: %w", name, err)
+			return nil, fmt.Errorf("legacy .dat imatrix: entry %d (name %q): %w", i, name, err)
 		}
-		left -= int64(12 + len(name) + 4*len(vals))
+		left -= 4 * int64(nval)
 		// Stored as mean × ncall; keep them as sums over ncall "rows".
 		count := float32(max(ncall, 1))
 		im.Entries = append(im.Entries, Entry{Name: string(name), NIn: int(nval), Sums: vals, Counts: []float32{count}})
 	}
-	if last, err := i32(); err == nil {
-		im.ChunkCount = int(last)
-		if l, err := i32(); err == nil && l > 0 && int64(l) <= left {
-			name := make([]byte, l)
-			if _, err := io.ReadFull(r, name); err == nil {
-				im.Datasets = []string{string(name)}
+	// The optional tail: the last chunk and the dataset's name.
+	if left >= 4 {
+		im.ChunkCount = int(i32())
+		left -= 4
+		if left >= 4 {
+			if l := i32(); readErr == nil && l > 0 && int64(l) <= left-4 {
+				name := make([]byte, l)
+				if _, err := io.ReadFull(r, name); err == nil {
+					im.Datasets = []string{string(name)}
+				}
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 
+	"github.com/ggufprune/ggufprune/internal/inputfile"
 	"github.com/ggufprune/ggufprune/prune/runner"
 )
 
@@ -103,38 +104,38 @@ type logitsReader struct {
 	nCtx, nVocab, nChunk int
 	tokens               []int32
 	buf                  []byte
+	read                 int // chunks read
 }
 
 // openLogits opens a logits file and checks its header and its size against
-// what the header says, before allocating for it.
+// what the header says, before allocating for it. What is not a regular file
+// is refused without opening it (a FIFO would block the open).
 func openLogits(path string) (*logitsReader, error) {
-	f, err := os.Open(path)
+	// No size bound of its own: the header's counts are checked against the
+	// file's size, and the records are streamed, one chunk in memory.
+	f, st, err := inputfile.Open(path, inputfile.NoLimit)
 	if err != nil {
 		return nil, err
 	}
-	lr, err := readLogitsHeader(path, f)
+	lr, err := readLogitsHeader(path, f, st.Size())
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
+	lr.f = f
 	return lr, nil
 }
 
-func readLogitsHeader(path string, f *os.File) (*logitsReader, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
+// readLogitsHeader reads the header and the tokens of a logits file of size
+// bytes from f, leaving f at the first record.
+func readLogitsHeader(path string, f io.Reader, size int64) (*logitsReader, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%s: not a llama-perplexity logits file: %s", path, fmt.Sprintf(format, args...))
 	}
 	r := bufio.NewReaderSize(f, 1<<20)
 	var hdr [20]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, bad("%d bytes, shorter than its header", st.Size())
+		return nil, bad("%d bytes, shorter than its header", size)
 	}
 	if string(hdr[:8]) != logitsMagic {
 		return nil, bad("it does not start with %q", logitsMagic)
@@ -143,23 +144,29 @@ func readLogitsHeader(path string, f *os.File) (*logitsReader, error) {
 	nVocab := int64(int32(binary.LittleEndian.Uint32(hdr[12:])))
 	nChunk := int64(int32(binary.LittleEndian.Uint32(hdr[16:])))
 	switch {
-	case nCtx < 2 || nCtx > 1<<24:
+	case nCtx > 1<<24:
 		return nil, bad("context %d", nCtx)
+	case nCtx < 1 || runner.ScoredWindow(int(nCtx)).Count < 1:
+		// Without scored positions a chunk would hold only its tokens,
+		// nothing to measure, and a small file could declare 2^29 of them.
+		return nil, bad("a context of %d tokens has no scored positions (positions n_ctx/2 to n_ctx-2 are scored: at least 3 tokens)", nCtx)
 	case nVocab < 1 || nVocab > 1<<24:
 		return nil, bad("vocabulary of %d tokens", nVocab)
 	case nChunk < 1 || nChunk > 1<<30/nCtx:
 		return nil, bad("%d chunks", nChunk)
 	}
-	perChunk := int64(runner.ScoredWindow(int(nCtx)).Count) * int64(recordLen(int(nVocab))) * 2
-	want := 20 + 4*nCtx*nChunk
-	if perChunk > 0 && nChunk > (math.MaxInt64-want)/perChunk {
+	// Every chunk takes its tokens and at least one record, so a file of
+	// the right size bounds the chunk count, and with it the token array
+	// allocated below.
+	perChunk := 4*nCtx + int64(runner.ScoredWindow(int(nCtx)).Count)*int64(recordLen(int(nVocab)))*2
+	const head = 20
+	if nChunk > (math.MaxInt64-head)/perChunk {
 		return nil, bad("sizes overflow")
 	}
-	want += nChunk * perChunk
-	if st.Size() != want {
-		return nil, bad("it has %d bytes; %d chunks of %d tokens with a vocabulary of %d need %d (truncated, or not the file its header describes)", st.Size(), nChunk, nCtx, nVocab, want)
+	if want := head + nChunk*perChunk; size != want {
+		return nil, bad("it has %d bytes; %d chunks of %d tokens with a vocabulary of %d need %d (truncated, or not the file its header describes)", size, nChunk, nCtx, nVocab, want)
 	}
-	lr := &logitsReader{name: path, f: f, r: r, nCtx: int(nCtx), nVocab: int(nVocab), nChunk: int(nChunk)}
+	lr := &logitsReader{name: path, r: r, nCtx: int(nCtx), nVocab: int(nVocab), nChunk: int(nChunk)}
 	lr.tokens = make([]int32, nCtx*nChunk)
 	if err := binary.Read(r, binary.LittleEndian, lr.tokens); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -177,14 +184,27 @@ func readLogitsHeader(path string, f *os.File) (*logitsReader, error) {
 func (lr *logitsReader) scored() int { return runner.ScoredWindow(lr.nCtx).Count }
 
 // chunk reads the next chunk's records, dequantized into dst[k] (n_vocab
-// log-probabilities each).
+// log-probabilities each). A record llama-perplexity cannot have written (a
+// scale or base that is not finite, a negative scale, a positive base
+// log-probability) is refused naming the chunk and position: it would make
+// the perplexity and divergences NaN.
 func (lr *logitsReader) chunk(dst [][]float32) error {
+	ci := lr.read
+	lr.read++
+	first := runner.ScoredWindow(lr.nCtx).First
 	for k := range dst {
 		if _, err := io.ReadFull(lr.r, lr.buf); err != nil {
 			return fmt.Errorf("%s: %w", lr.name, errors.Join(err, io.ErrUnexpectedEOF))
 		}
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(lr.buf[0:]))
 		minLP := math.Float32frombits(binary.LittleEndian.Uint32(lr.buf[4:]))
+		// llama-perplexity writes scale = (max - min)/65535 ≥ 0 and
+		// min_log_prob = min - max - log Σ exp(z - max) ≤ 0; the largest
+		// value a record can hold must be finite too.
+		top := scale*65535 + minLP // the largest value of the record
+		if !(scale >= 0) || !(minLP <= 0) || math.IsInf(float64(scale), 0) || math.IsInf(float64(minLP), 0) || math.IsInf(float64(top), 0) {
+			return fmt.Errorf("%s: chunk %d of %d, position %d: a record with scale %v and minimum log-probability %v; llama-perplexity writes a finite scale ≥ 0 and minimum ≤ 0 (a damaged file?)", lr.name, ci+1, lr.nChunk, first+k, scale, minLP)
+		}
 		for i := range dst[k] {
 			dst[k][i] = scale*float32(binary.LittleEndian.Uint16(lr.buf[8+2*i:])) + minLP
 		}
