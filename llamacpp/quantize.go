@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
 )
@@ -41,7 +42,10 @@ func Quantize(in, out string, p QuantizeParams) error {
 	}
 	if p.Imatrix != nil {
 		if err := p.Imatrix.CheckModel(m); err != nil {
-			return err
+			return imatrixError(p.ImatrixName, err)
+		}
+		if err := checkGridWeights(p.Imatrix, q); err != nil {
+			return imatrixError(p.ImatrixName, fmt.Errorf("quantizing %s to %s: %w", in, q.Name, err))
 		}
 	}
 	ftype, override := q.ftype, int32(-1)
@@ -155,4 +159,56 @@ func cArray[T any](s []T) unsafe.Pointer {
 	p := C.malloc(C.size_t(max(1, len(s))) * C.size_t(unsafe.Sizeof(zero)))
 	copy(unsafe.Slice((*T)(p), len(s)), s)
 	return p
+}
+
+// gridGroups are the grid types of ggml's quantizer (ggml-quants.c
+// quantize_row_iq*_impl) and how many consecutive weights each grid point
+// covers. Each group's values are chosen by their importance: a group whose
+// importances are all 0 matches no grid point, and ggml prints "Oops: found
+// point … not on grid" and aborts the process.
+var gridGroups = map[gguf.TensorType]int{
+	gguf.TypeIQ2_XXS: 8, gguf.TypeIQ2_XS: 8, gguf.TypeIQ2_S: 8,
+	gguf.TypeIQ1_S: 8, gguf.TypeIQ1_M: 8,
+	gguf.TypeIQ3_XXS: 4, gguf.TypeIQ3_S: 4,
+}
+
+// checkGridWeights refuses, for a grid type, an importance matrix with a
+// group of columns whose importances are all 0 (or not above 0).
+func checkGridWeights(im *imatrix.Matrix, q QuantType) error {
+	g, ok := gridGroups[q.base]
+	if !ok {
+		return nil
+	}
+	for _, e := range im.Entries {
+		means := e.Means()
+		for mat := 0; mat < e.NMat(); mat++ {
+			row := means[mat*e.NIn : (mat+1)*e.NIn]
+			for c := 0; c+g <= len(row); c += g {
+				zero := true
+				for _, v := range row[c : c+g] {
+					if v > 0 {
+						zero = false
+						break
+					}
+				}
+				if zero {
+					which := ""
+					if e.NMat() > 1 {
+						which = fmt.Sprintf(" of expert %d", mat)
+					}
+					return fmt.Errorf("imatrix entry %q: columns %d-%d%s have importance 0: llama.cpp's %s quantizer finds no grid point for such a group of %d weights and aborts (ggml-quants.c); use an importance matrix collected on more text, or another type", e.Name, c, c+g-1, which, q.Name, g)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// imatrixError names the importance matrix's file, when known, in an error
+// about it.
+func imatrixError(name string, err error) error {
+	if name == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", name, err)
 }

@@ -91,6 +91,8 @@ type QuantizeParams struct {
 	Type    QuantType
 	Threads int             // 0: all cores
 	Imatrix *imatrix.Matrix // optional importance matrix, checked against the model
+	// ImatrixName names the importance matrix (its file) in errors about it.
+	ImatrixName string
 	// Progress, when not nil, is called after each tensor with the number
 	// done and the total.
 	Progress func(done, total int)

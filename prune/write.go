@@ -179,6 +179,6 @@ func (m *Model) writeQuantized(plan *surgery.Plan, o WriteOptions, im *imatrix.M
 	}
 	tmp.CloseFile()
 	return llamacpp.Quantize(tmp.Name(), o.Output, llamacpp.QuantizeParams{
-		Type: o.Quantize, Threads: o.QuantizeThreads, Imatrix: im, Progress: o.Progress,
+		Type: o.Quantize, Threads: o.QuantizeThreads, Imatrix: im, ImatrixName: o.ImatrixName, Progress: o.Progress,
 	})
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
 
@@ -25,4 +27,37 @@ func TestLoadFailureSaysWhy(t *testing.T) {
 	}
 	text := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
 	runCLI(t, "eval", "-m", path, "-f", text, "-c", "128", "--chunks", "2").fails(t, 1, "missing tensor 'blk.1.attn_k.weight'")
+}
+
+// An importance matrix with a group of zero importances is refused for the
+// grid types before llama.cpp's quantizer sees it (it would print "Oops" on
+// stdout and abort), naming the imatrix file; other types take it.
+func TestGridTypesRefuseZeroImportance(t *testing.T) {
+	dir := t.TempDir()
+	in := model(t, "stories260K.gguf")
+	calib := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
+	collected := filepath.Join(dir, "im.gguf")
+	runCLI(t, "score", "-m", in, "-f", calib, "-c", "128", "--chunks", "2", "--imatrix-out", collected).ok(t)
+	im, err := imatrix.Read(collected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range im.Entries {
+		clear(im.Entries[i].Sums)
+	}
+	zero := filepath.Join(dir, "zero.gguf")
+	if err := im.Write(zero); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"quantize", "--imatrix", zero, in, filepath.Join(dir, "q.gguf"), "IQ2_XXS"},
+		{"prune", "-m", in, "--layers", "2", "--quantize", "IQ1_S", "--imatrix", zero, "-o", filepath.Join(dir, "p.gguf")},
+	} {
+		r := runCLI(t, args...)
+		r.fails(t, 1, zero+": ")
+		if !strings.Contains(r.stderr, "have importance 0") || strings.Contains(r.stdout, "Oops") {
+			t.Fatalf("%v: %q %q", args, r.stdout, r.stderr)
+		}
+	}
+	runCLI(t, "quantize", "--imatrix", zero, in, filepath.Join(dir, "q8.gguf"), "Q8_0").ok(t)
 }

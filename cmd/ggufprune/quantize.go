@@ -62,7 +62,7 @@ func runQuantize(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		p.Imatrix = im
+		p.Imatrix, p.ImatrixName = im, path
 	}
 	r, err := prune.Quantize(in, out, prune.QuantizeOptions{Params: p, Overwrite: c.Bool("overwrite")})
 	if err != nil {
