@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,4 +61,53 @@ func TestGridTypesRefuseZeroImportance(t *testing.T) {
 		}
 	}
 	runCLI(t, "quantize", "--imatrix", zero, in, filepath.Join(dir, "q8.gguf"), "Q8_0").ok(t)
+}
+
+// A split set whose shards come from two models of other widths (the same
+// tensor names and counts) is refused before anything is written: llama.cpp
+// would not load the output ("wrong shape").
+func TestMixedSplitSetRefused(t *testing.T) {
+	dir := t.TempDir()
+	shards := func(name string, embd uint64) []string {
+		_, path := fixture.Synthetic(t, fixture.Spec{Arch: "llama", Blocks: 4, Embd: embd})
+		m, err := gguf.OpenModel(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		paths, err := fixture.Split(m, filepath.Join(dir, name), 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return paths
+	}
+	a, b := shards("a", 64), shards("b", 32)
+	mixed := filepath.Join(dir, "mixed")
+	for i, src := range []string{a[0], b[1]} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(gguf.SplitPath(mixed, i, 2), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "out.gguf")
+	runCLI(t, "prune", "-m", gguf.SplitPath(mixed, 0, 2), "--layers", "1", "-o", out).fails(t, 1, "has shape")
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatal("an output was written")
+	}
+	runCLI(t, "prune", "-m", a[0], "--layers", "1", "-o", out).ok(t)
+}
+
+// prune checks its input as eval does before loading: a per-layer array one
+// short is refused, not carried into an output llama.cpp cannot load.
+func TestPruneChecksItsInput(t *testing.T) {
+	_, path := fixture.Synthetic(t, fixture.Spec{Arch: "lfm2", Blocks: 4, PerLayer: map[string][]int{"attention.head_count_kv": {0, 2, 0}},
+		Extra: []gguf.KV{{Key: "lfm2.attention.head_count", Value: gguf.Uint32(4)}}})
+	out := filepath.Join(t.TempDir(), "out.gguf")
+	runCLI(t, "prune", "-m", path, "--layers", "1", "-o", out).fails(t, 1, "lfm2.attention.head_count_kv has 3 elements for 4 blocks")
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatal("an output was written")
+	}
 }

@@ -329,6 +329,34 @@ var Rules = []Rule{
 		}
 		return nil
 	}},
+	{Name: "tensor-shapes", Where: "llama-model.cpp load_tensors create_tensor: a tensor whose shape is not the one the hyperparameters give is refused (\"wrong shape\"): such a file does not load", check: func(v *ruleView) error {
+		if !uniformAttention[v.arch] {
+			return nil
+		}
+		embd, err := v.u32(gguf.KeyEmbeddingLength, 0)
+		if err != nil || embd == 0 {
+			return err
+		}
+		for _, t := range v.tensors {
+			base := t.Name
+			if _, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
+				base = rest
+			}
+			dim := -1 // the dimension that must be the embedding length
+			switch base {
+			case "token_embd.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_up.weight", "ffn_gate.weight":
+				dim = 0
+			case "output_norm.weight", "attn_norm.weight", "ffn_norm.weight":
+				if len(t.Dims) != 1 || t.Dims[0] != uint64(embd) {
+					return fmt.Errorf("tensor %s has shape %v; llama.cpp expects [%d] (%s): a tensor of another model?", t.Name, t.Dims, embd, v.archKey(gguf.KeyEmbeddingLength))
+				}
+			}
+			if dim >= 0 && (len(t.Dims) <= dim || t.Dims[dim] != uint64(embd)) {
+				return fmt.Errorf("tensor %s has shape %v; llama.cpp expects %d (%s) in dimension %d: a tensor of another model?", t.Name, t.Dims, embd, v.archKey(gguf.KeyEmbeddingLength), dim)
+			}
+		}
+		return nil
+	}},
 	{Name: "head-size", Where: "models/*.cpp: GGML_ASSERT(n_embd_head == n_embd_head_k / n_rot); ggml-cpu rope: n_dims <= ne0, even", check: func(v *ruleView) error {
 		heads, err := v.perLayer(gguf.KeyHeadCount)
 		if err != nil || len(heads) == 0 || heads[0] == 0 {

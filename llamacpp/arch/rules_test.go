@@ -138,6 +138,8 @@ var llamaCases = []llamaCase{
 	{"decompressed low-rank attention with grouped KV heads", "low-rank-attention", "block 0 has 4 KV heads and 8 attention heads", asArch("deepseek2")},
 	// Found generating nemotron_h: a dense file without
 	// expert_feed_forward_length is a division by zero in load_tensors.
+	{"norm of another width", "tensor-shapes", "tensor blk.1.ffn_norm.weight has shape [32]; llama.cpp expects [64]", tensorShape("blk.1.ffn_norm.weight", 32)},
+	{"FFN of another width", "tensor-shapes", "tensor blk.3.ffn_up.weight has shape [48 172]; llama.cpp expects 64", tensorShape("blk.3.ffn_up.weight", 48, 172)},
 	{"every block multi-token prediction", "mtp-blocks", "glm4moe.nextn_predict_layers is 5 but glm4moe.block_count is 5", asArch("glm4moe", gguf.KV{Key: "glm4moe.nextn_predict_layers", Value: gguf.Uint32(5)})},
 	{"more MTP blocks than blocks", "mtp-blocks", "glm4moe.nextn_predict_layers is 9 but glm4moe.block_count is 5", asArch("glm4moe", gguf.KV{Key: "glm4moe.nextn_predict_layers", Value: gguf.Uint32(9)})},
 	{"dense nemotron_h", "experts", "nemotron_h without nemotron_h.expert_feed_forward_length divides by nemotron_h.expert_used_count", asArch("nemotron_h")},
