@@ -170,6 +170,15 @@ static void crash_handler(int sig) {
             unlink(g_pending[i]);
         }
     }
+    if (sig == SIGBUS) {
+        // A mapped file shrank under us: another program truncated or
+        // replaced the model while llama.cpp read it through mmap. That is
+        // bad input, not a crash of llama.cpp.
+        write_str("ggufprune: a model file changed while it was in use: it was truncated or replaced while llama.cpp read it "
+                  "through a memory map (SIGBUS); nothing was written. Copy models before pruning them, or give --no-mmap "
+                  "to read the model into memory first\n");
+        _exit(GP_EXIT_BADINPUT);
+    }
     write_str(sig == SIGFPE ? "ggufprune: llama.cpp crashed: arithmetic fault (SIGFPE) on a value of the model it does not check\n"
                             : "ggufprune: llama.cpp aborted (SIGABRT)\n");
     write_str("ggufprune: this is a bug of ggufprune's checks: please report it with the file's metadata (ggufprune inspect)\n");
@@ -187,6 +196,7 @@ void gp_init(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGFPE, &sa, nullptr);
     sigaction(SIGABRT, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
 #ifdef __GLIBC__
     // Model weights read without mmap, KV caches and compute buffers are large
     // allocations. glibc raises its mmap threshold after the first of them is
@@ -621,6 +631,7 @@ int gp_test_crash(int kind) {
         GGML_ABORT("test abort from ggufprune's shim");
     case 1:
         return num / zero;
+
     default:
         std::terminate();
     }

@@ -19,6 +19,7 @@ extern "C" {
 // GP_EXIT_CRASH is the exit status of the process when llama.cpp aborts or
 // faults on a value that slipped past the checks.
 #define GP_EXIT_CRASH 3
+#define GP_EXIT_BADINPUT 1 // a mapped model file shrank while in use (SIGBUS)
 
 typedef struct gp_ctx gp_ctx;
 
