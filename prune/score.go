@@ -3,6 +3,7 @@ package prune
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -11,7 +12,9 @@ import (
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/internal/inputfile"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/ggufprune/ggufprune/prune/selection"
 )
@@ -27,6 +30,34 @@ type ScoreReport struct {
 	Ctx         int             `json:"ctx"`
 	Chunks      int             `json:"chunks"`
 	Blocks      []bi.BlockScore `json:"blocks"`
+
+	// lossGiven says, for a report read from JSON, which blocks carry a
+	// loss: decoding gives 0 for a loss that is absent (see check).
+	lossGiven []bool
+}
+
+// UnmarshalJSON reads a report as WriteFile writes it, and notes which
+// blocks carry a loss.
+func (r *ScoreReport) UnmarshalJSON(b []byte) error {
+	type plain ScoreReport // without this method
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	var given struct {
+		Blocks []struct {
+			Loss *float64 `json:"loss"`
+		} `json:"blocks"`
+	}
+	if err := json.Unmarshal(b, &given); err != nil {
+		return err
+	}
+	*r = ScoreReport(p)
+	r.lossGiven = make([]bool, len(given.Blocks))
+	for i, g := range given.Blocks {
+		r.lossGiven[i] = g.Loss != nil
+	}
+	return nil
 }
 
 // method is the selection method whose scores the report holds.
@@ -126,8 +157,17 @@ func (r *ScoreReport) WriteFile(path string) error {
 
 // ReadScoreReport reads a score report and checks that it was made for m.
 func ReadScoreReport(path string, m *Model) (*ScoreReport, error) {
-	b, err := os.ReadFile(path)
+	// A report holds at most arch.MaxLayers block entries of an index and
+	// three numbers (under 200 bytes each as the score command indents them)
+	// and a header of a few paths: well under 1 MiB. 32 KiB a block leaves
+	// room for any formatting a person or a tool may give it, and bounds what
+	// a wrong file (a model, a log) costs before it is refused.
+	const maxBytes = arch.MaxLayers * 32 << 10 // 16 MiB
+	b, err := inputfile.ReadAll(path, maxBytes)
 	if err != nil {
+		if errors.Is(err, inputfile.ErrTooLarge) {
+			return nil, fmt.Errorf("%w (a score report of %d blocks at most)", err, arch.MaxLayers)
+		}
 		return nil, err
 	}
 	var rep ScoreReport
@@ -145,7 +185,8 @@ func ReadScoreReport(path string, m *Model) (*ScoreReport, error) {
 func (r *ScoreReport) Check(m *Model) error { return r.check(m) }
 
 func (r *ScoreReport) check(m *Model) error {
-	if _, err := r.method(); err != nil || len(r.Blocks) == 0 {
+	method, err := r.method()
+	if err != nil || len(r.Blocks) == 0 {
 		return fmt.Errorf("not a score file of ggufprune (metric %q, %d blocks)", r.Metric, len(r.Blocks))
 	}
 	fp, err := m.Fingerprint()
@@ -156,12 +197,61 @@ func (r *ScoreReport) check(m *Model) error {
 		return fmt.Errorf("the scores were made for another model (%s, fingerprint %.12s…), not for %s (%.12s…)", r.Model, r.Fingerprint, m.Path, fp)
 	}
 	for i, s := range r.Blocks {
-		if s.Index != i || math.IsNaN(s.BI) {
-			return fmt.Errorf("block entry %d is malformed", i)
+		if s.Index != i {
+			return fmt.Errorf("block entry %d is malformed (index %d)", i, s.Index)
 		}
+		if err := checkBlockScore(s); err != nil {
+			return fmt.Errorf("block %d: %w", i, err)
+		}
+	}
+	if err := r.checkLosses(method); err != nil {
+		return err
 	}
 	if scored := m.ScoredBlocks(); len(r.Blocks) != scored {
 		return fmt.Errorf("%d block scores for a model of %d scored blocks", len(r.Blocks), scored)
+	}
+	return nil
+}
+
+// checkBlockScore refuses scores no measurement gives: BI is 1 minus a mean
+// of cosines, in [0, 2]; the angular distance a mean of arccos/π, in [0, 1]
+// (bi.Cosine clamps to [-1, 1], and a mean of such values stays in range
+// in float64); a loss, when there is one, is a finite mean.
+func checkBlockScore(s bi.BlockScore) error {
+	switch {
+	case !(s.BI >= 0 && s.BI <= 2):
+		return fmt.Errorf("BI %g is not in [0, 2]", s.BI)
+	case !(s.Angular >= 0 && s.Angular <= 1):
+		return fmt.Errorf("angular distance %g is not in [0, 1]", s.Angular)
+	case math.IsNaN(s.Loss) || math.IsInf(s.Loss, 0):
+		return fmt.Errorf("loss %g is not a finite number", s.Loss)
+	}
+	return nil
+}
+
+// checkLosses refuses a report of a metric that ranks by loss (ppl, kld)
+// whose blocks carry no loss: read as 0, every block would tie and the
+// ties, not the scores, would choose. A mean NLL is never 0 (every scored
+// token would have probability 1), so every block of a ppl report must
+// carry one. A KL divergence is exactly 0 for a block that changes nothing
+// when skipped (an identity block), and the report leaves such a loss out
+// (bi.BlockScore's omitempty): a kld report may omit some, but not all. A
+// report built in memory (not read) is not checked.
+func (r *ScoreReport) checkLosses(method *selection.Method) error {
+	if method.Loss == selection.NoLoss || r.lossGiven == nil {
+		return nil
+	}
+	var missing []int
+	for i := range r.Blocks {
+		if i >= len(r.lossGiven) || !r.lossGiven[i] {
+			missing = append(missing, i)
+		}
+	}
+	switch {
+	case len(missing) == len(r.Blocks):
+		return fmt.Errorf("a %s score report whose blocks carry no loss (%s ranks by loss)", r.Metric, r.Metric)
+	case len(missing) > 0 && method.Loss == selection.NLL:
+		return fmt.Errorf("a %s score report with no loss for block %d (%d of its %d blocks carry none; %s ranks by loss)", r.Metric, missing[0], len(missing), len(r.Blocks), r.Metric)
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -145,12 +147,22 @@ func printScores(w io.Writer, rep *prune.ScoreReport, removed []int) {
 			mark = "removed"
 		}
 		if loss {
-			fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, b.Loss, rank[b.Index], mark)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", b.Index, scoreNum(b.BI), scoreNum(b.Angular), scoreNum(b.Loss), rank[b.Index], mark)
 		} else {
-			fmt.Fprintf(tw, "%d\t%.6f\t%.6f\t%d\t%s\n", b.Index, b.BI, b.Angular, rank[b.Index], mark)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", b.Index, scoreNum(b.BI), scoreNum(b.Angular), rank[b.Index], mark)
 		}
 	}
 	tw.Flush()
+}
+
+// scoreNum writes a score with 6 decimals, or with 6 significant digits
+// when it is that large: a report's loss is any finite number, and %f
+// would write 1e300 with 300 digits.
+func scoreNum(v float64) string {
+	if math.Abs(v) < 1e6 {
+		return strconv.FormatFloat(v, 'f', 6, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 6, 64)
 }
 
 // metricHelp describes the metrics of score reports, from the registry.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -49,20 +50,40 @@ type Pending struct {
 // Create starts writing path: it creates an empty temporary file
 // ".BASE.tmp-*" next to it. A path that exists and is not a regular file
 // (a folder, a device, a FIFO) is refused: the rename would replace it.
+// Errors name path, not the temporary file, which the user never named.
 func Create(path string) (*Pending, error) {
 	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s exists and is not a regular file (%v)", path, st.Mode().Type())
 	}
-	return create(path, filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	return createNext(path, path)
+}
+
+// createNext creates the temporary file of path (see Create); errors begin
+// with what.
+func createNext(path, what string) (*Pending, error) {
+	dir := filepath.Dir(path)
+	p, err := create(path, dir, "."+filepath.Base(path)+".tmp-")
+	if err != nil && !errors.Is(err, ErrShutdown) {
+		err = fmt.Errorf("%s: cannot create a file in its folder %s: %w", what, dir, err)
+	}
+	return p, err
 }
 
 // Temp creates a temporary file "prefix*" in dir for an intermediate
 // result that is never renamed into place. Remove it with Abort.
-func Temp(dir, prefix string) (*Pending, error) { return create("", dir, prefix) }
+func Temp(dir, prefix string) (*Pending, error) {
+	p, err := create("", dir, prefix)
+	if err != nil && !errors.Is(err, ErrShutdown) {
+		err = fmt.Errorf("cannot create a temporary file in %s: %w", dir, err)
+	}
+	return p, err
+}
 
 // create makes a new temporary file with the permissions a new file gets
 // (0666 less the umask), registered for cleanup. The lock is held from
-// creation to registration, so that Shutdown misses none.
+// creation to registration, so that Shutdown misses none. Its error is
+// only why the folder took no file (such as EACCES), without the temporary
+// name, which the user never gave: callers say what the file was for.
 func create(path, dir, prefix string) (*Pending, error) {
 	pendingMu.Lock()
 	defer pendingMu.Unlock()
@@ -76,6 +97,10 @@ func create(path, dir, prefix string) (*Pending, error) {
 			continue
 		}
 		if err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
 			return nil, err
 		}
 		p := &Pending{path: path, name: name, f: f}
@@ -112,6 +137,27 @@ func (p *Pending) CloseFile() error {
 	err := p.f.Close()
 	p.f = nil
 	return err
+}
+
+// named makes an error about the temporary file name the final path, the
+// one the user gave (the temporary file is removed once writing fails).
+func (p *Pending) named(err error) error {
+	if p.path == "" || !strings.Contains(err.Error(), p.name) {
+		return err
+	}
+	if pe, ok := err.(*os.PathError); ok && pe.Path == p.name {
+		return &os.PathError{Op: pe.Op, Path: p.path, Err: pe.Err}
+	}
+	return fmt.Errorf("%s: %w", p.path, err)
+}
+
+// renamed is the error of the rename that puts the file in place.
+func (p *Pending) renamed(err error) error {
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		err = le.Err
+	}
+	return fmt.Errorf("%s: cannot put the written file in place: %w", p.path, err)
 }
 
 // sync makes the temporary file durable. A file that replaces another
@@ -153,11 +199,11 @@ func (p *Pending) Commit() error {
 	}
 	if err := p.sync(); err != nil {
 		p.Abort()
-		return err
+		return p.named(err)
 	}
 	if err := os.Rename(p.name, p.path); err != nil {
 		p.Abort()
-		return err
+		return p.renamed(err)
 	}
 	p.done = true
 	p.forget()
@@ -201,19 +247,19 @@ func WriteSet(paths []string, write func(i int, f *os.File) error) (err error) {
 		}
 		ps = append(ps, p)
 		if err := write(i, p.f); err != nil {
-			return err
+			return p.named(err)
 		}
 		if err := p.sync(); err != nil {
-			return err
+			return p.named(err)
 		}
 	}
 	for i, p := range ps {
 		if err := os.Rename(p.name, p.path); err != nil {
 			// Shards already renamed stay: report which.
 			if i > 0 {
-				return fmt.Errorf("%w (after %d of %d files were in place)", err, i, len(ps))
+				return fmt.Errorf("%w (after %d of %d files were in place)", p.renamed(err), i, len(ps))
 			}
-			return err
+			return p.renamed(err)
 		}
 		p.done = true
 		p.forget()

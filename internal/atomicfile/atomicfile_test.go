@@ -2,10 +2,13 @@ package atomicfile
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -140,5 +143,89 @@ func TestRefusals(t *testing.T) {
 	}
 	if got := names(t, dir); len(got) != 0 {
 		t.Fatalf("left %v", got)
+	}
+}
+
+// readOnlyFolder is a folder that refuses new files: a folder without write
+// permission, or for root (whom permissions do not stop) /sys, which refuses
+// new files to anyone.
+func readOnlyFolder(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		dir := t.TempDir()
+		os.Chmod(dir, 0o555)
+		t.Cleanup(func() { os.Chmod(dir, 0o755) })
+		return dir
+	}
+	if f, err := os.CreateTemp("/sys", "x"); err == nil {
+		f.Close()
+		os.Remove(f.Name())
+		t.Skip("running as root where /sys takes new files: no folder refuses them")
+	}
+	return "/sys"
+}
+
+// A folder that takes no new file is refused before any work, naming the
+// output and the folder (not a temporary file), and checking leaves nothing.
+func TestCheckOutputFolderTakesNoFile(t *testing.T) {
+	ro := readOnlyFolder(t)
+	out := filepath.Join(ro, "out.gguf")
+	for _, overwrite := range []bool{false, true} {
+		err := CheckOutput(out, overwrite)
+		if err == nil || !strings.Contains(err.Error(), "output "+out+": cannot create a file in its folder "+ro) || strings.Contains(err.Error(), ".tmp-") {
+			t.Fatalf("%v", err)
+		}
+	}
+	_, err := Create(out)
+	if err == nil || !strings.HasPrefix(err.Error(), out+": cannot create a file in its folder "+ro+": ") || strings.Contains(err.Error(), ".tmp-") {
+		t.Fatalf("Create: %v", err)
+	}
+	if err := Write(out, func(*os.File) error { return nil }); err == nil || !strings.HasPrefix(err.Error(), out+": ") {
+		t.Fatalf("Write: %v", err)
+	}
+
+	// A working folder that was removed still reads as a folder.
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	err = CheckOutput("out.gguf", false)
+	if err == nil || !strings.Contains(err.Error(), "output out.gguf: cannot create a file in its folder .: ") || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("removed folder: %v", err)
+	}
+
+	// A folder that takes files: checked, and nothing is left behind.
+	dir = t.TempDir()
+	if err := CheckOutput(filepath.Join(dir, "out.gguf"), false); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "old"), []byte("x"), 0o644)
+	if err := CheckOutput(filepath.Join(dir, "old"), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, dir); !reflect.DeepEqual(got, []string{"old"}) {
+		t.Fatalf("left behind: %v", got)
+	}
+}
+
+// Errors about the temporary file name the output instead.
+func TestErrorsNameTheOutput(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.gguf")
+	err := Write(out, func(f *os.File) error {
+		return &os.PathError{Op: "write", Path: f.Name(), Err: syscall.ENOSPC}
+	})
+	if err == nil || err.Error() != "write "+out+": no space left on device" || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("%v", err)
+	}
+	err = Write(out, func(f *os.File) error {
+		return fmt.Errorf("tensor 3: %w", &os.PathError{Op: "write", Path: f.Name(), Err: syscall.EIO})
+	})
+	if err == nil || !strings.HasPrefix(err.Error(), out+": tensor 3: write ") || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("%v", err)
+	}
+	if got := names(t, dir); len(got) != 0 {
+		t.Fatalf("left behind: %v", got)
 	}
 }

@@ -12,8 +12,9 @@ import (
 var ErrOutputExists = errors.New("the output file exists")
 
 // CheckOutput checks, before any work, that a file can be written at path:
-// a name of a file (not "-", not a folder), in a folder that exists, not an
-// existing file unless overwrite, and never anything but a regular file.
+// a name of a file (not "-", not a folder), in a folder that exists and
+// takes new files, not an existing file unless overwrite, and never anything
+// but a regular file.
 func CheckOutput(path string, overwrite bool) error {
 	switch {
 	case path == "":
@@ -32,7 +33,7 @@ func CheckOutput(path string, overwrite bool) error {
 	st, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return nil
+		return canCreate(path)
 	case err != nil:
 		return fmt.Errorf("output %s: %w", path, err)
 	case st.IsDir():
@@ -47,5 +48,21 @@ func CheckOutput(path string, overwrite bool) error {
 	if !overwrite {
 		return fmt.Errorf("output %s: %w", path, ErrOutputExists)
 	}
+	return canCreate(path)
+}
+
+// canCreate checks that the folder of path takes the temporary file a write
+// makes there, by making one and removing it. Permissions alone do not tell:
+// a read-only file system, a folder that vanished (a working folder removed
+// still reads as a folder), no inodes left, or an access control list all
+// refuse it, and without this check they are found only once the work is
+// done. The file is registered as any temporary file is, so that an
+// interrupt meanwhile removes it.
+func canCreate(path string) error {
+	p, err := createNext(path, "output "+path)
+	if err != nil {
+		return err
+	}
+	p.Abort()
 	return nil
 }

@@ -2,15 +2,18 @@ package eval
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/internal/inputfile"
 	"github.com/ggufprune/ggufprune/prune/runner"
 )
 
@@ -39,17 +42,22 @@ func DefaultTasks(k TaskKind) int {
 	return 0
 }
 
-// task is one question: its candidate texts and which is right. For
-// HellaSwag and multiple choice a candidate is context + " " + ending; for
-// WinoGrande it is the sentence with the option in place of "_", and
-// prefixes holds the sentence up to and with the option (its tokens are
-// not scored when enough follows them).
+// task is one question: its candidates and which is right. Candidate i is
+// head + mids[i] + tail, put together only when it is tokenized, so that a
+// long context shared by many candidates is held once. For HellaSwag and
+// multiple choice head is the context and a space, mids the endings and tail
+// empty; for WinoGrande head and tail are the sentence before and after "_"
+// and mids the options, and head + mids[i] is the prefix whose tokens are not
+// scored when enough follows them.
 type task struct {
-	index    int // in the file, from 0
-	texts    []string
-	prefixes []string // WinoGrande only
-	gold     []bool
+	index      int // in the file, from 0
+	head, tail string
+	mids       []string
+	gold       []bool
 }
+
+func (t *task) text(i int) string   { return t.head + t.mids[i] + t.tail }
+func (t *task) prefix(i int) string { return t.head + t.mids[i] }
 
 // TaskResult is a model's accuracy on a benchmark.
 type TaskResult struct {
@@ -83,26 +91,26 @@ type TaskDetail struct {
 // (mt19937 seeded with 1, even when all are used); WinoGrande and multiple
 // choice take all in file order, or n drawn at random.
 func readTasks(kind TaskKind, path string, n int) ([]task, int, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("%s: not a regular file", path)
-	}
-	if st.Size() > runner.MaxTextBytes {
-		return nil, 0, fmt.Errorf("%s: %d bytes, more than %d MiB", path, st.Size(), runner.MaxTextBytes>>20)
-	}
-	b, err := os.ReadFile(path)
+	// A task file is read whole, and its tasks hold its bytes about once
+	// more (see task): bounded as a text read whole is, and read no further
+	// than that bound should the file grow while it is read.
+	b, err := inputfile.ReadAll(path, runner.MaxTextBytes)
 	if err != nil {
 		return nil, 0, err
 	}
 	var all []task
 	switch kind {
-	case HellaSwag:
-		all, err = parseHellaSwag(b)
-	case WinoGrande:
-		all, err = parseWinoGrande(b)
+	case HellaSwag, WinoGrande:
+		// Text formats: refused as a text is when not UTF-8, naming where.
+		// The multiple-choice parser checks each of its strings.
+		if err := runner.CheckUTF8(b, 0); err != nil {
+			return nil, 0, fmt.Errorf("%s: %s file: %w", path, kind, err)
+		}
+		if kind == HellaSwag {
+			all, err = parseHellaSwag(b)
+		} else {
+			all, err = parseWinoGrande(b)
+		}
 	case MultipleChoice:
 		all, err = parseMultipleChoice(b)
 	default:
@@ -140,11 +148,8 @@ func parseHellaSwag(b []byte) ([]task, error) {
 		if err != nil || gold < 0 || gold > 3 {
 			return nil, fmt.Errorf("task %d (line %d): gold ending %q is not 0, 1, 2 or 3", i/6+1, i+2, lines[i+1])
 		}
-		t := task{index: i / 6, gold: make([]bool, 4)}
+		t := task{index: i / 6, head: lines[i] + " ", mids: lines[i+2 : i+6], gold: make([]bool, 4)}
 		t.gold[gold] = true
-		for j := 0; j < 4; j++ {
-			t.texts = append(t.texts, lines[i]+" "+lines[i+2+j])
-		}
 		ts = append(ts, t)
 	}
 	return ts, nil
@@ -191,12 +196,10 @@ func parseWinoGrande(b []byte) ([]task, error) {
 		if where < 0 {
 			return nil, bad("no _ in the sentence")
 		}
-		first, second := sentence[:where], sentence[where+1:]
-		opts := []string{line[commas[1]+1 : commas[2]], line[commas[2]+1 : commas[3]]}
-		t := task{index: len(ts), gold: []bool{answer == 1, answer == 2}}
-		for _, o := range opts {
-			t.texts = append(t.texts, first+o+second)
-			t.prefixes = append(t.prefixes, first+o)
+		t := task{
+			index: len(ts), head: sentence[:where], tail: sentence[where+1:],
+			mids: []string{line[commas[1]+1 : commas[2]], line[commas[2]+1 : commas[3]]},
+			gold: []bool{answer == 1, answer == 2},
 		}
 		ts = append(ts, t)
 	}
@@ -207,6 +210,12 @@ func parseWinoGrande(b []byte) ([]task, error) {
 // count, uint32 offsets, then per task a question and two answer sets (each
 // a uint32 count ≤ 100, the answers, then int32 labels), strings as uint32
 // length and bytes. The first set (one answer labelled 1) is scored.
+//
+// llama-perplexity reads the tasks one after another when it takes them all,
+// and at their offsets when it draws some: the two agree only when each
+// offset is where its task follows the one before, so any other offset (past
+// the end, -1 written as unsigned, into the header, overlapping the task
+// before, or leaving a gap) is refused, naming the task.
 func parseMultipleChoice(b []byte) ([]task, error) {
 	r := &byteReader{b: b}
 	n := r.u32()
@@ -216,11 +225,20 @@ func parseMultipleChoice(b []byte) ([]task, error) {
 	if uint64(n)*4 > uint64(len(b)) {
 		return nil, fmt.Errorf("%d tasks cannot fit in %d bytes", n, len(b))
 	}
-	r.off += 4 * int(n) // the offsets: tasks follow in order
+	offs := make([]uint32, n) // n ≤ len(b)/4: no more than the file
+	for i := range offs {
+		offs[i] = r.u32()
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("%d task offsets cannot fit in %d bytes", n, len(b))
+	}
 	var ts []task
 	for i := 0; i < int(n); i++ {
 		at := r.off
-		q := r.str()
+		if err := checkOffset(i, offs[i], at, 4+4*int(n), len(b)); err != nil {
+			return nil, err
+		}
+		q := r.text()
 		var sets [2]struct {
 			answers []string
 			labels  []int32
@@ -231,29 +249,51 @@ func parseMultipleChoice(b []byte) ([]task, error) {
 				return nil, fmt.Errorf("task %d (byte %d): %d answers, more than 100", i+1, at, k)
 			}
 			for j := 0; j < int(k) && r.err == nil; j++ {
-				sets[s].answers = append(sets[s].answers, r.str())
+				sets[s].answers = append(sets[s].answers, r.text())
 			}
 			for j := 0; j < int(k) && r.err == nil; j++ {
 				sets[s].labels = append(sets[s].labels, int32(r.u32()))
 			}
 		}
 		if r.err != nil {
-			return nil, fmt.Errorf("task %d (byte %d): truncated", i+1, at)
+			return nil, fmt.Errorf("task %d (byte %d): %w", i+1, at, r.err)
 		}
 		if q == "" || len(sets[0].answers) == 0 {
 			return nil, fmt.Errorf("task %d (byte %d): an empty question or no answers", i+1, at)
 		}
-		t := task{index: i}
+		t := task{index: i, head: q + " ", mids: sets[0].answers}
 		for j, a := range sets[0].answers {
 			if a == "" {
 				return nil, fmt.Errorf("task %d (byte %d): answer %d is empty", i+1, at, j+1)
 			}
-			t.texts = append(t.texts, q+" "+a)
 			t.gold = append(t.gold, sets[0].labels[j] == 1)
 		}
 		ts = append(ts, t)
 	}
 	return ts, nil
+}
+
+// checkOffset checks task i's offset in the file's table against where the
+// task is: at, right after the task before (the first task right after the
+// table, which ends at first); size is the file's.
+func checkOffset(i int, off uint32, at, first, size int) error {
+	signed := ""
+	if int32(off) < 0 {
+		signed = fmt.Sprintf(" (%d as a signed number)", int32(off))
+	}
+	switch {
+	case int64(off) == int64(at):
+		return nil
+	case int64(off) >= int64(size):
+		return fmt.Errorf("task %d: offset %d%s is past the end of the file (%d bytes)", i+1, off, signed, size)
+	case int(off) < first:
+		return fmt.Errorf("task %d: offset %d is inside the task count and offsets (the first task starts at byte %d)", i+1, off, first)
+	case i > 0 && int(off) < at:
+		return fmt.Errorf("task %d: offset %d overlaps task %d (which ends at byte %d)", i+1, off, i, at)
+	case i == 0:
+		return fmt.Errorf("task 1: offset %d, but the first task starts at byte %d, right after the offsets", off, at)
+	}
+	return fmt.Errorf("task %d: offset %d, but task %d ends at byte %d: tasks must follow one another", i+1, off, i, at)
 }
 
 type byteReader struct {
@@ -262,9 +302,11 @@ type byteReader struct {
 	err error
 }
 
+var errTruncated = errors.New("truncated")
+
 func (r *byteReader) u32() uint32 {
 	if r.err != nil || r.off+4 > len(r.b) {
-		r.err = fmt.Errorf("truncated")
+		r.err = cmp.Or(r.err, errTruncated)
 		return 0
 	}
 	v := binary.LittleEndian.Uint32(r.b[r.off:])
@@ -272,10 +314,16 @@ func (r *byteReader) u32() uint32 {
 	return v
 }
 
-func (r *byteReader) str() string {
+// text reads a string, which must be UTF-8 (the error names the offset of
+// the first byte that is not, in the file).
+func (r *byteReader) text() string {
 	n := int(r.u32())
 	if r.err != nil || n > len(r.b)-r.off {
-		r.err = fmt.Errorf("truncated")
+		r.err = cmp.Or(r.err, errTruncated)
+		return ""
+	}
+	if err := runner.CheckUTF8(r.b[r.off:r.off+n], r.off); err != nil {
+		r.err = err
 		return ""
 	}
 	s := string(r.b[r.off : r.off+n])
@@ -370,6 +418,13 @@ func EvaluateTasks(ctx context.Context, kind TaskKind, path string, n int, model
 	if err != nil {
 		return nil, err
 	}
+	// Tasks too long for the context are refused before any model is
+	// loaded or any text tokenized, where their bytes alone tell.
+	for _, m := range models {
+		if err := checkTaskBytes(path, tasks, m, o.CtxSize()); err != nil {
+			return nil, err
+		}
+	}
 	var out []TaskResult
 	for _, m := range models {
 		r, err := evaluateTasks(ctx, kind, path, tasks, m, o)
@@ -401,9 +456,9 @@ func evaluateTasks(ctx context.Context, kind TaskKind, path string, tasks []task
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		seqs := make([][]int32, len(t.texts))
-		for i, s := range t.texts {
-			if seqs[i], err = lm.Tokenize(s, true); err != nil {
+		seqs := make([][]int32, len(t.mids))
+		for i := range t.mids {
+			if seqs[i], err = lm.Tokenize(t.text(i), true); err != nil {
 				return res, fmt.Errorf("%s: task %d: %w", path, t.index+1, err)
 			}
 			if len(seqs[i]) > o.CtxSize() {
@@ -425,7 +480,7 @@ func evaluateTasks(ctx context.Context, kind TaskKind, path string, tasks []task
 			skip := len(seqs[0])-cp > 3 && len(seqs[1])-cp > 3
 			for s := range seqs {
 				if skip {
-					base, err := lm.Tokenize(t.prefixes[s], true)
+					base, err := lm.Tokenize(t.prefix(s), true)
 					if err != nil {
 						return res, fmt.Errorf("%s: task %d: %w", path, t.index+1, err)
 					}
@@ -477,6 +532,87 @@ func evaluateTasks(ctx context.Context, kind TaskKind, path string, tasks []task
 	res.Low, res.High = wilson(p, n)
 	res.Chance = n / float64(answers)
 	return res, nil
+}
+
+// checkTaskBytes refuses, without tokenizing them, the tasks with a candidate
+// that cannot fit in ctx tokens of the model's tokenizer, telling so from
+// its bytes alone when they are enough; the rest are checked once tokenized.
+//
+// The bound holds for the tokenizers that drop no byte of the text: llama's
+// (SPM), gpt2's (byte-level BPE) and rwkv's. Each token of such a tokenizer
+// stands for a run of the text's bytes no longer than the token's own text in
+// the vocabulary (SPM writes a space as the 3 bytes of "▁", BPE a byte as 1
+// or 2 bytes, a byte-fallback token "<0x41>" stands for 1 byte, rwkv's
+// escapes only lengthen), so a text of b bytes takes at least b / L tokens,
+// L the longest token text of the vocabulary. Only ASCII white space is ever
+// dropped, by tokens that strip it beside them (llama.cpp's LSTRIP and
+// RSTRIP attributes), so only the other bytes are counted: a candidate with
+// more than ctx × L of them has more than ctx tokens, and the check never
+// refuses a task that would fit. The BOS, EOS and space prefix a tokenizer
+// adds only lengthen the tokens further. Other tokenizers (bert's, t5's,
+// plamo2's) normalize the text and may fold any run of it into one token:
+// their tasks are tokenized first, as before.
+func checkTaskBytes(path string, tasks []task, model string, ctx int) error {
+	longest, err := longestToken(model)
+	if err != nil || longest == 0 {
+		return err
+	}
+	limit := int64(ctx) * int64(longest)
+	for _, t := range tasks {
+		shared := int64(countNonSpace(t.head) + countNonSpace(t.tail))
+		if shared > limit {
+			return fmt.Errorf("%s: task %d: %d bytes of text besides white space, more than the context of %d tokens can hold (%s's tokens are at most %d bytes; give a larger -c)", path, t.index+1, shared, ctx, model, longest)
+		}
+		for i, m := range t.mids {
+			if b := shared + int64(countNonSpace(m)); b > limit {
+				return fmt.Errorf("%s: task %d: candidate %d has %d bytes of text besides white space, more than the context of %d tokens can hold (%s's tokens are at most %d bytes; give a larger -c)", path, t.index+1, i+1, b, ctx, model, longest)
+			}
+		}
+	}
+	return nil
+}
+
+// longestToken is the length in bytes of the longest token text of the
+// model's vocabulary when its tokenizer drops no byte but ASCII white space
+// (see checkTaskBytes), else 0. A model whose header cannot be read gives
+// the error that loading it would.
+func longestToken(model string) (int, error) {
+	m, err := gguf.OpenModel(model)
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	v, _ := m.Get("tokenizer.ggml.model")
+	switch name, _ := v.Str(); name {
+	case "llama", "gpt2", "rwkv":
+	default:
+		return 0, nil
+	}
+	v, _ = m.Get("tokenizer.ggml.tokens")
+	a, ok := v.Array()
+	if !ok || a.Elem() != gguf.TypeString {
+		return 0, nil // refused by the tokenizer rules when the model loads
+	}
+	longest := 0
+	for i := 0; i < a.Len(); i++ {
+		s, _ := a.Index(i).Str()
+		longest = max(longest, len(s))
+	}
+	return longest, nil
+}
+
+// countNonSpace counts the bytes of s other than ASCII white space (C's
+// isspace: what llama.cpp's strip attributes remove).
+func countNonSpace(s string) int {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ' ', '\t', '\n', '\v', '\f', '\r':
+		default:
+			n++
+		}
+	}
+	return n
 }
 
 // wilson is the Wilson score 95% interval of a proportion p of n, as

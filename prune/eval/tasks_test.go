@@ -1,13 +1,17 @@
 package eval
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
@@ -222,6 +226,11 @@ func TestBadTaskFiles(t *testing.T) {
 		{WinoGrande, "h\n0,a _ b,x,y,3\n", "answer \"3\" is not 1 or 2"},
 		{MultipleChoice, string(good[:len(good)-3]), "task 1 (byte 8): truncated"},
 		{MultipleChoice, "\x00\x00\x00\x00", "no task count"},
+		// Not UTF-8, named by the byte's offset in the file.
+		{HellaSwag, "ctx\n0\na\nb\xffc\nc\nd\n", "hellaswag file: not UTF-8 text (invalid byte 0xff at offset 9)"},
+		{HellaSwag, "ctx\n0\na\nb\nc\nd\xe2\x82", "invalid byte 0xe2 at offset 13"}, // a character cut by the end
+		{WinoGrande, "0,a _ b,x\xc3\x28,y,1\n", "winogrande file: not UTF-8 text (invalid byte 0xc3 at offset 9)"},
+		{MultipleChoice, string(mcBytes([]mcTask{{"A question", []string{"yes", "n\xffo"}, 0}})), "task 1 (byte 8): not UTF-8 text (invalid byte 0xff at offset 38)"},
 	} {
 		p := filepath.Join(dir, "bad")
 		os.WriteFile(p, []byte(c.data), 0o644)
@@ -229,5 +238,108 @@ func TestBadTaskFiles(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s %q: %v (want %q)", c.kind, c.data[:min(20, len(c.data))], err, c.want)
 		}
+	}
+}
+
+// Multiple-choice offsets must say where each task is, as llama-perplexity
+// reads them when it draws tasks: anything else is refused naming the task.
+func TestMultipleChoiceOffsets(t *testing.T) {
+	good := mcBytes([]mcTask{{"Q1", []string{"yes", "no"}, 0}, {"Q2", []string{"a", "b"}, 1}})
+	first := binary.LittleEndian.Uint32(good[4:])
+	second := binary.LittleEndian.Uint32(good[8:])
+	if _, err := parseMultipleChoice(good); err != nil || first != 12 {
+		t.Fatalf("a good file: %v (first task at %d)", err, first)
+	}
+	for _, c := range []struct {
+		task int // from 0
+		off  uint32
+		want string
+	}{
+		{1, uint32(len(good)) + 100, fmt.Sprintf("task 2: offset %d is past the end of the file (%d bytes)", len(good)+100, len(good))},
+		{1, 0xffffffff, "task 2: offset 4294967295 (-1 as a signed number) is past the end"},
+		{0, 4, "task 1: offset 4 is inside the task count and offsets (the first task starts at byte 12)"},
+		{0, 13, "task 1: offset 13, but the first task starts at byte 12"},
+		{1, first + 1, fmt.Sprintf("task 2: offset 13 overlaps task 1 (which ends at byte %d)", second)},
+		{1, second + 2, fmt.Sprintf("task 2: offset %d, but task 1 ends at byte %d", second+2, second)},
+	} {
+		b := bytes.Clone(good)
+		binary.LittleEndian.PutUint32(b[4+4*c.task:], c.off)
+		if _, err := parseMultipleChoice(b); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("offset %d of task %d: %v (want %q)", c.off, c.task+1, err, c.want)
+		}
+	}
+}
+
+// A task too long for the context is refused from its bytes, before any
+// model is loaded or any text tokenized: a 25 MB one-line HellaSwag context
+// costs neither 25 seconds nor a GiB. One that fits by tokens is never
+// refused by its bytes.
+func TestLongTaskRefusedUntokenized(t *testing.T) {
+	model := fixture.Asset(t, "models/stories260K.gguf")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "long.txt")
+	long := strings.Repeat("The cat sat on the mat. ", 1<<20) // 25 MB
+	os.WriteFile(p, []byte(long+"\n0\na\nb\nc\nd\n"), 0o644)
+	start := time.Now()
+	_, err := EvaluateTasks(context.Background(), HellaSwag, p, 0, []string{model}, runner.Options{Ctx: 128})
+	if err == nil || !strings.Contains(err.Error(), p+": task 1: ") || !strings.Contains(err.Error(), "more than the context of 128 tokens can hold") {
+		t.Fatalf("%v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("refused after %v", d)
+	}
+	// Just past the bound by bytes, but within the context by tokens: the
+	// bound must not refuse it (it never does: see checkTaskBytes).
+	longest, err := longestToken(model)
+	if err != nil || longest == 0 {
+		t.Fatalf("longest token %d, %v", longest, err)
+	}
+	ok := filepath.Join(dir, "ok.txt")
+	os.WriteFile(ok, []byte("Once upon a time there was a cat.\n0\nIt sat.\nIt ran.\nIt ate.\nIt slept.\n"), 0o644)
+	if _, err := EvaluateTasks(context.Background(), HellaSwag, ok, 0, []string{model}, runner.Options{Ctx: 64}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The bound of checkTaskBytes holds for the tokenizers it trusts: a text
+// takes at least (its bytes but ASCII white space) / (the longest token)
+// tokens, whatever the text (words, runs of spaces, bytes the vocabulary
+// lacks, long repeats).
+func TestTokenBoundSound(t *testing.T) {
+	for _, name := range []string{"stories260K.gguf", "story16-f16.gguf", "TinyStories-656K-Q8_0.gguf"} {
+		model := fixture.Asset(t, "models/"+name)
+		longest, err := longestToken(model)
+		if err != nil || longest == 0 {
+			t.Fatalf("%s: longest token %d, %v", name, longest, err)
+		}
+		lm, err := llamacpp.LoadModel(model, llamacpp.ModelParams{VocabOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		tried := 0
+		// Every other text also has characters some vocabularies lack.
+		pieces := []string{"the", " ", "    ", "\n", "once", "upon", "a", "time", "aaaaaaaa", "Lily", ".", "xq", "\t", "é", "漢字", "🙂", "----", ",", "\u00a0", "0123456789"}
+		for i := 0; i < 300; i++ {
+			var sb strings.Builder
+			for j := rng.IntN(200); j >= 0; j-- {
+				sb.WriteString(pieces[rng.IntN(len(pieces)-(i%2)*8)])
+			}
+			text := sb.String()
+			toks, err := lm.Tokenize(text, false)
+			if err != nil {
+				continue // a character this vocabulary cannot represent
+			}
+			tried++
+			if n := countNonSpace(text); len(toks)*longest < n {
+				lm.Close()
+				t.Fatalf("%s: %q: %d tokens for %d bytes besides white space, tokens of at most %d bytes", name, text, len(toks), n, longest)
+			}
+		}
+		lm.Close()
+		if tried < 100 {
+			t.Fatalf("%s: only %d of 300 texts tokenized", name, tried)
+		}
+		t.Logf("%s: tokens of at most %d bytes, %d texts", name, longest, tried)
 	}
 }

@@ -136,8 +136,16 @@ func cutAtBoundary(b []byte) []byte {
 }
 
 // checkUTF8 reports the first byte that is not UTF-8; base is the offset
-// of b in the text.
-func checkUTF8(b []byte, base int) error {
+// of b in the text. A character cut by the end of b is not an error: b is
+// a piece of a text read in pieces, and the next piece completes it.
+func checkUTF8(b []byte, base int) error { return utf8Error(b, base, false) }
+
+// CheckUTF8 reports the first byte of b that is not UTF-8, at its offset
+// from base, for a file read whole (such as a task file): a character cut
+// by the end of b is an error too.
+func CheckUTF8(b []byte, base int) error { return utf8Error(b, base, true) }
+
+func utf8Error(b []byte, base int, whole bool) error {
 	if utf8.Valid(b) {
 		return nil
 	}
@@ -149,7 +157,7 @@ func checkUTF8(b []byte, base int) error {
 		}
 		off += n
 	}
-	if len(b)-off < utf8.UTFMax && !utf8.FullRune(b[off:]) {
+	if !whole && len(b)-off < utf8.UTFMax && !utf8.FullRune(b[off:]) {
 		return nil // a character cut by the end of what was read
 	}
 	return fmt.Errorf("not UTF-8 text (invalid byte 0x%02x at offset %d)", b[off], base+off)
