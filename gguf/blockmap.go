@@ -73,10 +73,14 @@ func (m *BlockMap) Rename(name string) (newName string, keep bool, err error) {
 	if b >= len(m.newIndex) {
 		return "", false, fmt.Errorf("%q belongs to block %d but there are %d blocks", name, b, len(m.newIndex))
 	}
-	if m.newIndex[b] < 0 {
+	switch nb := m.newIndex[b]; {
+	case nb < 0:
 		return "", false, nil
+	case nb == b:
+		return name, true, nil // the same name: not a new string per tensor
+	default:
+		return BlockName(nb, rest), true, nil
 	}
-	return BlockName(m.newIndex[b], rest), true, nil
 }
 
 // BlockName is the name of tensor rest of block b: "blk.B.rest".

@@ -2,15 +2,10 @@
 
 package gguf
 
-import (
-	"errors"
-	"os"
-)
-
-var errNoKernelCopy = errors.New("gguf: no in-kernel copy on this system")
+import "os"
 
 // copyFileRange has no kernel copy to use outside Linux: the caller streams
-// the bytes through a buffer.
+// the bytes through its buffer.
 func copyFileRange(dst, src *os.File, off, n, at int64) (int64, error) {
 	return 0, errNoKernelCopy
 }

@@ -23,15 +23,20 @@ func SplitPath(prefix string, i, n int) string {
 	return fmt.Sprintf("%s-%05d-of-%05d.gguf", prefix, i+1, n)
 }
 
-// Model is the logical model of a GGUF file or of a split set.
+// Model is the logical model of a GGUF file or of a split set, made by
+// OpenModel or NewModel.
 type Model struct {
 	Shards  []*File
 	Tensors []ModelTensor // in file order, shard by shard
+
+	first []int // per shard, the position in Tensors of its first tensor
 }
 
-// ModelTensor is a tensor of a model and the shard its data is in.
+// ModelTensor is a tensor of a model and the shard its data is in. Its info
+// is the shard's own (Shards[Shard].Tensors), not a copy: a header of 10^6
+// tensors is held once. Change a copy (info := *t.TensorInfo), never it.
 type ModelTensor struct {
-	TensorInfo
+	*TensorInfo
 	Shard int
 }
 
@@ -75,10 +80,15 @@ func NewModel(shards ...*File) (*Model, error) {
 func (m *Model) init() error {
 	n := len(m.Shards)
 	total := 0
-	for i, f := range m.Shards {
+	for _, f := range m.Shards {
 		total += len(f.Tensors)
+	}
+	m.Tensors = make([]ModelTensor, 0, total)
+	m.first = make([]int, n)
+	for i, f := range m.Shards {
+		m.first[i] = len(m.Tensors)
 		for j := range f.Tensors {
-			m.Tensors = append(m.Tensors, ModelTensor{f.Tensors[j], i})
+			m.Tensors = append(m.Tensors, ModelTensor{&f.Tensors[j], i})
 		}
 		if n == 1 {
 			if v, ok := f.Get(KeySplitCount); ok {
@@ -99,12 +109,14 @@ func (m *Model) init() error {
 		if !ok || want != int64(total) {
 			return fmt.Errorf("%s: split.tensors.count is %d but the %d shards hold %d tensors", m.Shards[0].name, want, n, total)
 		}
-		seen := make(map[string]bool)
+		// Each shard's names are unique (NewFile); look each up in the
+		// shards before it through their indexes.
 		for _, t := range m.Tensors {
-			if seen[t.Name] {
-				return fmt.Errorf("%s: tensor %q is in two shards", m.Shards[t.Shard].name, t.Name)
+			for _, f := range m.Shards[:t.Shard] {
+				if _, ok := f.find(t.Name); ok {
+					return fmt.Errorf("%s: tensor %q is in two shards", m.Shards[t.Shard].name, t.Name)
+				}
 			}
-			seen[t.Name] = true
 		}
 	}
 	return nil
@@ -139,11 +151,12 @@ func (m *Model) Size() int64 {
 	return n
 }
 
-// Tensor returns the tensor of a name.
+// Tensor returns the tensor of a name, in constant time (through its
+// shard's index).
 func (m *Model) Tensor(name string) (*ModelTensor, bool) {
-	for i := range m.Tensors {
-		if m.Tensors[i].Name == name {
-			return &m.Tensors[i], true
+	for s, f := range m.Shards {
+		if i, ok := f.find(name); ok {
+			return &m.Tensors[m.first[s]+i], true
 		}
 	}
 	return nil, false
@@ -151,7 +164,7 @@ func (m *Model) Tensor(name string) (*ModelTensor, bool) {
 
 // TensorData returns a view of a tensor's bytes.
 func (m *Model) TensorData(t *ModelTensor) *io.SectionReader {
-	return m.Shards[t.Shard].TensorData(&t.TensorInfo)
+	return m.Shards[t.Shard].TensorData(t.TensorInfo)
 }
 
 // Architecture is general.architecture.

@@ -9,11 +9,14 @@ package gguf
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
+	"slices"
 )
 
 // Magic is the first four bytes of every GGUF file ("GGUF").
@@ -48,6 +51,9 @@ func (e *FormatError) Error() string { return fmt.Sprintf("gguf: %s at byte 0x%x
 func (e *FormatError) Unwrap() error { return ErrFormat }
 
 // TensorInfo describes one tensor: its name, shape, type and where its data lies.
+// In a parsed File, names and Dims are cut from a few shared chunks rather
+// than allocated one by one (each Dims with its capacity cut to its length,
+// so that append copies it).
 type TensorInfo struct {
 	Name   string
 	Dims   []uint64   // ne[0], ne[1], …: ne[0] is the contiguous dimension
@@ -65,7 +71,9 @@ func (t *TensorInfo) Elements() uint64 {
 	return n
 }
 
-// File is one parsed GGUF file.
+// File is one parsed GGUF file. Its Tensors are indexed by name when it is
+// parsed (Tensor): append to, reorder or rename them and Tensor no longer
+// finds them.
 type File struct {
 	Version    uint32
 	KV         []KV
@@ -77,6 +85,7 @@ type File struct {
 	r      io.ReaderAt
 	closer io.Closer
 	name   string
+	index  nameIndex // of Tensors by name
 }
 
 // Name is the path the file was opened from, or "" for NewFile.
@@ -126,7 +135,54 @@ func (f *File) Close() error {
 // NewFile parses a GGUF file of the given size read through r. Every count,
 // length and offset is checked against size before anything is allocated.
 func NewFile(r io.ReaderAt, size int64) (*File, error) {
-	d := &decoder{r: bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 64<<10), size: size}
+	d := newDecoder(r, size)
+	f, err := d.metadata(r)
+	if err != nil {
+		return nil, err
+	}
+	nTensors := d.nTensors
+	// The tensor infos are most of a large header: a file of 10^6 tiny
+	// tensors is legal. Each costs its TensorInfo, its name's bytes in a
+	// shared strtab, its dims in shared chunks and its index slot; the
+	// slice grows by doubling up to the declared count (so an honest file's
+	// tensors take exactly their room, and a lying count only what was read).
+	nameAt := func(i int) string { return f.Tensors[i].Name }
+	for i := uint64(0); i < nTensors; i++ {
+		at := d.off
+		t, err := d.tensorInfo(i, f.Alignment)
+		if err != nil {
+			return nil, err
+		}
+		if len(f.Tensors) == cap(f.Tensors) {
+			grown := make([]TensorInfo, len(f.Tensors), min(nTensors, uint64(max(2*cap(f.Tensors), 64))))
+			copy(grown, f.Tensors)
+			f.Tensors = grown
+		}
+		f.Tensors = append(f.Tensors, t)
+		if _, isNew := f.index.add(t.Name, len(f.Tensors)-1, nameAt); !isNew {
+			return nil, &FormatError{at, fmt.Sprintf("duplicate tensor name %q", t.Name)}
+		}
+	}
+
+	f.DataOffset = int64(alignUp(uint64(d.off), f.Alignment))
+	if f.DataOffset > size {
+		if len(f.Tensors) > 0 {
+			return nil, &FormatError{d.off, "file ends before its data section"}
+		}
+		// A file without tensors may end right after its header.
+		f.DataOffset = size
+	}
+	if err := f.checkLayout(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// metadata reads a file's header up to its tensor infos: version, counts,
+// metadata and alignment. It leaves the decoder at the first tensor info,
+// and d.nTensors says how many follow.
+func (d *decoder) metadata(r io.ReaderAt) (*File, error) {
+	size := d.size
 	f := &File{r: r, Size: size}
 
 	magic := d.u32()
@@ -157,9 +213,13 @@ func NewFile(r io.ReaderAt, size int64) (*File, error) {
 	if nTensors > uint64(d.remaining())/24 {
 		return nil, &FormatError{8, fmt.Sprintf("tensor count %d cannot fit in a %d-byte file", nTensors, size)}
 	}
+	if nTensors > maxTensors {
+		return nil, fmt.Errorf("%w: %d tensors (at most %d)", ErrUnsupported, nTensors, uint64(maxTensors))
+	}
 	if nKV > uint64(d.remaining())/13 {
 		return nil, &FormatError{16, fmt.Sprintf("metadata count %d cannot fit in a %d-byte file", nKV, size)}
 	}
+	d.nTensors = nTensors
 
 	seen := make(map[string]bool)
 	for i := uint64(0); i < nKV; i++ {
@@ -189,65 +249,54 @@ func NewFile(r io.ReaderAt, size int64) (*File, error) {
 		f.Alignment = uint64(a)
 	}
 
-	names := make(map[string]bool)
-	for i := uint64(0); i < nTensors; i++ {
-		at := d.off
-		var t TensorInfo
-		t.Name = d.str("tensor name")
-		nDims := d.u32()
-		if d.err != nil {
-			return nil, d.err
-		}
-		if len(t.Name) > MaxTensorName {
-			return nil, &FormatError{at, fmt.Sprintf("tensor %d name %.80q is longer than %d bytes", i, t.Name, MaxTensorName)}
-		}
-		if names[t.Name] {
-			return nil, &FormatError{at, fmt.Sprintf("duplicate tensor name %q", t.Name)}
-		}
-		names[t.Name] = true
-		if nDims == 0 || nDims > maxDims {
-			return nil, &FormatError{at, fmt.Sprintf("tensor %q has %d dimensions (1 to %d allowed)", t.Name, nDims, maxDims)}
-		}
-		t.Dims = make([]uint64, nDims)
-		for j := range t.Dims {
-			t.Dims[j] = d.u64()
-		}
-		t.Type = TensorType(d.u32())
-		t.Offset = d.u64()
-		if d.err != nil {
-			return nil, d.err
-		}
-		var err error
-		if t.Size, err = tensorSize(t.Type, t.Dims); err != nil {
-			return nil, &FormatError{at, fmt.Sprintf("tensor %q: %v", t.Name, err)}
-		}
-		if t.Offset%f.Alignment != 0 {
-			return nil, &FormatError{at, fmt.Sprintf("tensor %q offset %d is not a multiple of the alignment %d", t.Name, t.Offset, f.Alignment)}
-		}
-		f.Tensors = append(f.Tensors, t)
-	}
-
-	f.DataOffset = int64(alignUp(uint64(d.off), f.Alignment))
-	if f.DataOffset > size {
-		if len(f.Tensors) > 0 {
-			return nil, &FormatError{d.off, "file ends before its data section"}
-		}
-		// A file without tensors may end right after its header.
-		f.DataOffset = size
-	}
-	if err := f.checkLayout(); err != nil {
-		return nil, err
-	}
 	return f, nil
+}
+
+// tensorInfo reads the info of tensor i. Its dims go into the decoder's
+// current chunk of dims, its name into the decoder's strtab.
+func (d *decoder) tensorInfo(i, alignment uint64) (TensorInfo, error) {
+	at := d.off
+	var t TensorInfo
+	t.Name = d.str("tensor name")
+	nDims := d.u32()
+	if d.err != nil {
+		return t, d.err
+	}
+	if len(t.Name) > MaxTensorName {
+		return t, &FormatError{at, fmt.Sprintf("tensor %d name %.80q is longer than %d bytes", i, t.Name, MaxTensorName)}
+	}
+	if nDims == 0 || nDims > maxDims {
+		return t, &FormatError{at, fmt.Sprintf("tensor %q has %d dimensions (1 to %d allowed)", t.Name, nDims, maxDims)}
+	}
+	if cap(d.dims)-len(d.dims) < int(nDims) {
+		d.dims = make([]uint64, 0, min(max(2*cap(d.dims), 64), 8192))
+	}
+	start := len(d.dims)
+	for range nDims {
+		d.dims = append(d.dims, d.u64())
+	}
+	t.Dims = d.dims[start:len(d.dims):len(d.dims)]
+	t.Type = TensorType(d.u32())
+	t.Offset = d.u64()
+	if d.err != nil {
+		return t, d.err
+	}
+	var err error
+	if t.Size, err = tensorSize(t.Type, t.Dims); err != nil {
+		return t, &FormatError{at, fmt.Sprintf("tensor %q: %v", t.Name, err)}
+	}
+	if t.Offset%alignment != 0 {
+		return t, &FormatError{at, fmt.Sprintf("tensor %q offset %d is not a multiple of the alignment %d", t.Name, t.Offset, alignment)}
+	}
+	return t, nil
 }
 
 // checkLayout checks that every tensor lies inside the file and none overlap.
 func (f *File) checkLayout() error {
 	dataLen := uint64(f.Size - f.DataOffset)
-	order := sortedByOffset(f.Tensors)
 	var end uint64
 	var prev *TensorInfo
-	for _, t := range order {
+	for t := range inOffsetOrder(f.Tensors) {
 		if t.Offset > dataLen || t.Size > dataLen-t.Offset {
 			return &FormatError{f.DataOffset + int64(min(t.Offset, dataLen)), fmt.Sprintf("tensor %q data (%d bytes at data offset %d) runs past the end of the file", t.Name, t.Size, t.Offset)}
 		}
@@ -257,6 +306,36 @@ func (f *File) checkLayout() error {
 		end, prev = t.Offset+t.Size, t
 	}
 	return nil
+}
+
+// inOffsetOrder yields the tensors in data order. Writers lay them out in
+// order (ours and llama.cpp's do), and then it costs nothing; another order
+// costs a position a tensor, sorted.
+func inOffsetOrder(ts []TensorInfo) iter.Seq[*TensorInfo] {
+	return func(yield func(*TensorInfo) bool) {
+		sorted := true
+		for i := 1; i < len(ts) && sorted; i++ {
+			sorted = ts[i-1].Offset <= ts[i].Offset
+		}
+		if sorted {
+			for i := range ts {
+				if !yield(&ts[i]) {
+					return
+				}
+			}
+			return
+		}
+		order := make([]int, len(ts))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(ts[a].Offset, ts[b].Offset) })
+		for _, i := range order {
+			if !yield(&ts[i]) {
+				return
+			}
+		}
+	}
 }
 
 // Get returns the value of a metadata key.
@@ -276,14 +355,23 @@ func (f *File) TensorData(t *TensorInfo) *io.SectionReader {
 	return io.NewSectionReader(f.r, f.DataOffset+int64(t.Offset), int64(t.Size))
 }
 
-// Tensor returns the tensor info with the given name.
+// Tensor returns the tensor info with the given name, in constant time
+// (through the index built when the file was parsed).
 func (f *File) Tensor(name string) (*TensorInfo, bool) {
-	for i := range f.Tensors {
-		if f.Tensors[i].Name == name {
-			return &f.Tensors[i], true
-		}
+	if i, ok := f.find(name); ok {
+		return &f.Tensors[i], true
 	}
 	return nil, false
+}
+
+// find returns the position of a tensor in Tensors.
+func (f *File) find(name string) (int, bool) {
+	return f.index.find(name, func(i int) string {
+		if i >= len(f.Tensors) {
+			return "" // Tensors was cut after parsing: the name is gone
+		}
+		return f.Tensors[i].Name
+	})
 }
 
 // tensorSize computes the bytes of a tensor, refusing unknown types, rows that
@@ -326,6 +414,15 @@ type decoder struct {
 	size int64
 	err  error
 	buf  [8]byte
+	strs strtab          // the short strings of the header
+	sbuf [strtabMax]byte // a short string as read
+	dims []uint64        // the chunk the next tensor's dims go into
+
+	nTensors uint64 // the tensor count of the header
+}
+
+func newDecoder(r io.ReaderAt, size int64) *decoder {
+	return &decoder{r: bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 64<<10), size: size}
 }
 
 func (d *decoder) remaining() int64 { return d.size - d.off }
@@ -383,6 +480,15 @@ func (d *decoder) str(what string) string {
 	if n > uint64(d.remaining()) {
 		d.err = &FormatError{at, fmt.Sprintf("%s length %d runs past the end of the file", what, n)}
 		return ""
+	}
+	if n <= strtabMax {
+		b := d.sbuf[:n]
+		if _, err := io.ReadFull(d.r, b); err != nil {
+			d.fail("unexpected end of file")
+			return ""
+		}
+		d.off += int64(n)
+		return d.strs.add(b)
 	}
 	return string(d.bytes(n))
 }

@@ -15,11 +15,11 @@ import (
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
 
-// TestMain lets the benchmark run a prune in a child process of its own, so
+// TestMain lets the benchmarks run a prune in a child process of its own, so
 // that the child's peak resident memory measures the prune alone.
 func TestMain(m *testing.M) {
 	if in := os.Getenv("GGUFPRUNE_BENCH_PRUNE_IN"); in != "" {
-		if err := pruneOneBlock(in, os.Getenv("GGUFPRUNE_BENCH_PRUNE_OUT")); err != nil {
+		if err := pruneOneBlock(in, os.Getenv("GGUFPRUNE_BENCH_PRUNE_OUT"), os.Getenv("GGUFPRUNE_BENCH_PRUNE_STEP")); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -36,15 +36,32 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func pruneOneBlock(in, out string) error {
+// pruneOneBlock removes block 1 of in, writing out, or stops after a step:
+// "none" (the process alone), "open" (the model and its statistics, as
+// inspect), "plan" (planned, sized and checked, as a dry run).
+func pruneOneBlock(in, out, step string) error {
+	if step == "none" {
+		return nil
+	}
 	m, err := gguf.OpenModel(in)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
+	m.Stats()
+	if step == "open" {
+		return nil
+	}
 	plan, err := surgery.PlanRemoval(m, []int{1}, surgery.Options{})
 	if err != nil {
 		return err
+	}
+	if _, err := plan.Size(surgery.OneFile); err != nil {
+		return err
+	}
+	plan.CheckLlama() // a synthetic model breaks llama.cpp's rules: only its cost counts
+	if step == "plan" {
+		return nil
 	}
 	_, err = plan.Write(out, surgery.OneFile)
 	return err

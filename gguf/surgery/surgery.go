@@ -43,11 +43,15 @@ type Plan struct {
 	Removed          []int // old block indices, ascending
 	BlockCountBefore int
 	BlockCountAfter  int
-	KV               []gguf.KV          // the first shard's metadata after surgery
-	Tensors          []gguf.ModelTensor // kept tensors, renamed, in source order
-	sources          []*gguf.ModelTensor
-	replaced         map[string][]byte            // new data of kept tensors, by source name
-	cut              map[string]*io.SectionReader // block-sized global tensors without the removed blocks' slices
+	KV               []gguf.KV // the first shard's metadata after surgery
+
+	// kept are the positions in Model.Tensors of the kept tensors, in
+	// order: their new names and infos are worked out when asked for
+	// (Tensors, writing), so that a plan adds a few bytes a tensor to its
+	// model, not a renamed copy of each (a header of 10^6 tensors is legal).
+	kept     []int
+	replaced map[string][]byte    // new data of kept tensors, by source name
+	cut      map[string]cutTensor // block-sized global tensors without the removed blocks' slices, by name
 
 	// Broken is set when a forced removal changes the kind of kept blocks
 	// (an index-pattern architecture): llama.cpp loads the file, but its
@@ -55,36 +59,78 @@ type Plan struct {
 	Broken *arch.PatternError
 }
 
+// cutTensor is a block-sized tensor as written: its new shape and data.
+type cutTensor struct {
+	info gguf.TensorInfo
+	data *io.SectionReader
+}
+
 // ReplaceData makes the plan write new data for a kept tensor, named as in
 // the input: the same type and shape, so the same size (healing rewrites
 // the tensors it folds into). Every other tensor is still copied unchanged.
 func (p *Plan) ReplaceData(name string, data []byte) error {
-	for _, src := range p.sources {
-		if src.Name != name {
-			continue
-		}
-		if uint64(len(data)) != src.Size {
-			return fmt.Errorf("%s: new data of tensor %s is %d bytes, not %d", p.Model.Name(), name, len(data), src.Size)
-		}
-		if p.replaced == nil {
-			p.replaced = map[string][]byte{}
-		}
-		p.replaced[name] = data
-		return nil
+	src, ok := p.Model.Tensor(name)
+	if _, keep, _ := p.Map.Rename(name); !ok || !keep {
+		return fmt.Errorf("%s: tensor %s is not kept by the plan", p.Model.Name(), name)
 	}
-	return fmt.Errorf("%s: tensor %s is not kept by the plan", p.Model.Name(), name)
+	if uint64(len(data)) != src.Size {
+		return fmt.Errorf("%s: new data of tensor %s is %d bytes, not %d", p.Model.Name(), name, len(data), src.Size)
+	}
+	if p.replaced == nil {
+		p.replaced = map[string][]byte{}
+	}
+	p.replaced[name] = data
+	return nil
 }
 
-// data is the bytes tensor i of the plan is written from.
-func (p *Plan) data(i int) *io.SectionReader {
-	if d, ok := p.replaced[p.sources[i].Name]; ok {
+// Tensors are the infos of the kept tensors as the plan writes them:
+// renamed, in source order, block-sized ones with their new shape. Each call
+// makes them anew (a plan holds only the kept tensors' positions).
+func (p *Plan) Tensors() []gguf.TensorInfo {
+	infos := make([]gguf.TensorInfo, len(p.kept))
+	for i, pos := range p.kept {
+		infos[i] = p.info(pos)
+	}
+	return infos
+}
+
+// info is the info model tensor pos is written with.
+func (p *Plan) info(pos int) gguf.TensorInfo {
+	src := p.Model.Tensors[pos].TensorInfo
+	if c, ok := p.cut[src.Name]; ok {
+		return c.info
+	}
+	t := *src
+	t.Name, _, _ = p.Map.Rename(t.Name) // PlanRemoval renamed every tensor once: no error
+	return t
+}
+
+// data is the bytes model tensor pos is written from.
+func (p *Plan) data(pos int) *io.SectionReader {
+	src := &p.Model.Tensors[pos]
+	if d, ok := p.replaced[src.Name]; ok {
 		return io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))
 	}
-	if d, ok := p.cut[p.sources[i].Name]; ok {
-		return io.NewSectionReader(d, 0, d.Size())
+	if c, ok := p.cut[src.Name]; ok {
+		return io.NewSectionReader(c.data.Outer()) // a view of its own, with the slices reader as its source
 	}
-	return p.Model.TensorData(p.sources[i])
+	return p.Model.TensorData(src)
 }
+
+// planTensors are kept tensors of a plan that go into one file, handed to
+// the writer one at a time.
+type planTensors struct {
+	p    *Plan
+	kept []int // positions in the model
+}
+
+func (ts planTensors) Len() int                     { return len(ts.kept) }
+func (ts planTensors) Info(i int) gguf.TensorInfo   { return ts.p.info(ts.kept[i]) }
+func (ts planTensors) Data(i int) *io.SectionReader { return ts.p.data(ts.kept[i]) }
+
+// SourceName is the name tensor i has in the input, for the writer's errors
+// about reading its data.
+func (ts planTensors) SourceName(i int) string { return ts.p.Model.Tensors[ts.kept[i]].Name }
 
 // PlanRemoval works out the removal of the given blocks: which tensors go,
 // how the rest are renamed, and the new metadata. It refuses removing every
@@ -162,35 +208,34 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	}
 	p.KV = append(p.KV, arch.PinnedDefaults(m, n)...)
 
-	// Tensors: drop removed blocks, renumber the rest.
+	// Tensors: drop removed blocks, renumber the rest (the new names are
+	// made again when written; here they are checked).
+	p.kept = make([]int, 0, len(m.Tensors))
 	for i := range m.Tensors {
-		t := &m.Tensors[i]
-		name, keep, err := bm.Rename(t.Name)
+		_, keep, err := bm.Rename(m.Tensors[i].Name)
 		if err != nil {
 			return nil, fmt.Errorf("%s: tensor %w (%s)", m.Name(), err, prefix+gguf.KeyBlockCount)
 		}
-		if !keep {
-			continue
+		if keep {
+			p.kept = append(p.kept, i)
 		}
-		nt := *t
-		nt.Name = name
-		p.Tensors = append(p.Tensors, nt)
-		p.sources = append(p.sources, t)
 	}
 	for _, bt := range arch.BlockSized(name) {
-		i := slices.IndexFunc(p.Tensors, func(t gguf.ModelTensor) bool { return t.Name == bt.Name })
-		if i < 0 {
+		t, ok := m.Tensor(bt.Name)
+		if !ok {
 			continue
 		}
-		info, data, err := cutBlocks(m, p.sources[i], bt.Dim, bm)
+		if _, keep, _ := bm.Rename(t.Name); !keep {
+			continue
+		}
+		info, data, err := cutBlocks(m, t, bt.Dim, bm)
 		if err != nil {
 			return nil, err
 		}
-		p.Tensors[i].TensorInfo = info
 		if p.cut == nil {
-			p.cut = map[string]*io.SectionReader{}
+			p.cut = map[string]cutTensor{}
 		}
-		p.cut[p.sources[i].Name] = data
+		p.cut[t.Name] = cutTensor{info, data}
 	}
 	return p, nil
 }
@@ -242,7 +287,7 @@ func (p *Plan) Outputs(out string, s Sharding) []string {
 // fileParts is what goes into one output file.
 type fileParts struct {
 	kvs     []gguf.KV
-	tensors []gguf.WriterTensor
+	tensors planTensors
 }
 
 func (p *Plan) parts(s Sharding) []fileParts {
@@ -255,15 +300,19 @@ func (p *Plan) parts(s Sharding) []fileParts {
 			}
 			fp.kvs = append(fp.kvs, kv)
 		}
-		for i, t := range p.Tensors {
-			fp.tensors = append(fp.tensors, gguf.WriterTensor{Info: t.TensorInfo, Data: p.data(i)})
-		}
+		fp.tensors = planTensors{p, p.kept}
 		return []fileParts{fp}
 	}
+	// The model's tensors are shard by shard, and so are the kept ones: each
+	// shard's are a run of p.kept.
 	parts := make([]fileParts, len(m.Shards))
-	for i, t := range p.Tensors {
-		s := t.Shard
-		parts[s].tensors = append(parts[s].tensors, gguf.WriterTensor{Info: t.TensorInfo, Data: p.data(i)})
+	rest := p.kept
+	for i := range parts {
+		n := 0
+		for n < len(rest) && m.Tensors[rest[n]].Shard == i {
+			n++
+		}
+		parts[i].tensors, rest = planTensors{p, rest[:n]}, rest[n:]
 	}
 	for i := range parts {
 		kvs := p.KV
@@ -272,7 +321,7 @@ func (p *Plan) parts(s Sharding) []fileParts {
 		}
 		for _, kv := range kvs {
 			if kv.Key == gguf.KeySplitTensorsCount {
-				kv.Value = kv.Value.WithCount(len(p.Tensors))
+				kv.Value = kv.Value.WithCount(len(p.kept))
 			}
 			parts[i].kvs = append(parts[i].kvs, kv)
 		}
@@ -284,11 +333,7 @@ func (p *Plan) parts(s Sharding) []fileParts {
 func (p *Plan) Size(s Sharding) (int64, error) {
 	var total int64
 	for _, fp := range p.parts(s) {
-		infos := make([]gguf.TensorInfo, len(fp.tensors))
-		for i, t := range fp.tensors {
-			infos[i] = t.Info
-		}
-		l, err := gguf.ComputeLayout(fp.kvs, infos)
+		l, err := gguf.LayoutOf(fp.kvs, fp.tensors)
 		if err != nil {
 			return 0, err
 		}
@@ -311,7 +356,7 @@ func (p *Plan) Write(out string, s Sharding) ([]string, error) {
 	parts := p.parts(s)
 	version := p.Model.Shards[0].Version
 	return paths, atomicfile.WriteSet(paths, func(i int, f *os.File) error {
-		l, err := gguf.Write(f, version, parts[i].kvs, parts[i].tensors)
+		l, err := gguf.WriteFrom(f, version, parts[i].kvs, parts[i].tensors)
 		if err != nil {
 			return fmt.Errorf("%s: %w", paths[i], err)
 		}
@@ -324,7 +369,7 @@ func (p *Plan) Write(out string, s Sharding) ([]string, error) {
 // and checks what it wrote.
 func (p *Plan) WriteFile(f *os.File) error {
 	fp := p.parts(OneFile)[0]
-	l, err := gguf.Write(f, p.Model.Shards[0].Version, fp.kvs, fp.tensors)
+	l, err := gguf.WriteFrom(f, p.Model.Shards[0].Version, fp.kvs, fp.tensors)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.Name(), err)
 	}
@@ -333,18 +378,8 @@ func (p *Plan) WriteFile(f *os.File) error {
 
 // verifyWritten re-reads a written file and checks it holds what was planned.
 func verifyWritten(path string, f *os.File, l *gguf.Layout, fp fileParts) error {
-	got, err := gguf.NewFile(f, l.Size)
-	if err != nil {
-		return fmt.Errorf("%s: written file does not read back: %w", path, err)
-	}
-	if len(got.KV) != len(fp.kvs) || len(got.Tensors) != len(fp.tensors) {
-		return fmt.Errorf("%s: written file has %d keys and %d tensors, want %d and %d", path, len(got.KV), len(got.Tensors), len(fp.kvs), len(fp.tensors))
-	}
-	for i, t := range got.Tensors {
-		want := fp.tensors[i].Info
-		if t.Name != want.Name || t.Type != want.Type || t.Size != want.Size || t.Offset != l.Offsets[i] {
-			return fmt.Errorf("%s: written tensor %d is %q (%v, %d bytes at %d), want %q", path, i, t.Name, t.Type, t.Size, t.Offset, want.Name)
-		}
+	if err := gguf.CheckWritten(f, l, fp.kvs, fp.tensors); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }
@@ -353,18 +388,14 @@ func verifyWritten(path string, f *os.File, l *gguf.Layout, fp fileParts) error 
 // llama.cpp (arch.CheckFile): a pruned file llama.cpp would abort on is
 // refused before it is written.
 func (p *Plan) CheckLlama() error {
-	infos := make([]gguf.TensorInfo, len(p.Tensors))
-	for i := range p.Tensors {
-		infos[i] = p.Tensors[i].TensorInfo
-	}
-	return arch.CheckFile("the pruned "+p.Model.Name(), p.KV, infos, arch.Load)
+	return arch.CheckFile("the pruned "+p.Model.Name(), p.KV, p.Tensors(), arch.Load)
 }
 
 // cutBlocks plans the removal of the removed blocks' slices of a
 // block-sized global tensor: its new shape and a reader of its new data.
 func cutBlocks(m *gguf.Model, t *gguf.ModelTensor, dim int, bm *gguf.BlockMap) (gguf.TensorInfo, *io.SectionReader, error) {
 	n := bm.Before()
-	info := t.TensorInfo
+	info := *t.TensorInfo
 	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
 		return info, nil, fmt.Errorf("%s: tensor %s has shape %v, not a multiple of the %d blocks along dimension %d", m.Name(), t.Name, info.Dims, n, dim)
 	}
@@ -388,7 +419,7 @@ func cutBlocks(m *gguf.Model, t *gguf.ModelTensor, dim int, bm *gguf.BlockMap) (
 	dims[dim] = per * uint64(bm.After())
 	info.Dims = dims
 	info.Size = info.Size / uint64(n) * uint64(bm.After())
-	g := &blockSlices{src: m.TensorData(t), chunk: int64(chunk), n: n, kept: bm.Kept()}
+	g := &blockSlices{src: m.TensorData(t), name: m.Shards[t.Shard].Name(), chunk: int64(chunk), n: n, kept: bm.Kept()}
 	return info, io.NewSectionReader(g, 0, int64(info.Size)), nil
 }
 
@@ -397,10 +428,14 @@ func cutBlocks(m *gguf.Model, t *gguf.ModelTensor, dim int, bm *gguf.BlockMap) (
 // which the kept ones are read in order.
 type blockSlices struct {
 	src   *io.SectionReader
+	name  string // of the file src reads
 	chunk int64
 	n     int
 	kept  []int
 }
+
+// Name is the file the slices are read from, for the writer's errors.
+func (g *blockSlices) Name() string { return g.name }
 
 func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
 	done := 0

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -395,6 +396,54 @@ func TestFailedWriteLeavesNothing(t *testing.T) {
 	}
 	if names := fixture.DirNames(t, outDir); len(names) != 0 {
 		t.Fatalf("left behind: %v", names)
+	}
+}
+
+// An input truncated between planning and writing fails at the first
+// tensor it cuts, promptly and with one buffer of memory, naming the input,
+// the byte and the tensor as the input names it; nothing is left behind.
+// (The kernel copy's "source ended" at a tensor's first byte was taken for
+// "cannot copy here", and the fallback copied nothing without an error
+// through a fresh 1 MiB buffer for every later tensor.)
+func TestTruncatedInputFailsAtOnce(t *testing.T) {
+	for _, within := range []uint64{0, 1000} {
+		t.Run(fmt.Sprint(within), func(t *testing.T) {
+			dir := t.TempDir()
+			in := filepath.Join(dir, "in.gguf")
+			if err := fixture.Write(in, fixture.Spec{Arch: "llama", Blocks: 8, BlockBytes: 1 << 20}); err != nil {
+				t.Fatal(err)
+			}
+			m, err := gguf.OpenModel(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			plan, err := surgery.PlanRemoval(m, []int{1}, surgery.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Cut the input in a tensor that moves (block 4 becomes 3).
+			victim, _ := m.Tensor("blk.4.attn_q.weight")
+			cut := m.Shards[0].DataOffset + int64(victim.Offset+within)
+			if err := os.Truncate(in, cut); err != nil {
+				t.Fatal(err)
+			}
+			outDir := t.TempDir()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err = plan.Write(filepath.Join(outDir, "out.gguf"), surgery.OneFile)
+			runtime.ReadMemStats(&after)
+			want := fmt.Sprintf("%s ended at byte %d while copying tensor blk.4.attn_q.weight", in, cut)
+			if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "truncated") || !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("got %v, want %q", err, want)
+			}
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
+				t.Errorf("%d bytes allocated writing %d tensors", alloc, len(m.Tensors))
+			}
+			if names := fixture.DirNames(t, outDir); len(names) != 0 {
+				t.Errorf("left behind: %v", names)
+			}
+		})
 	}
 }
 
