@@ -96,6 +96,7 @@ func (m *Model) Write(ctx context.Context, plan *surgery.Plan, o WriteOptions) (
 		BlockCountBefore: plan.BlockCountBefore, BlockCountAfter: plan.BlockCountAfter,
 		BytesBefore: m.Size(), BytesAfter: after, DryRun: o.DryRun,
 	}
+	res.Warnings = append(res.Warnings, plan.Warnings...)
 	if b := plan.Broken; b != nil {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %s derives %s from the block index, and removing %s moves block %d to index %d, which changes its kind; llama.cpp loads the output, but it does not compute what the original computes without those blocks",
 			b.Architecture, b.What, gguf.FormatBlockList(b.Removed), b.Block, b.To))

@@ -57,6 +57,9 @@ type Plan struct {
 	// (an index-pattern architecture): llama.cpp loads the file, but its
 	// blocks do not compute what they did.
 	Broken *arch.PatternError
+	// Warnings say where the output may compute otherwise than the
+	// original in some llama.cpp (see arch.PinnedDefaults).
+	Warnings []string
 }
 
 // cutTensor is a block-sized tensor as written: its new shape and data.
@@ -206,7 +209,9 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 		}
 		p.KV = append(p.KV, kv)
 	}
-	p.KV = append(p.KV, arch.PinnedDefaults(m, n)...)
+	pinned, warnings := arch.PinnedDefaults(m, n)
+	p.KV = append(p.KV, pinned...)
+	p.Warnings = append(p.Warnings, warnings...)
 
 	// Tensors: drop removed blocks, renumber the rest (the new names are
 	// made again when written; here they are checked).

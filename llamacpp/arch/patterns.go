@@ -328,25 +328,75 @@ var notPerLayer = map[string]bool{
 // with the blocks.
 func PerLayer(key string) bool { return !notPerLayer[key] }
 
+// pinned is the effective value of a key the original file lacks, and,
+// when llama.cpp versions disagree on it, a warning saying so.
+type pinned struct {
+	value   gguf.Value
+	warning string
+}
+
 // pinnedDefaults are scalars whose default, when the file has none, follows
-// from the block count: the plan writes the original's value.
-var pinnedDefaults = map[string]map[string]func(n int) gguf.Value{
+// from the block count (and the vocabulary): the plan writes the original's
+// effective value, so that the pruned file computes as the original does.
+var pinnedDefaults = map[string]map[string]func(m *gguf.Model, n int) pinned{
 	// load_hparams: f_residual_scale = 1.4/sqrt(n_layer) unless set.
-	"minicpm": {"residual_scale": func(n int) gguf.Value { return gguf.Float32(float32(1.4 / math.Sqrt(float64(n)))) }},
+	"minicpm": {"residual_scale": func(_ *gguf.Model, n int) pinned {
+		return pinned{value: gguf.Float32(float32(1.4 / math.Sqrt(float64(n))))}
+	}},
+	"deepseek2": {"expert_gating_func": deepseekGating},
+}
+
+// Expert gating functions (llama-hparams.h llama_expert_gating_func_type).
+const (
+	gatingSoftmax = 1
+	gatingSigmoid = 2
+)
+
+// deepseekGating is deepseek2's gating function when the file names none.
+// The pinned llama.cpp always takes softmax (load_hparams: "for
+// compatibility with existing DeepSeek V2 and V2.5 GGUFs"); the newer one
+// (models/deepseek2.cpp load_arch_hparams) takes sigmoid for 47 or 48
+// blocks, not counting multi-token prediction, with a 154,880-token
+// vocabulary (GLM-4.7 Lite). The pruned file says what the newer llama.cpp
+// computes the original with, and warns where the pinned one differs.
+func deepseekGating(m *gguf.Model, n int) pinned {
+	main := n - archInt(m, gguf.KeyNextNPredictLayers, 0)
+	if (main == 47 || main == 48) && vocabSize(m) == 154880 {
+		return pinned{gguf.Uint32(gatingSigmoid), fmt.Sprintf("%s names no deepseek2.expert_gating_func: llama.cpp since its models/ split gates a %d-block model with a 154,880-token vocabulary by sigmoid, the pinned one (ollama v0.17.4) by softmax; the pruned file says sigmoid, as the newer llama.cpp computes the original, so the pinned one computes it differently from the original", m.Name(), main)}
+	}
+	return pinned{value: gguf.Uint32(gatingSoftmax)}
+}
+
+// vocabSize is the vocabulary size llama.cpp reads: {arch}.vocab_size,
+// else the number of tokens.
+func vocabSize(m *gguf.Model) int {
+	if n := archInt(m, "vocab_size", 0); n > 0 {
+		return n
+	}
+	if v, ok := m.Get("tokenizer.ggml.tokens"); ok {
+		if a, ok := v.Array(); ok {
+			return a.Len()
+		}
+	}
+	return 0
 }
 
 // PinnedDefaults are the keys, absent from m (of n blocks), whose default
 // llama.cpp derives from the block count: a pruned file must carry the
-// original's value.
-func PinnedDefaults(m *gguf.Model, n int) []gguf.KV {
+// original's effective value. The warnings say where llama.cpp versions
+// disagree on that value.
+func PinnedDefaults(m *gguf.Model, n int) (kvs []gguf.KV, warnings []string) {
 	arch := mustArch(m)
-	var out []gguf.KV
 	for key, value := range pinnedDefaults[arch] {
 		if _, ok := m.Get(arch + "." + key); !ok {
-			out = append(out, gguf.KV{Key: arch + "." + key, Value: value(n)})
+			p := value(m, n)
+			kvs = append(kvs, gguf.KV{Key: arch + "." + key, Value: p.value})
+			if p.warning != "" {
+				warnings = append(warnings, p.warning)
+			}
 		}
 	}
-	return out
+	return kvs, warnings
 }
 
 // CheckRemoval refuses a removal (bm) after which llama.cpp would not load
@@ -367,6 +417,23 @@ var removalChecks = map[string]func(m *gguf.Model, bm *gguf.BlockMap) error{
 		lite := func(n int) bool { return n == 26 || n == 27 }
 		if lite(bm.Before()) != lite(bm.After()) {
 			return fmt.Errorf("deepseek2 with 26 or 27 blocks is the Lite model, whose attention has other tensors (llama-model.cpp: is_lite); %d blocks would make llama.cpp look for the tensors of the other kind", bm.After())
+		}
+		// The newer llama.cpp (models/deepseek2.cpp load_arch_hparams) also
+		// takes 48 blocks, not counting multi-token prediction, with a
+		// 128,256-token vocabulary for the Lite model.
+		mtp, vocab := archInt(m, gguf.KeyNextNPredictLayers, 0), vocabSize(m)
+		newer := func(n int) bool { main := n - mtp; return lite(main) || (main == 48 && vocab == 128256) }
+		if newer(bm.Before()) != newer(bm.After()) {
+			return fmt.Errorf("the newer llama.cpp (models/deepseek2.cpp: is_lite) takes deepseek2 with 48 blocks and a 128,256-token vocabulary for the Lite model, whose attention has other tensors; going from %d to %d blocks would make it look for the tensors of the other kind", bm.Before(), bm.After())
+		}
+		return nil
+	},
+	// command-r with 64 blocks or more has query and key norms
+	// (llama-model.cpp load_tensors: n_layer >= 64): across 64 the loader
+	// would ask for tensors the file lacks, or find tensors it does not want.
+	"command-r": func(m *gguf.Model, bm *gguf.BlockMap) error {
+		if (bm.Before() >= 64) != (bm.After() >= 64) {
+			return fmt.Errorf("command-r loads query and key norms only with 64 blocks or more (llama-model.cpp load_tensors); going from %d to %d blocks makes the file not load", bm.Before(), bm.After())
 		}
 		return nil
 	},

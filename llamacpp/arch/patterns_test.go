@@ -53,6 +53,12 @@ func TestLayerRules(t *testing.T) {
 		{"deepseek2 Lite to 26", "deepseek2", 27, nil, nil, []int{1}, false, ""},
 		{"deepseek2 Lite to 25", "deepseek2", 27, nil, nil, []int{1, 2}, true, "is the Lite model"},
 		{"deepseek2 to 27", "deepseek2", 30, nil, nil, []int{1, 2, 3}, false, "is the Lite model"},
+		{"deepseek2 to 48 blocks, Lite vocabulary", "deepseek2", 49, []gguf.KV{u32("deepseek2.vocab_size", 128256)}, nil, []int{1}, true, "48 blocks and a 128,256-token vocabulary"},
+		{"deepseek2 to 48 blocks, other vocabulary", "deepseek2", 49, []gguf.KV{u32("deepseek2.vocab_size", 32000)}, nil, []int{1}, false, ""},
+		{"deepseek2 to 48 main blocks and an MTP block", "deepseek2", 50, []gguf.KV{u32("deepseek2.vocab_size", 128256), u32("deepseek2.nextn_predict_layers", 1)}, nil, []int{1}, true, "48 blocks and a 128,256-token vocabulary"},
+		{"command-r below 64 blocks", "command-r", 64, nil, nil, []int{1}, true, "only with 64 blocks or more"},
+		{"command-r above 64 blocks", "command-r", 66, nil, nil, []int{1}, false, ""},
+		{"command-r below 64", "command-r", 40, nil, nil, []int{1}, false, ""},
 		{"baichuan", "baichuan", 32, nil, nil, []int{1}, true, "only with 32 or 40 blocks"},
 		{"rwkv7 block 0", "rwkv7", 4, nil, nil, []int{0}, true, "value-residual source"},
 		{"rwkv7 block 1", "rwkv7", 4, nil, nil, []int{1}, false, ""},
@@ -105,5 +111,40 @@ func TestPinnedDefaults(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d residual scales", n)
+	}
+}
+
+// deepseek2 without a gating function: the pruned file names the one the
+// newer llama.cpp computes the original with (sigmoid for GLM-4.7 Lite's 48
+// blocks and 154,880 tokens, and a warning that the pinned one differs;
+// softmax otherwise); a file that names one keeps it.
+func TestPinnedGating(t *testing.T) {
+	for _, c := range []struct {
+		blocks  int
+		extra   []gguf.KV
+		want    int64
+		warning bool
+	}{
+		{48, []gguf.KV{{Key: "deepseek2.vocab_size", Value: gguf.Uint32(154880)}}, 2, true},
+		{49, []gguf.KV{{Key: "deepseek2.vocab_size", Value: gguf.Uint32(154880)}, {Key: "deepseek2.nextn_predict_layers", Value: gguf.Uint32(1)}}, 2, true},
+		{48, []gguf.KV{{Key: "deepseek2.vocab_size", Value: gguf.Uint32(32000)}}, 1, false},
+		{30, nil, 1, false},
+		{48, []gguf.KV{{Key: "deepseek2.vocab_size", Value: gguf.Uint32(154880)}, {Key: "deepseek2.expert_gating_func", Value: gguf.Uint32(3)}}, 3, false},
+	} {
+		m, _ := fixture.Synthetic(t, fixture.Spec{Arch: "deepseek2", Blocks: c.blocks, Extra: c.extra})
+		plan, err := surgery.PlanRemoval(m, []int{2}, surgery.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int64
+		for _, kv := range plan.KV {
+			if kv.Key == "deepseek2.expert_gating_func" {
+				v, _ := kv.Value.Int()
+				got = append(got, v)
+			}
+		}
+		if len(got) != 1 || got[0] != c.want || (len(plan.Warnings) > 0) != c.warning {
+			t.Fatalf("%d blocks %v: gating %v, warnings %q", c.blocks, c.extra, got, plan.Warnings)
+		}
 	}
 }
