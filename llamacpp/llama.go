@@ -165,6 +165,9 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	if why := arch.Unknown(archName); why != "" {
+		return nil, &Error{"loading model", path, why + " (blocks can still be removed by list: prune --layers … --force)", ErrLoad}
+	}
 	// Refuse what llama.cpp would abort on, before it sees the file.
 	if err := arch.CheckModel(gm, arch.Run); err != nil {
 		return nil, err

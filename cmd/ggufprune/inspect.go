@@ -27,17 +27,20 @@ func inspectCommand() *cli.Command {
 }
 
 type inspectReport struct {
-	Path         string            `json:"path"`
-	GGUFVersion  uint32            `json:"gguf_version"`
-	Architecture string            `json:"architecture"`
-	BlockCount   int               `json:"block_count"`
-	TensorCount  int               `json:"tensor_count"`
-	Alignment    uint64            `json:"alignment"`
-	FileSize     int64             `json:"file_size"`
-	Files        int               `json:"files"`
-	Params       uint64            `json:"params"`
-	Types        []gguf.TypeStats  `json:"types"`
-	Blocks       []gguf.BlockStats `json:"blocks"`
+	Path         string `json:"path"`
+	GGUFVersion  uint32 `json:"gguf_version"`
+	Architecture string `json:"architecture"`
+	// Unknown says why llama.cpp (the linked one) cannot run the
+	// architecture and its layer rules are not checked; empty when known.
+	Unknown     string            `json:"unknown_architecture,omitempty"`
+	BlockCount  int               `json:"block_count"`
+	TensorCount int               `json:"tensor_count"`
+	Alignment   uint64            `json:"alignment"`
+	FileSize    int64             `json:"file_size"`
+	Files       int               `json:"files"`
+	Params      uint64            `json:"params"`
+	Types       []gguf.TypeStats  `json:"types"`
+	Blocks      []gguf.BlockStats `json:"blocks"`
 }
 
 func runInspect(c *cli.Context) error {
@@ -66,7 +69,7 @@ func runInspect(c *cli.Context) error {
 	}
 	st := m.Stats()
 	r := inspectReport{
-		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: archName, BlockCount: n,
+		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: archName, Unknown: arch.Unknown(archName), BlockCount: n,
 		TensorCount: len(m.Tensors), Alignment: m.Shards[0].Alignment, FileSize: m.Size(),
 		Files: len(m.Shards), Params: st.Params, Types: st.Types, Blocks: st.Blocks,
 	}
@@ -77,6 +80,9 @@ func runInspect(c *cli.Context) error {
 	fmt.Fprintf(w, "file\t%s (%d file(s), %s)\n", path, r.Files, units.HumanBytes(r.FileSize))
 	fmt.Fprintf(w, "gguf version\t%d\n", r.GGUFVersion)
 	fmt.Fprintf(w, "architecture\t%s\n", r.Architecture)
+	if r.Unknown != "" {
+		fmt.Fprintf(w, "not known\t%s\n", r.Unknown)
+	}
 	fmt.Fprintf(w, "blocks\t%d\n", r.BlockCount)
 	fmt.Fprintf(w, "tensors\t%d\n", r.TensorCount)
 	fmt.Fprintf(w, "alignment\t%d\n", r.Alignment)

@@ -111,3 +111,33 @@ func TestPruneChecksItsInput(t *testing.T) {
 		t.Fatal("an output was written")
 	}
 }
+
+// An architecture the linked llama.cpp does not know: inspect says so,
+// running it says so before llama.cpp sees it, and prune removes blocks
+// only when forced, with a warning.
+func TestUnknownArchitecture(t *testing.T) {
+	_, path := fixture.Synthetic(t, fixture.Spec{Arch: "qwen35", Blocks: 4})
+	r := runCLI(t, "inspect", "--json", path).ok(t)
+	var rep struct {
+		Unknown string `json:"unknown_architecture"`
+	}
+	decode(t, r.stdout, &rep)
+	if !strings.Contains(rep.Unknown, "known to newer llama.cpp versions") {
+		t.Fatalf("inspect: %s", r.stdout)
+	}
+	text := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
+	runCLI(t, "score", "-m", path, "-f", text).fails(t, 1, "cannot run it")
+	out := filepath.Join(t.TempDir(), "out.gguf")
+	runCLI(t, "prune", "-m", path, "--layers", "1", "-o", out).fails(t, 1, "--force removes them anyway")
+	r = runCLI(t, "prune", "-m", path, "--layers", "1", "-o", out, "--force", "--json").ok(t)
+	var res struct{ Warnings []string }
+	decode(t, r.stdout, &res)
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "qwen35") {
+		t.Fatalf("forced: %s", r.stdout)
+	}
+	_, other := fixture.Synthetic(t, fixture.Spec{Arch: "nosucharch", Blocks: 4})
+	r = runCLI(t, "inspect", other).ok(t)
+	if !strings.Contains(r.stdout, "nor to the newer ones") {
+		t.Fatal(r.stdout)
+	}
+}

@@ -167,6 +167,12 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 			}
 		}
 	}
+	if why := arch.Unknown(name); why != "" {
+		if !o.Force {
+			return nil, fmt.Errorf("%s: %s; removing blocks could change what kept blocks compute or make the file not load (--force removes them anyway)", m.Name(), why)
+		}
+		p.Warnings = append(p.Warnings, fmt.Sprintf("forced: %s; check the output in the llama.cpp you run", why))
+	}
 	if err := arch.CheckRemoval(m, bm); err != nil {
 		return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), gguf.FormatBlockList(p.Removed), err)
 	}
