@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,32 +14,6 @@ import (
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
-
-// runInputCLI runs ggufprune as runCLIRSS does, but kills it after limit:
-// a command that blocks (opening a FIFO waits for a writer) fails the test
-// instead of hanging it.
-func runInputCLI(t *testing.T, limit time.Duration, args ...string) (result, int64) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], args...)
-	cmd.Args[0] = "ggufprune"
-	cmd.Env = append(os.Environ(), "GGUFPRUNE_RUN_MAIN=1")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("%s: still running after %v (blocked?); stderr %q", strings.Join(args, " "), limit, errb.String())
-	}
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return result{code, out.String(), errb.String()}, ru.Maxrss << 10
-}
 
 // Input files other than models and texts (score reports, logits files,
 // importance matrices) are checked as regular files before they are opened,
@@ -168,7 +140,7 @@ func TestInputFilesRefused(t *testing.T) {
 		{[]string{"quantize", "--imatrix", nanGGUF, src, out, "Q8_0"}, []string{nanGGUF + `: entry "` + e1 + `": value 5 of `, " is NaN; an importance matrix holds sums of squares"}},
 		{[]string{"prune", "-m", src, "--layers", "1", "--quantize", "Q8_0", "--imatrix", nanDat, "-o", out}, []string{nanDat + `: entry "` + e1 + `": value 5 of `, " is NaN"}},
 	} {
-		r, rss := runInputCLI(t, limit, c.args...)
+		r, rss := runCLIWithin(t, limit, c.args...)
 		name := strings.Join(c.args, " ")
 		if r.code != 1 || rss > bound || r.stdout != "" {
 			t.Errorf("%s: exit %d (want 1), %d MiB, stdout %q, stderr %q", name, r.code, rss>>20, r.stdout, r.stderr)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
@@ -41,12 +43,25 @@ func runCLI(t *testing.T, args ...string) result {
 // resident memory in bytes.
 func runCLIRSS(t *testing.T, args ...string) (result, int64) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
+	return runCLIWithin(t, 10*time.Minute, args...)
+}
+
+// runCLIWithin is runCLIRSS that kills the command after limit: a command
+// that blocks (opening a FIFO waits for a writer) fails the test instead of
+// hanging it.
+func runCLIWithin(t *testing.T, limit time.Duration, args ...string) (result, int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
 	cmd.Args[0] = "ggufprune"
 	cmd.Env = append(os.Environ(), "GGUFPRUNE_RUN_MAIN=1")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("%s: still running after %v (blocked?); stderr %q", strings.Join(args, " "), limit, errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
