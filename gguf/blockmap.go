@@ -63,24 +63,45 @@ func (m *BlockMap) NewIndex(b int) int { return m.newIndex[b] }
 // model has in the new one: "blk.N.rest" becomes "blk.M.rest" with M the new
 // index of N; names outside blocks stay. keep is false for a removed block.
 func (m *BlockMap) Rename(name string) (newName string, keep bool, err error) {
+	nb, rest, keep, moved, err := m.move(name)
+	switch {
+	case err != nil || !keep:
+		return "", false, err
+	case !moved:
+		return name, true, nil // the same name: not a new string per tensor
+	}
+	return BlockName(nb, rest), true, nil
+}
+
+// AppendRename is Rename for callers that rename many tensors without a
+// string for each: it appends the new name to b when it differs from name
+// (moved), and returns b as it was otherwise.
+func (m *BlockMap) AppendRename(b []byte, name string) (_ []byte, keep, moved bool, err error) {
+	nb, rest, keep, moved, err := m.move(name)
+	if err != nil || !moved {
+		return b, keep, false, err
+	}
+	b = append(b, "blk."...)
+	b = strconv.AppendInt(b, int64(nb), 10)
+	b = append(b, '.')
+	return append(b, rest...), true, true, nil
+}
+
+// move says where a tensor goes: to block nb (as blk.nb.rest) when moved,
+// nowhere when not kept.
+func (m *BlockMap) move(name string) (nb int, rest string, keep, moved bool, err error) {
 	b, rest, isBlock, err := SplitBlockName(name)
 	if err != nil {
-		return "", false, err
+		return 0, "", false, false, err
 	}
 	if !isBlock {
-		return name, true, nil
+		return 0, "", true, false, nil
 	}
 	if b >= len(m.newIndex) {
-		return "", false, fmt.Errorf("%q belongs to block %d but there are %d blocks", name, b, len(m.newIndex))
+		return 0, "", false, false, fmt.Errorf("%q belongs to block %d but there are %d blocks", name, b, len(m.newIndex))
 	}
-	switch nb := m.newIndex[b]; {
-	case nb < 0:
-		return "", false, nil
-	case nb == b:
-		return name, true, nil // the same name: not a new string per tensor
-	default:
-		return BlockName(nb, rest), true, nil
-	}
+	nb = m.newIndex[b]
+	return nb, rest, nb >= 0, nb >= 0 && nb != b, nil
 }
 
 // BlockName is the name of tensor rest of block b: "blk.B.rest".
@@ -95,10 +116,25 @@ func SplitBlockName(name string) (block int, rest string, isBlock bool, err erro
 	}
 	num, rest, ok := strings.Cut(s, ".")
 	b, perr := strconv.Atoi(num)
-	if !ok || perr != nil || b < 0 || strconv.Itoa(b) != num {
+	if !ok || perr != nil || !plainNumber(num) {
 		return 0, "", false, fmt.Errorf("tensor %q: cannot read its block number", name)
 	}
 	return b, rest, true, nil
+}
+
+// plainNumber reports whether s is a number as strconv.Itoa writes a
+// non-negative one: digits, without a sign or leading zeros (checked
+// without making that string: names are split once for every tensor).
+func plainNumber(s string) bool {
+	if s == "" || (s[0] == '0' && len(s) > 1) {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // BlockOf returns the block index of a tensor name, or -1 outside blocks.

@@ -20,8 +20,7 @@ func (m *Model) Fingerprint() (string, error) {
 			return "", err
 		}
 	}
-	for i := range m.Tensors {
-		t := &m.Tensors[i]
+	for _, t := range m.AllTensors() {
 		d := m.TensorData(t)
 		if _, err := io.Copy(h, io.NewSectionReader(d, 0, min(d.Size(), fingerprintSample))); err != nil {
 			return "", err

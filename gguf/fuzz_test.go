@@ -80,8 +80,8 @@ func FuzzNewFile(f *testing.F) {
 		}
 		// Whatever the reader accepts, the writer writes and the reader reads back the same.
 		var ts []gguf.WriterTensor
-		for i := range file.Tensors {
-			ts = append(ts, gguf.WriterTensor{Info: file.Tensors[i], Data: file.TensorData(&file.Tensors[i])})
+		for _, t := range file.AllTensors() {
+			ts = append(ts, gguf.WriterTensor{Info: t, Data: file.TensorData(t)})
 		}
 		var buf bytes.Buffer
 		if _, err := gguf.Write(&buf, file.Version, file.KV, ts); err != nil {
@@ -91,11 +91,11 @@ func FuzzNewFile(f *testing.F) {
 		if err != nil {
 			t.Fatalf("written file does not read back: %v", err)
 		}
-		if len(again.KV) != len(file.KV) || len(again.Tensors) != len(file.Tensors) {
+		if len(again.KV) != len(file.KV) || again.NumTensors() != file.NumTensors() {
 			t.Fatal("written file differs")
 		}
-		for i := range again.Tensors {
-			a, b := again.Tensors[i], file.Tensors[i]
+		for i, a := range again.AllTensors() {
+			b := file.TensorAt(i)
 			if a.Name != b.Name || a.Type != b.Type || a.Size != b.Size || !reflect.DeepEqual(a.Dims, b.Dims) {
 				t.Fatalf("tensor %d differs", i)
 			}

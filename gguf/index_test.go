@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"reflect"
 	"testing"
 )
 
@@ -35,14 +36,14 @@ func TestTensorLookupIsIndexed(t *testing.T) {
 	const n = 100_000
 	f := manyTensorFile(t, 0, n)
 	compares := 0
-	nameAt := func(i int) string { compares++; return f.Tensors[i].Name }
-	for i := range f.Tensors {
-		if j, ok := f.index.find(f.Tensors[i].Name, nameAt); !ok || j != i {
-			t.Fatalf("%s found at %d, %v", f.Tensors[i].Name, j, ok)
+	nameAt := func(i int) string { compares++; return f.tensors.nameAt(i) }
+	for i, ti := range f.AllTensors() {
+		if j, ok := f.tensors.index.find(ti.Name, nameAt); !ok || j != i {
+			t.Fatalf("%s found at %d, %v", ti.Name, j, ok)
 		}
 	}
 	for i := range n {
-		if j, ok := f.index.find(fmt.Sprintf("t.%d.bias", i), nameAt); ok {
+		if j, ok := f.tensors.index.find(fmt.Sprintf("t.%d.bias", i), nameAt); ok {
 			t.Fatalf("t.%d.bias found at %d", i, j)
 		}
 	}
@@ -50,12 +51,13 @@ func TestTensorLookupIsIndexed(t *testing.T) {
 	if compares > 4*2*n {
 		t.Fatalf("%d name comparisons for %d lookups", compares, 2*n)
 	}
-	t.Logf("%.2f comparisons a lookup; index of %d slots for %d tensors", float64(compares)/(2*n), len(f.index.slots), n)
+	t.Logf("%.2f comparisons a lookup; index of %d slots for %d tensors", float64(compares)/(2*n), len(f.tensors.index.slots), n)
 
 	// Tensor is the index's answer.
 	for _, i := range []int{0, 1, n / 2, n - 1} {
-		if ti, ok := f.Tensor(f.Tensors[i].Name); !ok || ti != &f.Tensors[i] {
-			t.Fatalf("Tensor(%q) = %v, %v", f.Tensors[i].Name, ti, ok)
+		want := f.TensorAt(i)
+		if ti, ok := f.Tensor(want.Name); !ok || !reflect.DeepEqual(ti, want) {
+			t.Fatalf("Tensor(%q) = %v, %v", want.Name, ti, ok)
 		}
 	}
 	if _, ok := f.Tensor("t.1.bias"); ok {
@@ -72,7 +74,7 @@ func TestTensorLookupIsIndexed(t *testing.T) {
 	}
 	for _, i := range []int{0, 399, 400, 999} {
 		name := fmt.Sprintf("t.%d.weight", i)
-		if mt, ok := m.Tensor(name); !ok || mt != &m.Tensors[i] || mt.Name != name || mt.Shard != min(i/400, 1) {
+		if mt, ok := m.Tensor(name); !ok || !reflect.DeepEqual(mt, m.TensorAt(i)) || mt.Name != name || mt.Shard != min(i/400, 1) {
 			t.Fatalf("model tensor %s: %+v %v", name, mt, ok)
 		}
 	}
@@ -99,6 +101,23 @@ func TestNameIndex(t *testing.T) {
 	if x.n != 1000 || 4*x.n > 3*len(x.slots) {
 		t.Fatalf("%d names in %d slots", x.n, len(x.slots))
 	}
+	// Reserved for a count, it takes them all without growing.
+	var r nameIndex
+	r.reserve(1000)
+	slots := len(r.slots)
+	for i := range 1000 {
+		if _, isNew := r.add(names[i], i, nameAt); !isNew {
+			t.Fatalf("%s is a duplicate", names[i])
+		}
+	}
+	if len(r.slots) != slots || 2*len(r.slots) > 3*1000+16 {
+		t.Fatalf("reserved %d slots, then %d, for 1000 names", slots, len(r.slots))
+	}
+	for i := range 1000 {
+		if j, ok := r.find(names[i], nameAt); !ok || j != i {
+			t.Fatalf("%s found at %d, %v", names[i], j, ok)
+		}
+	}
 	var empty nameIndex
 	if _, ok := empty.find("a", nameAt); ok {
 		t.Fatal("found in an empty index")
@@ -110,8 +129,40 @@ func BenchmarkTensorLookup(b *testing.B) {
 	f := manyTensorFile(b, 0, 100_000)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, ok := f.Tensor(f.Tensors[i%len(f.Tensors)].Name); !ok {
+		if _, ok := f.Tensor(f.tensors.nameAt(i % f.NumTensors())); !ok {
 			b.Fatal("not found")
 		}
+	}
+}
+
+// Every known tensor type fits the byte a table keeps for it.
+func TestTypesFitAByte(t *testing.T) {
+	for typ := range tensorTypes {
+		if typ > 0xff {
+			t.Fatalf("type %v is %d", typ, uint32(typ))
+		}
+	}
+}
+
+// A table hands out what was written, across the groups of its spans.
+func TestTensorTable(t *testing.T) {
+	f := manyTensorFile(t, 0, 3*spanGroup+5)
+	for i := range f.NumTensors() {
+		want := fmt.Sprintf("t.%d.weight", i)
+		if ti := f.TensorAt(i); ti.Name != want || len(ti.Dims) != 1 || cap(ti.Dims) != 1 || ti.Dims[0] != 1 || ti.Type != TypeF32 || ti.Size != 4 || ti.Offset != uint64(4*i) {
+			t.Fatalf("tensor %d: %+v", i, ti)
+		}
+	}
+	var s spans
+	var end uint64
+	for i := range 5 * spanGroup {
+		s.add(i % 256)
+		if start, e := s.span(i); start != end || e != end+uint64(i%256) {
+			t.Fatalf("entry %d: %d to %d, want %d to %d", i, start, e, end, end+uint64(i%256))
+		}
+		end += uint64(i % 256)
+	}
+	if start, e := s.span(2*spanGroup + 3); start != 2*spanGroup*(2*spanGroup-1)/2+3*(2*spanGroup)+3 || e != start+2*spanGroup+3 {
+		t.Fatalf("entry %d again: %d to %d", 2*spanGroup+3, start, e)
 	}
 }

@@ -3,9 +3,11 @@ package gguf
 import (
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 )
 
@@ -24,19 +26,18 @@ func SplitPath(prefix string, i, n int) string {
 }
 
 // Model is the logical model of a GGUF file or of a split set, made by
-// OpenModel or NewModel.
+// OpenModel or NewModel. Its tensors are its shards', in order, handed out
+// one at a time (NumTensors, TensorAt, AllTensors): the model holds no
+// copy of them, nor anything per tensor.
 type Model struct {
-	Shards  []*File
-	Tensors []ModelTensor // in file order, shard by shard
+	Shards []*File
 
-	first []int // per shard, the position in Tensors of its first tensor
+	first []int // per shard, the position of its first tensor in the model; then the count of all
 }
 
-// ModelTensor is a tensor of a model and the shard its data is in. Its info
-// is the shard's own (Shards[Shard].Tensors), not a copy: a header of 10^6
-// tensors is held once. Change a copy (info := *t.TensorInfo), never it.
+// ModelTensor is a tensor of a model and the shard its data is in.
 type ModelTensor struct {
-	*TensorInfo
+	TensorInfo
 	Shard int
 }
 
@@ -79,17 +80,9 @@ func NewModel(shards ...*File) (*Model, error) {
 
 func (m *Model) init() error {
 	n := len(m.Shards)
-	total := 0
-	for _, f := range m.Shards {
-		total += len(f.Tensors)
-	}
-	m.Tensors = make([]ModelTensor, 0, total)
-	m.first = make([]int, n)
+	m.first = make([]int, n+1)
 	for i, f := range m.Shards {
-		m.first[i] = len(m.Tensors)
-		for j := range f.Tensors {
-			m.Tensors = append(m.Tensors, ModelTensor{&f.Tensors[j], i})
-		}
+		m.first[i+1] = m.first[i] + f.NumTensors()
 		if n == 1 {
 			if v, ok := f.Get(KeySplitCount); ok {
 				if c, _ := v.Int(); c > 1 {
@@ -104,6 +97,11 @@ func (m *Model) init() error {
 			return fmt.Errorf("%s: split keys say shard %d of %d, the name says %d of %d", f.name, no, cnt, i+1, n)
 		}
 	}
+	total := m.first[n]
+	if total > maxTensors {
+		// Positions in a model are 32-bit where one is kept per tensor (a plan's).
+		return fmt.Errorf("%s: %w: %d tensors in %d shards (at most %d)", m.Name(), ErrUnsupported, total, n, uint64(maxTensors))
+	}
 	if n > 1 {
 		want, ok := IntKey(m.Shards[0], KeySplitTensorsCount)
 		if !ok || want != int64(total) {
@@ -111,10 +109,12 @@ func (m *Model) init() error {
 		}
 		// Each shard's names are unique (NewFile); look each up in the
 		// shards before it through their indexes.
-		for _, t := range m.Tensors {
-			for _, f := range m.Shards[:t.Shard] {
-				if _, ok := f.find(t.Name); ok {
-					return fmt.Errorf("%s: tensor %q is in two shards", m.Shards[t.Shard].name, t.Name)
+		for s, f := range m.Shards {
+			for _, t := range f.AllTensors() {
+				for _, g := range m.Shards[:s] {
+					if _, ok := g.tensors.find(t.Name); ok {
+						return fmt.Errorf("%s: tensor %q is in two shards", f.name, t.Name)
+					}
 				}
 			}
 		}
@@ -151,19 +151,52 @@ func (m *Model) Size() int64 {
 	return n
 }
 
-// Tensor returns the tensor of a name, in constant time (through its
-// shard's index).
-func (m *Model) Tensor(name string) (*ModelTensor, bool) {
-	for s, f := range m.Shards {
-		if i, ok := f.find(name); ok {
-			return &m.Tensors[m.first[s]+i], true
+// NumTensors is the number of tensors of the model, in all its shards.
+func (m *Model) NumTensors() int { return m.first[len(m.first)-1] }
+
+// TensorAt is tensor i of the model (0 <= i < NumTensors): the shards'
+// tensors in order, shard by shard.
+func (m *Model) TensorAt(i int) ModelTensor {
+	s := m.shardOf(i)
+	return ModelTensor{m.Shards[s].TensorAt(i - m.first[s]), s}
+}
+
+// shardOf is the shard of tensor i: the last whose first tensor is at or
+// before i (shards without tensors are passed over).
+func (m *Model) shardOf(i int) int {
+	if len(m.Shards) == 1 {
+		return 0
+	}
+	return sort.Search(len(m.Shards), func(s int) bool { return m.first[s+1] > i })
+}
+
+// AllTensors yields the position and the tensor of every tensor of the
+// model, in order.
+func (m *Model) AllTensors() iter.Seq2[int, ModelTensor] {
+	return func(yield func(int, ModelTensor) bool) {
+		for s, f := range m.Shards {
+			for j, t := range f.AllTensors() {
+				if !yield(m.first[s]+j, ModelTensor{t, s}) {
+					return
+				}
+			}
 		}
 	}
-	return nil, false
+}
+
+// Tensor returns the tensor of a name, in constant time (through its
+// shard's index).
+func (m *Model) Tensor(name string) (ModelTensor, bool) {
+	for s, f := range m.Shards {
+		if i, ok := f.tensors.find(name); ok {
+			return ModelTensor{f.TensorAt(i), s}, true
+		}
+	}
+	return ModelTensor{}, false
 }
 
 // TensorData returns a view of a tensor's bytes.
-func (m *Model) TensorData(t *ModelTensor) *io.SectionReader {
+func (m *Model) TensorData(t ModelTensor) *io.SectionReader {
 	return m.Shards[t.Shard].TensorData(t.TensorInfo)
 }
 

@@ -51,9 +51,9 @@ func (e *FormatError) Error() string { return fmt.Sprintf("gguf: %s at byte 0x%x
 func (e *FormatError) Unwrap() error { return ErrFormat }
 
 // TensorInfo describes one tensor: its name, shape, type and where its data lies.
-// In a parsed File, names and Dims are cut from a few shared chunks rather
-// than allocated one by one (each Dims with its capacity cut to its length,
-// so that append copies it).
+// A File hands them out made from its tables (TensorAt, AllTensors): their
+// Name and Dims are views of those tables, Dims with its capacity cut to its
+// length so that append copies it. Copy Dims (slices.Clone) to change it.
 type TensorInfo struct {
 	Name   string
 	Dims   []uint64   // ne[0], ne[1], …: ne[0] is the contiguous dimension
@@ -71,21 +71,20 @@ func (t *TensorInfo) Elements() uint64 {
 	return n
 }
 
-// File is one parsed GGUF file. Its Tensors are indexed by name when it is
-// parsed (Tensor): append to, reorder or rename them and Tensor no longer
-// finds them.
+// File is one parsed GGUF file. Its tensor infos are held as columns and
+// handed out one at a time (NumTensors, TensorAt, AllTensors), indexed by
+// name (Tensor).
 type File struct {
 	Version    uint32
 	KV         []KV
-	Tensors    []TensorInfo
 	Alignment  uint64
 	DataOffset int64 // start of the data section
 	Size       int64 // file size
 
-	r      io.ReaderAt
-	closer io.Closer
-	name   string
-	index  nameIndex // of Tensors by name
+	r       io.ReaderAt
+	closer  io.Closer
+	name    string
+	tensors tensorTable
 }
 
 // Name is the path the file was opened from, or "" for NewFile.
@@ -140,33 +139,46 @@ func NewFile(r io.ReaderAt, size int64) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	nTensors := d.nTensors
 	// The tensor infos are most of a large header: a file of 10^6 tiny
-	// tensors is legal. Each costs its TensorInfo, its name's bytes in a
-	// shared strtab, its dims in shared chunks and its index slot; the
-	// slice grows by doubling up to the declared count (so an honest file's
-	// tensors take exactly their room, and a lying count only what was read).
-	nameAt := func(i int) string { return f.Tensors[i].Name }
-	for i := uint64(0); i < nTensors; i++ {
-		at := d.off
-		t, err := d.tensorInfo(i, f.Alignment)
-		if err != nil {
+	// tensors is legal. They are read twice: first each is checked and the
+	// bytes of the names and the dims are counted, keeping nothing; then the
+	// tables are made at their size and filled (a lying count or a cut file
+	// fails before anything is allocated for it, and nothing grows by
+	// copying). The second reading checks all again: the file may have
+	// changed between the two.
+	infos := d.off
+	var nameBytes, dims uint64
+	var t rawTensor
+	for i := range d.nTensors {
+		if err := d.tensorInfo(&t, i, f.Alignment); err != nil {
 			return nil, err
 		}
-		if len(f.Tensors) == cap(f.Tensors) {
-			grown := make([]TensorInfo, len(f.Tensors), min(nTensors, uint64(max(2*cap(f.Tensors), 64))))
-			copy(grown, f.Tensors)
-			f.Tensors = grown
+		nameBytes += uint64(len(t.name))
+		dims += uint64(t.nDims)
+	}
+	end := d.off
+	d.seek(infos)
+	f.tensors.reserve(int(d.nTensors), nameBytes, dims)
+	for i := range d.nTensors {
+		at := d.off
+		if err := d.tensorInfo(&t, i, f.Alignment); err != nil {
+			return nil, err
 		}
-		f.Tensors = append(f.Tensors, t)
-		if _, isNew := f.index.add(t.Name, len(f.Tensors)-1, nameAt); !isNew {
-			return nil, &FormatError{at, fmt.Sprintf("duplicate tensor name %q", t.Name)}
+		isNew, err := f.tensors.add(&t)
+		if err != nil {
+			return nil, &FormatError{at, fmt.Sprintf("tensor %d: %v: the file changed while being read", i, err)}
 		}
+		if !isNew {
+			return nil, &FormatError{at, fmt.Sprintf("duplicate tensor name %q", t.name)}
+		}
+	}
+	if d.off != end {
+		return nil, &FormatError{d.off, "the tensor infos changed while being read"}
 	}
 
 	f.DataOffset = int64(alignUp(uint64(d.off), f.Alignment))
 	if f.DataOffset > size {
-		if len(f.Tensors) > 0 {
+		if f.tensors.len() > 0 {
 			return nil, &FormatError{d.off, "file ends before its data section"}
 		}
 		// A file without tensors may end right after its header.
@@ -252,86 +264,93 @@ func (d *decoder) metadata(r io.ReaderAt) (*File, error) {
 	return f, nil
 }
 
-// tensorInfo reads the info of tensor i. Its dims go into the decoder's
-// current chunk of dims, its name into the decoder's strtab.
-func (d *decoder) tensorInfo(i, alignment uint64) (TensorInfo, error) {
+// rawTensor is a tensor info as the decoder reads it, before it goes into a
+// table: its name is the decoder's buffer, valid until the next read.
+type rawTensor struct {
+	name   []byte
+	dims   [maxDims]uint64
+	nDims  int
+	typ    TensorType
+	offset uint64
+	size   uint64
+}
+
+// tensorInfo reads and checks the info of tensor i into t.
+func (d *decoder) tensorInfo(t *rawTensor, i, alignment uint64) error {
 	at := d.off
-	var t TensorInfo
-	t.Name = d.str("tensor name")
+	t.name = d.name()
 	nDims := d.u32()
 	if d.err != nil {
-		return t, d.err
+		return d.err
 	}
-	if len(t.Name) > MaxTensorName {
-		return t, &FormatError{at, fmt.Sprintf("tensor %d name %.80q is longer than %d bytes", i, t.Name, MaxTensorName)}
+	if len(t.name) > MaxTensorName {
+		return &FormatError{at, fmt.Sprintf("tensor %d name %.80q is longer than %d bytes", i, t.name, MaxTensorName)}
 	}
 	if nDims == 0 || nDims > maxDims {
-		return t, &FormatError{at, fmt.Sprintf("tensor %q has %d dimensions (1 to %d allowed)", t.Name, nDims, maxDims)}
+		return &FormatError{at, fmt.Sprintf("tensor %q has %d dimensions (1 to %d allowed)", t.name, nDims, maxDims)}
 	}
-	if cap(d.dims)-len(d.dims) < int(nDims) {
-		d.dims = make([]uint64, 0, min(max(2*cap(d.dims), 64), 8192))
+	t.nDims = int(nDims)
+	for j := range t.nDims {
+		t.dims[j] = d.u64()
 	}
-	start := len(d.dims)
-	for range nDims {
-		d.dims = append(d.dims, d.u64())
-	}
-	t.Dims = d.dims[start:len(d.dims):len(d.dims)]
-	t.Type = TensorType(d.u32())
-	t.Offset = d.u64()
+	t.typ = TensorType(d.u32())
+	t.offset = d.u64()
 	if d.err != nil {
-		return t, d.err
+		return d.err
 	}
 	var err error
-	if t.Size, err = tensorSize(t.Type, t.Dims); err != nil {
-		return t, &FormatError{at, fmt.Sprintf("tensor %q: %v", t.Name, err)}
+	if t.size, err = tensorSize(t.typ, t.dims[:t.nDims]); err != nil {
+		return &FormatError{at, fmt.Sprintf("tensor %q: %v", t.name, err)}
 	}
-	if t.Offset%alignment != 0 {
-		return t, &FormatError{at, fmt.Sprintf("tensor %q offset %d is not a multiple of the alignment %d", t.Name, t.Offset, alignment)}
+	if t.offset%alignment != 0 {
+		return &FormatError{at, fmt.Sprintf("tensor %q offset %d is not a multiple of the alignment %d", t.name, t.offset, alignment)}
 	}
-	return t, nil
+	return nil
 }
 
 // checkLayout checks that every tensor lies inside the file and none overlap.
 func (f *File) checkLayout() error {
 	dataLen := uint64(f.Size - f.DataOffset)
 	var end uint64
-	var prev *TensorInfo
-	for t := range inOffsetOrder(f.Tensors) {
+	prev := -1
+	for i := range f.tensors.inOffsetOrder() {
+		t := f.tensors.at(i)
 		if t.Offset > dataLen || t.Size > dataLen-t.Offset {
 			return &FormatError{f.DataOffset + int64(min(t.Offset, dataLen)), fmt.Sprintf("tensor %q data (%d bytes at data offset %d) runs past the end of the file", t.Name, t.Size, t.Offset)}
 		}
-		if prev != nil && t.Offset < end {
-			return &FormatError{f.DataOffset + int64(t.Offset), fmt.Sprintf("tensor %q overlaps tensor %q", t.Name, prev.Name)}
+		if prev >= 0 && t.Offset < end {
+			return &FormatError{f.DataOffset + int64(t.Offset), fmt.Sprintf("tensor %q overlaps tensor %q", t.Name, f.tensors.nameAt(prev))}
 		}
-		end, prev = t.Offset+t.Size, t
+		end, prev = t.Offset+t.Size, i
 	}
 	return nil
 }
 
-// inOffsetOrder yields the tensors in data order. Writers lay them out in
-// order (ours and llama.cpp's do), and then it costs nothing; another order
-// costs a position a tensor, sorted.
-func inOffsetOrder(ts []TensorInfo) iter.Seq[*TensorInfo] {
-	return func(yield func(*TensorInfo) bool) {
+// inOffsetOrder yields the positions of the tensors in data order. Writers
+// lay them out in order (ours and llama.cpp's do), and then it costs
+// nothing; another order costs 4 bytes a tensor, sorted.
+func (t *tensorTable) inOffsetOrder() iter.Seq[int] {
+	return func(yield func(int) bool) {
+		offs := t.offsets
 		sorted := true
-		for i := 1; i < len(ts) && sorted; i++ {
-			sorted = ts[i-1].Offset <= ts[i].Offset
+		for i := 1; i < len(offs) && sorted; i++ {
+			sorted = offs[i-1] <= offs[i]
 		}
 		if sorted {
-			for i := range ts {
-				if !yield(&ts[i]) {
+			for i := range offs {
+				if !yield(i) {
 					return
 				}
 			}
 			return
 		}
-		order := make([]int, len(ts))
+		order := make([]uint32, len(offs)) // at most maxTensors
 		for i := range order {
-			order[i] = i
+			order[i] = uint32(i)
 		}
-		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(ts[a].Offset, ts[b].Offset) })
+		slices.SortStableFunc(order, func(a, b uint32) int { return cmp.Compare(offs[a], offs[b]) })
 		for _, i := range order {
-			if !yield(&ts[i]) {
+			if !yield(int(i)) {
 				return
 			}
 		}
@@ -350,28 +369,27 @@ func lookup(kvs []KV, key string) (Value, bool) {
 	return Value{}, false
 }
 
+// NumTensors is the number of tensors of the file.
+func (f *File) NumTensors() int { return f.tensors.len() }
+
+// TensorAt is the info of tensor i (0 <= i < NumTensors), in file order.
+func (f *File) TensorAt(i int) TensorInfo { return f.tensors.at(i) }
+
+// AllTensors yields the position and info of every tensor, in file order.
+func (f *File) AllTensors() iter.Seq2[int, TensorInfo] { return f.tensors.all() }
+
 // TensorData returns a view of a tensor's bytes.
-func (f *File) TensorData(t *TensorInfo) *io.SectionReader {
+func (f *File) TensorData(t TensorInfo) *io.SectionReader {
 	return io.NewSectionReader(f.r, f.DataOffset+int64(t.Offset), int64(t.Size))
 }
 
-// Tensor returns the tensor info with the given name, in constant time
-// (through the index built when the file was parsed).
-func (f *File) Tensor(name string) (*TensorInfo, bool) {
-	if i, ok := f.find(name); ok {
-		return &f.Tensors[i], true
+// Tensor returns the info of the tensor with the given name, in constant
+// time (through the index built when the file was parsed).
+func (f *File) Tensor(name string) (TensorInfo, bool) {
+	if i, ok := f.tensors.find(name); ok {
+		return f.tensors.at(i), true
 	}
-	return nil, false
-}
-
-// find returns the position of a tensor in Tensors.
-func (f *File) find(name string) (int, bool) {
-	return f.index.find(name, func(i int) string {
-		if i >= len(f.Tensors) {
-			return "" // Tensors was cut after parsing: the name is gone
-		}
-		return f.Tensors[i].Name
-	})
+	return TensorInfo{}, false
 }
 
 // tensorSize computes the bytes of a tensor, refusing unknown types, rows that
@@ -414,15 +432,21 @@ type decoder struct {
 	size int64
 	err  error
 	buf  [8]byte
+	ra   io.ReaderAt
 	strs strtab          // the short strings of the header
 	sbuf [strtabMax]byte // a short string as read
-	dims []uint64        // the chunk the next tensor's dims go into
 
 	nTensors uint64 // the tensor count of the header
 }
 
 func newDecoder(r io.ReaderAt, size int64) *decoder {
-	return &decoder{r: bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 64<<10), size: size}
+	return &decoder{r: bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 64<<10), ra: r, size: size}
+}
+
+// seek makes the decoder read on from byte off (with its buffer).
+func (d *decoder) seek(off int64) {
+	d.r.Reset(io.NewSectionReader(d.ra, off, d.size-off))
+	d.off = off
 }
 
 func (d *decoder) remaining() int64 { return d.size - d.off }
@@ -491,6 +515,30 @@ func (d *decoder) str(what string) string {
 		return d.strs.add(b)
 	}
 	return string(d.bytes(n))
+}
+
+// name reads a tensor name into the decoder's buffer (a longer one, which
+// the caller refuses, into a slice of its own), keeping nothing.
+func (d *decoder) name() []byte {
+	at := d.off
+	n := d.u64()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(d.remaining()) {
+		d.err = &FormatError{at, fmt.Sprintf("tensor name length %d runs past the end of the file", n)}
+		return nil
+	}
+	if n > strtabMax {
+		return d.bytes(n)
+	}
+	b := d.sbuf[:n]
+	if _, err := io.ReadFull(d.r, b); err != nil {
+		d.fail("unexpected end of file")
+		return nil
+	}
+	d.off += int64(n)
+	return b
 }
 
 func (d *decoder) value(typ ValueType, depth int, key string) Value {

@@ -32,8 +32,8 @@ func TestRoundTripSharedModels(t *testing.T) {
 			}
 			defer f.Close()
 			var ts []gguf.WriterTensor
-			for i := range f.Tensors {
-				ts = append(ts, gguf.WriterTensor{Info: f.Tensors[i], Data: f.TensorData(&f.Tensors[i])})
+			for _, ti := range f.AllTensors() {
+				ts = append(ts, gguf.WriterTensor{Info: ti, Data: f.TensorData(ti)})
 			}
 			if got := encode(t, f.Version, f.KV, ts); !bytes.Equal(got, orig) {
 				t.Fatalf("round trip through memory differs (%d vs %d bytes)", len(got), len(orig))
@@ -116,8 +116,8 @@ func TestTensorShapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Tensors[0].Size != 2*144 {
-		t.Fatalf("Q4_K 256x2 is %d bytes", f.Tensors[0].Size)
+	if f.TensorAt(0).Size != 2*144 {
+		t.Fatalf("Q4_K 256x2 is %d bytes", f.TensorAt(0).Size)
 	}
 	if len(gguf.TensorTypes()) != 32 {
 		t.Fatalf("%d tensor types known", len(gguf.TensorTypes()))
@@ -256,8 +256,8 @@ func TestAlignment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Alignment != 64 || f.DataOffset%64 != 0 || f.Tensors[1].Offset != 64 || len(b)%64 != 0 {
-		t.Fatalf("alignment %d, data at %d, second tensor at %d, size %d", f.Alignment, f.DataOffset, f.Tensors[1].Offset, len(b))
+	if f.Alignment != 64 || f.DataOffset%64 != 0 || f.TensorAt(1).Offset != 64 || len(b)%64 != 0 {
+		t.Fatalf("alignment %d, data at %d, second tensor at %d, size %d", f.Alignment, f.DataOffset, f.TensorAt(1).Offset, len(b))
 	}
 	bad := []gguf.KV{{Key: "general.alignment", Value: gguf.Uint32(48)}}
 	if _, err := gguf.Write(new(bytes.Buffer), 3, bad, nil); err == nil {

@@ -33,8 +33,7 @@ func (m *Model) Stats() Stats {
 	var s Stats
 	n, _ := m.BlockCount()
 	byType := map[TensorType]*TypeStats{}
-	for i := range m.Tensors {
-		t := &m.Tensors[i]
+	for _, t := range m.AllTensors() {
 		el := t.Elements()
 		s.Params += el
 		s.TensorBytes += t.Size
@@ -51,8 +50,7 @@ func (m *Model) Stats() Stats {
 	for i := range s.Blocks {
 		s.Blocks[i].Index = i
 	}
-	for i := range m.Tensors {
-		t := &m.Tensors[i]
+	for _, t := range m.AllTensors() {
 		if b := BlockOf(t.Name); b >= 0 && b < n {
 			s.Blocks[b].Tensors++
 			s.Blocks[b].Bytes += t.Size

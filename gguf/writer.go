@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"slices"
 )
@@ -19,10 +20,12 @@ type WriterTensor struct {
 
 // TensorSource hands the writer the tensors of a file one at a time, in file
 // order: Info as often as asked, Data once, when its bytes are copied (a
-// view of exactly Info(i).Size bytes). A writer of many tensors (a plan
-// keeping 10^6 of them) need not hold a WriterTensor for each. A source that
-// renames tensors may also have a method SourceName(i int) string, the name
-// tensor i has where its data is read, for errors about reading it.
+// view of exactly Info(i).Size bytes, which the writer is done with before
+// it asks for the next, so that a source may hand out one view again and
+// again). A writer of many tensors (a plan keeping 10^6 of them) need not
+// hold a WriterTensor for each. A source that renames tensors may also have
+// a method SourceName(i int) string, the name tensor i has where its data is
+// read, for errors about reading it.
 type TensorSource interface {
 	Len() int
 	Info(i int) TensorInfo
@@ -44,11 +47,27 @@ func (ts infoSource) Info(i int) TensorInfo        { return ts[i] }
 func (ts infoSource) Data(i int) *io.SectionReader { return nil }
 
 // Layout is where a file's parts go, computed before anything is written.
+// The tensors' offsets are not kept: each is the previous one's end, aligned
+// (offsets), so that laying out 10^6 tensors costs nothing a tensor.
 type Layout struct {
 	Alignment  uint64
-	DataOffset int64    // start of the data section
-	Offsets    []uint64 // tensor offsets relative to DataOffset
-	Size       int64    // total file size
+	DataOffset int64 // start of the data section
+	Size       int64 // total file size
+}
+
+// offsets yields each tensor of src and its offset relative to DataOffset,
+// in order.
+func (l *Layout) offsets(src TensorSource) iter.Seq2[TensorInfo, uint64] {
+	return func(yield func(TensorInfo, uint64) bool) {
+		var off uint64
+		for i := range src.Len() {
+			t := src.Info(i)
+			if !yield(t, off) {
+				return
+			}
+			off += alignUp(t.Size, l.Alignment)
+		}
+	}
 }
 
 // ComputeLayout lays out a file: header, tensors in the given order, each
@@ -72,16 +91,13 @@ func LayoutOf(kvs []KV, src TensorSource) (*Layout, error) {
 	for _, kv := range kvs {
 		n += 8 + int64(len(kv.Key)) + 4 + kv.Value.encodedSize()
 	}
-	l.Offsets = make([]uint64, src.Len())
-	var off uint64
-	for i := range l.Offsets {
-		t := src.Info(i)
+	var end uint64
+	for t, off := range l.offsets(src) {
 		n += 8 + int64(len(t.Name)) + 4 + 8*int64(len(t.Dims)) + 4 + 8
-		l.Offsets[i] = off
-		off += alignUp(t.Size, l.Alignment)
+		end = off + alignUp(t.Size, l.Alignment)
 	}
 	l.DataOffset = int64(alignUp(uint64(n), l.Alignment))
-	l.Size = l.DataOffset + int64(off)
+	l.Size = l.DataOffset + int64(end)
 	return l, nil
 }
 
@@ -118,8 +134,7 @@ func WriteFrom(w io.Writer, version uint32, kvs []KV, src TensorSource) (*Layout
 		e.u32(uint32(kv.Value.typ))
 		e.value(kv.Value)
 	}
-	for i, off := range l.Offsets {
-		t := src.Info(i)
+	for t, off := range l.offsets(src) {
 		e.str(t.Name)
 		e.u32(uint32(len(t.Dims)))
 		for _, d := range t.Dims {
@@ -130,7 +145,7 @@ func WriteFrom(w io.Writer, version uint32, kvs []KV, src TensorSource) (*Layout
 	}
 	e.pad(l.Alignment)
 	srcNames, _ := src.(interface{ SourceName(i int) string })
-	for i := range l.Offsets {
+	for i := range src.Len() {
 		t, data := src.Info(i), src.Data(i)
 		if data.Size() != int64(t.Size) && e.err == nil {
 			e.err = fmt.Errorf("gguf: tensor %q: data is %d bytes, info says %d", t.Name, data.Size(), t.Size)
@@ -170,16 +185,17 @@ func CheckWritten(r io.ReaderAt, l *Layout, kvs []KV, src TensorSource) error {
 			return fmt.Errorf("written key %d is %s (%v), want %s (%v)", i, kv.Key, kv.Value.Type(), kvs[i].Key, kvs[i].Value.Type())
 		}
 	}
-	for i, off := range l.Offsets {
-		t, err := d.tensorInfo(uint64(i), f.Alignment)
-		if err != nil {
+	var t rawTensor
+	i := 0
+	for want, off := range l.offsets(src) {
+		if err := d.tensorInfo(&t, uint64(i), f.Alignment); err != nil {
 			return fmt.Errorf("written file does not read back: %w", err)
 		}
-		want := src.Info(i)
-		if t.Name != want.Name || t.Type != want.Type || t.Size != want.Size || !slices.Equal(t.Dims, want.Dims) || t.Offset != off {
-			return fmt.Errorf("written tensor %d is %q (%v %v, %d bytes at %d), want %q (%v %v, %d bytes at %d)", i, t.Name, t.Type, t.Dims, t.Size, t.Offset, want.Name, want.Type, want.Dims, want.Size, off)
+		dims := t.dims[:t.nDims]
+		if string(t.name) != want.Name || t.typ != want.Type || t.size != want.Size || !slices.Equal(dims, want.Dims) || t.offset != off {
+			return fmt.Errorf("written tensor %d is %q (%v %v, %d bytes at %d), want %q (%v %v, %d bytes at %d)", i, t.name, t.typ, dims, t.size, t.offset, want.Name, want.Type, want.Dims, want.Size, off)
 		}
-		d.dims = d.dims[:0] // none kept: reuse the chunk
+		i++
 	}
 	if at := int64(alignUp(uint64(d.off), f.Alignment)); at != l.DataOffset {
 		return fmt.Errorf("written data section starts at byte %d, want %d", at, l.DataOffset)
@@ -200,6 +216,7 @@ func checkWritable(kvs []KV, src TensorSource) error {
 		return fmt.Errorf("gguf: %d tensors (at most %d)", src.Len(), maxTensors)
 	}
 	var names nameIndex
+	names.reserve(src.Len())
 	nameAt := func(i int) string { return src.Info(i).Name }
 	for i := range src.Len() {
 		t := src.Info(i)

@@ -38,12 +38,12 @@ func TestWriteShortSourceFailsAtOnce(t *testing.T) {
 	}
 	defer f.Close()
 	// Cut the file in the middle of tensor 10.
-	cut := f.DataOffset + int64(f.Tensors[10].Offset) + size/2
+	cut := f.DataOffset + int64(f.TensorAt(10).Offset) + size/2
 	if err := os.Truncate(in, cut); err != nil {
 		t.Fatal(err)
 	}
 	for i := range ts {
-		ts[i] = gguf.WriterTensor{Info: f.Tensors[i], Data: f.TensorData(&f.Tensors[i])}
+		ts[i] = gguf.WriterTensor{Info: f.TensorAt(i), Data: f.TensorData(f.TensorAt(i))}
 	}
 
 	var before, after runtime.MemStats

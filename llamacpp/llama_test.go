@@ -55,8 +55,7 @@ func text(t testing.TB, rel string, n int) string {
 // readF32 reads an F32 tensor of a GGUF file.
 func readF32(t testing.TB, m *gguf.Model, name string) []float32 {
 	t.Helper()
-	for i := range m.Tensors {
-		mt := &m.Tensors[i]
+	for _, mt := range m.AllTensors() {
 		if mt.Name != name {
 			continue
 		}

@@ -50,7 +50,7 @@ func Quantize(in, out string, p QuantizeParams) error {
 	}
 	ftype, override := q.ftype, int32(-1)
 	if nf, ok := noFallback[q.base]; ok {
-		for _, t := range m.Tensors {
+		for _, t := range m.AllTensors() {
 			if len(t.Dims) >= 2 && strings.HasSuffix(t.Name, ".weight") && t.Dims[0]%q.base.BlockSize() != 0 {
 				if nf.proxy == 0 {
 					return fmt.Errorf("%s: tensor %s has rows of %d, not a multiple of the %v block size %d, and llama.cpp has no fallback type for %s (K-quants such as Q4_K_M and Q6_K fall back to a type that fits)",
@@ -143,7 +143,7 @@ func Quantize(in, out string, p QuantizeParams) error {
 func estimateSize(m *gguf.Model, q QuantType) int64 {
 	var n float64
 	per := float64(q.base.BlockBytes()) / float64(q.base.BlockSize())
-	for _, t := range m.Tensors {
+	for _, t := range m.AllTensors() {
 		if q.ftype >= 0 && len(t.Dims) >= 2 && strings.HasSuffix(t.Name, ".weight") {
 			n += float64(t.Elements()) * max(per*4/3, 0)
 		} else {

@@ -80,7 +80,7 @@ func TestQuantizeShapes(t *testing.T) {
 	}
 	m8, _ := gguf.OpenModel(q8)
 	defer m8.Close()
-	for _, tn := range m8.Tensors {
+	for _, tn := range m8.AllTensors() {
 		want := gguf.TypeQ8_0
 		switch {
 		case len(tn.Dims) == 1:
@@ -101,7 +101,7 @@ func TestQuantizeShapes(t *testing.T) {
 	}
 	m, _ := gguf.OpenModel(out)
 	defer m.Close()
-	for _, tn := range m.Tensors {
+	for _, tn := range m.AllTensors() {
 		if strings.HasSuffix(tn.Name, "ffn_down.weight") && tn.Type != gguf.TypeF16 && tn.Type != gguf.TypeIQ4_NL {
 			t.Fatalf("%s is %v: not a fallback type", tn.Name, tn.Type)
 		}

@@ -48,14 +48,29 @@ func runInspect(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if isImatrixFile(path) {
-		return inspectImatrix(c, path)
-	}
+	// One parse of the header serves a model and an importance matrix in
+	// GGUF alike: a header of 10^6 tensors costs its memory once.
 	m, err := gguf.OpenModel(path)
 	if err != nil {
+		// Not a model: a legacy importance matrix (.dat) is not GGUF, and
+		// one named like a shard of a split set does not open as a set.
+		if isImatrixFile(path) {
+			im, err := imatrix.Read(path)
+			if err != nil {
+				return err
+			}
+			return inspectImatrix(c, path, im)
+		}
 		return err
 	}
 	defer m.Close()
+	if len(m.Shards) == 1 && imatrix.Is(m.Shards[0]) {
+		im, err := imatrix.FromGGUF(m.Shards[0])
+		if err != nil {
+			return err
+		}
+		return inspectImatrix(c, path, im)
+	}
 	archName, err := m.Architecture()
 	if err != nil {
 		return err
@@ -70,7 +85,7 @@ func runInspect(c *cli.Context) error {
 	st := m.Stats()
 	r := inspectReport{
 		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: archName, Unknown: arch.Unknown(archName), BlockCount: n,
-		TensorCount: len(m.Tensors), Alignment: m.Shards[0].Alignment, FileSize: m.Size(),
+		TensorCount: m.NumTensors(), Alignment: m.Shards[0].Alignment, FileSize: m.Size(),
 		Files: len(m.Shards), Params: st.Params, Types: st.Types, Blocks: st.Blocks,
 	}
 	if c.Bool("json") {
@@ -135,11 +150,7 @@ type imatrixReport struct {
 	Experts    int      `json:"experts"`
 }
 
-func inspectImatrix(c *cli.Context, path string) error {
-	im, err := imatrix.Read(path)
-	if err != nil {
-		return err
-	}
+func inspectImatrix(c *cli.Context, path string, im *imatrix.Matrix) error {
 	r := imatrixReport{Path: path, Imatrix: true, Format: "gguf", Entries: len(im.Entries), BlockCount: im.Blocks(),
 		Datasets: im.Datasets, ChunkCount: im.ChunkCount, ChunkSize: im.ChunkSize, Experts: 1}
 	if im.Legacy {

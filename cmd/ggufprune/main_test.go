@@ -22,7 +22,19 @@ import (
 // TestMain runs the command itself when the tests re-execute their binary.
 func TestMain(m *testing.M) {
 	if os.Getenv("GGUFPRUNE_RUN_MAIN") == "1" {
-		os.Exit(runMain())
+		code := runMain()
+		if path := os.Getenv("GGUFPRUNE_TEST_HWM"); path != "" {
+			// The command's own peak resident memory (VmHWM starts afresh at
+			// exec, unlike rusage's maxrss, which keeps the test process's).
+			if st, err := os.ReadFile("/proc/self/status"); err == nil {
+				for _, line := range strings.Split(string(st), "\n") {
+					if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+						os.WriteFile(path, []byte(strings.TrimSpace(v)), 0o644)
+					}
+				}
+			}
+		}
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }

@@ -113,6 +113,22 @@ func Read(path string) (*Matrix, error) {
 	return im, nil
 }
 
+// FromGGUF is the importance matrix of a GGUF file already parsed (by
+// gguf.Open), checked as Read checks it, its errors naming the file: for a
+// caller that parsed the file for another reason (inspect, which reads
+// models and importance matrices alike), so that a header of many tensors
+// is not parsed twice.
+func FromGGUF(f *gguf.File) (*Matrix, error) {
+	im, err := fromGGUF(f)
+	if err == nil {
+		err = im.checkValues()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return im, nil
+}
+
 // checkValues checks that every sum and count is a finite number, not
 // negative: sums of squared activations and numbers of rows cannot be
 // anything else, and llama.cpp's quantizer fails on them far from the file.
@@ -151,7 +167,7 @@ func fromGGUF(f *gguf.File) (*Matrix, error) {
 	if n, ok := gguf.IntKey(f, KeyChunkSize); ok {
 		im.ChunkSize = int(n)
 	}
-	readF32 := func(t *gguf.TensorInfo) ([]float32, error) {
+	readF32 := func(t gguf.TensorInfo) ([]float32, error) {
 		if t.Type != gguf.TypeF32 {
 			return nil, fmt.Errorf("tensor %q is %v, want F32", t.Name, t.Type)
 		}
@@ -165,8 +181,7 @@ func fromGGUF(f *gguf.File) (*Matrix, error) {
 		}
 		return out, nil
 	}
-	for i := range f.Tensors {
-		t := &f.Tensors[i]
+	for _, t := range f.AllTensors() {
 		name, ok := strings.CutSuffix(t.Name, ".in_sum2")
 		if !ok {
 			if !strings.HasSuffix(t.Name, ".counts") {
@@ -421,12 +436,8 @@ func (im *Matrix) CheckModel(m *gguf.Model) error {
 	if n, err := m.BlockCount(); err == nil && im.Blocks() != n {
 		return fmt.Errorf("the imatrix covers %d blocks but %s has %d (an imatrix must be pruned with its model): %w", im.Blocks(), m.Name(), n, ErrMismatch)
 	}
-	byName := map[string]*gguf.ModelTensor{}
-	for i := range m.Tensors {
-		byName[m.Tensors[i].Name] = &m.Tensors[i]
-	}
 	for _, e := range im.Entries {
-		t, ok := byName[e.Name]
+		t, ok := m.Tensor(e.Name)
 		if !ok {
 			return fmt.Errorf("imatrix entry %q names no tensor of %s (was the imatrix made for another model, or not pruned with it?): %w", e.Name, m.Name(), ErrMismatch)
 		}

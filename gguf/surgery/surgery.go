@@ -10,9 +10,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"iter"
 	"maps"
 	"os"
 	"slices"
+	"sort"
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
@@ -45,11 +47,19 @@ type Plan struct {
 	BlockCountAfter  int
 	KV               []gguf.KV // the first shard's metadata after surgery
 
-	// kept are the positions in Model.Tensors of the kept tensors, in
-	// order: their new names and infos are worked out when asked for
-	// (Tensors, writing), so that a plan adds a few bytes a tensor to its
-	// model, not a renamed copy of each (a header of 10^6 tensors is legal).
-	kept     []int
+	// dropped are the positions in Model of the tensors of removed blocks,
+	// ascending (the kept ones are the others, in order: fewer to hold),
+	// and names the names the kept ones are written with where they change
+	// (moved to another block; an empty name where they stay). Their infos
+	// are made when asked for (Tensors, writing), so that a plan adds a few
+	// bytes a tensor and the bytes of the new names to its model, not a
+	// copy of each tensor (a header of 10^6 tensors is legal). The new
+	// names are made once: the writer asks for each several times, and a
+	// string each time would be garbage enough to let the heap grow to
+	// twice its live size before a collection.
+	dropped []uint32
+	names   gguf.Names // one a kept tensor
+
 	replaced map[string][]byte    // new data of kept tensors, by source name
 	cut      map[string]cutTensor // block-sized global tensors without the removed blocks' slices, by name
 
@@ -86,54 +96,74 @@ func (p *Plan) ReplaceData(name string, data []byte) error {
 	return nil
 }
 
-// Tensors are the infos of the kept tensors as the plan writes them:
-// renamed, in source order, block-sized ones with their new shape. Each call
-// makes them anew (a plan holds only the kept tensors' positions).
-func (p *Plan) Tensors() []gguf.TensorInfo {
-	infos := make([]gguf.TensorInfo, len(p.kept))
-	for i, pos := range p.kept {
-		infos[i] = p.info(pos)
+// Tensors yields the infos of the kept tensors as the plan writes them:
+// renamed, in source order, block-sized ones with their new shape. They are
+// made one at a time (a plan holds only the dropped tensors' positions and
+// the new names).
+func (p *Plan) Tensors() iter.Seq[gguf.TensorInfo] {
+	return func(yield func(gguf.TensorInfo) bool) {
+		for k := range p.names.Len() {
+			if !yield(p.info(k)) {
+				return
+			}
+		}
 	}
-	return infos
 }
 
-// info is the info model tensor pos is written with.
-func (p *Plan) info(pos int) gguf.TensorInfo {
-	src := p.Model.Tensors[pos].TensorInfo
-	if c, ok := p.cut[src.Name]; ok {
+// pos is the position in Model of kept tensor k: k and the dropped tensors
+// before it. dropped[j]-j, the kept tensors before dropped[j], does not
+// decrease along dropped, so the first j with dropped[j]-j > k is how many
+// dropped tensors come before kept tensor k.
+func (p *Plan) pos(k int) int {
+	return k + sort.Search(len(p.dropped), func(j int) bool { return int(p.dropped[j])-j > k })
+}
+
+// info is the info kept tensor k is written with.
+func (p *Plan) info(k int) gguf.TensorInfo {
+	t := p.Model.TensorAt(p.pos(k)).TensorInfo
+	if c, ok := p.cut[t.Name]; ok {
 		return c.info
 	}
-	t := *src
-	t.Name, _, _ = p.Map.Rename(t.Name) // PlanRemoval renamed every tensor once: no error
+	if name := p.names.At(k); name != "" {
+		t.Name = name
+	}
 	return t
 }
 
-// data is the bytes model tensor pos is written from.
-func (p *Plan) data(pos int) *io.SectionReader {
-	src := &p.Model.Tensors[pos]
+// data sets view to the bytes kept tensor k is written from.
+func (p *Plan) data(k int, view *io.SectionReader) {
+	src := p.Model.TensorAt(p.pos(k))
 	if d, ok := p.replaced[src.Name]; ok {
-		return io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))
+		*view = *io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))
+	} else if c, ok := p.cut[src.Name]; ok {
+		*view = *io.NewSectionReader(c.data.Outer()) // a view of its own, with the slices reader as its source
+	} else {
+		*view = *p.Model.TensorData(src)
 	}
-	if c, ok := p.cut[src.Name]; ok {
-		return io.NewSectionReader(c.data.Outer()) // a view of its own, with the slices reader as its source
-	}
-	return p.Model.TensorData(src)
 }
 
-// planTensors are kept tensors of a plan that go into one file, handed to
-// the writer one at a time.
+// planTensors are kept tensors k of a plan, from <= k < to, that go into
+// one file, handed to the writer one at a time. Their data is one view,
+// set again for each tensor (the writer is done with a view before it asks
+// for the next): a view each would be garbage of 48 bytes a tensor.
 type planTensors struct {
-	p    *Plan
-	kept []int // positions in the model
+	p        *Plan
+	from, to int
+	view     *io.SectionReader
 }
 
-func (ts planTensors) Len() int                     { return len(ts.kept) }
-func (ts planTensors) Info(i int) gguf.TensorInfo   { return ts.p.info(ts.kept[i]) }
-func (ts planTensors) Data(i int) *io.SectionReader { return ts.p.data(ts.kept[i]) }
+func (ts planTensors) Len() int                   { return ts.to - ts.from }
+func (ts planTensors) Info(i int) gguf.TensorInfo { return ts.p.info(ts.from + i) }
+func (ts planTensors) Data(i int) *io.SectionReader {
+	ts.p.data(ts.from+i, ts.view)
+	return ts.view
+}
 
 // SourceName is the name tensor i has in the input, for the writer's errors
 // about reading its data.
-func (ts planTensors) SourceName(i int) string { return ts.p.Model.Tensors[ts.kept[i]].Name }
+func (ts planTensors) SourceName(i int) string {
+	return ts.p.Model.TensorAt(ts.p.pos(ts.from + i)).Name
+}
 
 // PlanRemoval works out the removal of the given blocks: which tensors go,
 // how the rest are renamed, and the new metadata. It refuses removing every
@@ -219,16 +249,33 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	p.KV = append(p.KV, pinned...)
 	p.Warnings = append(p.Warnings, warnings...)
 
-	// Tensors: drop removed blocks, renumber the rest (the new names are
-	// made again when written; here they are checked).
-	p.kept = make([]int, 0, len(m.Tensors))
-	for i := range m.Tensors {
-		_, keep, err := bm.Rename(m.Tensors[i].Name)
+	// Tensors: drop removed blocks, renumber the rest. A first pass checks
+	// every name and counts what the plan keeps, a second keeps it, in
+	// tables of exactly their size (growing them would copy each and hold
+	// up to twice its room at the peak).
+	var nKept int
+	var nameBytes uint64
+	var buf []byte
+	for _, t := range m.AllTensors() {
+		var keep bool
+		buf, keep, _, err = bm.AppendRename(buf[:0], t.Name)
 		if err != nil {
 			return nil, fmt.Errorf("%s: tensor %w (%s)", m.Name(), err, prefix+gguf.KeyBlockCount)
 		}
 		if keep {
-			p.kept = append(p.kept, i)
+			nKept++
+			nameBytes += uint64(len(buf))
+		}
+	}
+	p.dropped = make([]uint32, 0, m.NumTensors()-nKept)
+	p.names.Reserve(nKept, nameBytes)
+	for i, t := range m.AllTensors() {
+		var keep bool
+		buf, keep, _, _ = bm.AppendRename(buf[:0], t.Name)
+		if keep {
+			p.names.Add(buf)
+		} else {
+			p.dropped = append(p.dropped, uint32(i)) // a model has at most 2^32-2 tensors (gguf.NewModel)
 		}
 	}
 	for _, bt := range arch.BlockSized(name) {
@@ -258,7 +305,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 // vs MoE blocks), and such a file does not load.
 func sameBlockLayout(m *gguf.Model, bm *gguf.BlockMap, perr *arch.PatternError) error {
 	layout := map[int]map[string]string{}
-	for _, t := range m.Tensors {
+	for _, t := range m.AllTensors() {
 		if b, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
 			if layout[b] == nil {
 				layout[b] = map[string]string{}
@@ -311,19 +358,19 @@ func (p *Plan) parts(s Sharding) []fileParts {
 			}
 			fp.kvs = append(fp.kvs, kv)
 		}
-		fp.tensors = planTensors{p, p.kept}
+		fp.tensors = planTensors{p, 0, p.names.Len(), new(io.SectionReader)}
 		return []fileParts{fp}
 	}
 	// The model's tensors are shard by shard, and so are the kept ones: each
-	// shard's are a run of p.kept.
+	// shard's are a run of them.
 	parts := make([]fileParts, len(m.Shards))
-	rest := p.kept
+	k := 0
 	for i := range parts {
-		n := 0
-		for n < len(rest) && m.Tensors[rest[n]].Shard == i {
-			n++
+		from := k
+		for k < p.names.Len() && m.TensorAt(p.pos(k)).Shard == i {
+			k++
 		}
-		parts[i].tensors, rest = planTensors{p, rest[:n]}, rest[n:]
+		parts[i].tensors = planTensors{p, from, k, new(io.SectionReader)}
 	}
 	for i := range parts {
 		kvs := p.KV
@@ -332,7 +379,7 @@ func (p *Plan) parts(s Sharding) []fileParts {
 		}
 		for _, kv := range kvs {
 			if kv.Key == gguf.KeySplitTensorsCount {
-				kv.Value = kv.Value.WithCount(len(p.kept))
+				kv.Value = kv.Value.WithCount(p.names.Len())
 			}
 			parts[i].kvs = append(parts[i].kvs, kv)
 		}
@@ -404,9 +451,9 @@ func (p *Plan) CheckLlama() error {
 
 // cutBlocks plans the removal of the removed blocks' slices of a
 // block-sized global tensor: its new shape and a reader of its new data.
-func cutBlocks(m *gguf.Model, t *gguf.ModelTensor, dim int, bm *gguf.BlockMap) (gguf.TensorInfo, *io.SectionReader, error) {
+func cutBlocks(m *gguf.Model, t gguf.ModelTensor, dim int, bm *gguf.BlockMap) (gguf.TensorInfo, *io.SectionReader, error) {
 	n := bm.Before()
-	info := *t.TensorInfo
+	info := t.TensorInfo
 	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
 		return info, nil, fmt.Errorf("%s: tensor %s has shape %v, not a multiple of the %d blocks along dimension %d", m.Name(), t.Name, info.Dims, n, dim)
 	}

@@ -65,15 +65,15 @@ func TestPruneReadByIndependentParser(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer got.Close()
-			if len(pf.TensorInfos) != len(got.Tensors) {
-				t.Fatalf("gguf-parser-go sees %d tensors, we %d", len(pf.TensorInfos), len(got.Tensors))
+			if len(pf.TensorInfos) != got.NumTensors() {
+				t.Fatalf("gguf-parser-go sees %d tensors, we %d", len(pf.TensorInfos), got.NumTensors())
 			}
 			if pf.TensorDataStartOffset != got.Shards[0].DataOffset {
 				t.Fatalf("gguf-parser-go data section at %d, we %d", pf.TensorDataStartOffset, got.Shards[0].DataOffset)
 			}
 			for i, ti := range pf.TensorInfos {
-				if ti.Name != got.Tensors[i].Name || ti.Offset != got.Tensors[i].Offset {
-					t.Fatalf("tensor %d: gguf-parser-go %s@%d, we %s@%d", i, ti.Name, ti.Offset, got.Tensors[i].Name, got.Tensors[i].Offset)
+				if gt := got.TensorAt(i); ti.Name != gt.Name || ti.Offset != gt.Offset {
+					t.Fatalf("tensor %d: gguf-parser-go %s@%d, we %s@%d", i, ti.Name, ti.Offset, gt.Name, gt.Offset)
 				}
 			}
 
@@ -90,22 +90,21 @@ func TestPruneReadByIndependentParser(t *testing.T) {
 				}
 			}
 			kept := 0
-			for i := range src.Tensors {
-				if b := gguf.BlockOf(src.Tensors[i].Name); b < 0 || !removed[b] {
+			for _, st := range src.AllTensors() {
+				if b := gguf.BlockOf(st.Name); b < 0 || !removed[b] {
 					kept++
 				}
 			}
-			if kept != len(got.Tensors) {
-				t.Fatalf("%d tensors written, %d kept", len(got.Tensors), kept)
+			if kept != got.NumTensors() {
+				t.Fatalf("%d tensors written, %d kept", got.NumTensors(), kept)
 			}
-			for i := range got.Tensors {
-				gt := &got.Tensors[i]
+			for _, gt := range got.AllTensors() {
 				name := gt.Name
 				if b := gguf.BlockOf(name); b >= 0 {
 					name = fmt.Sprintf("blk.%d.%s", oldOf[b], strings.SplitN(name, ".", 3)[2])
 				}
-				st := findTensor(src, name)
-				if st == nil {
+				st, ok := src.Tensor(name)
+				if !ok {
 					t.Fatalf("%s has no source %s", gt.Name, name)
 				}
 				if !reflect.DeepEqual(gt.Dims, st.Dims) || gt.Type != st.Type || !bytes.Equal(fixture.TensorBytes(t, got, gt), fixture.TensorBytes(t, src, st)) {
@@ -130,13 +129,13 @@ func TestPruneReadByIndependentParser(t *testing.T) {
 	}
 }
 
-func findTensor(m *gguf.Model, name string) *gguf.ModelTensor {
-	for i := range m.Tensors {
-		if m.Tensors[i].Name == name {
-			return &m.Tensors[i]
-		}
+func findTensor(t *testing.T, m *gguf.Model, name string) gguf.ModelTensor {
+	t.Helper()
+	mt, ok := m.Tensor(name)
+	if !ok {
+		t.Fatalf("%s has no tensor %s", m.Name(), name)
 	}
-	return nil
+	return mt
 }
 
 func arrayInts(t *testing.T, m *gguf.Model, key string) []int64 {
@@ -209,7 +208,7 @@ func TestPerLayerArrays(t *testing.T) {
 	}
 	// Blocks are renumbered contiguously, in order.
 	var names []string
-	for _, tn := range got.Tensors {
+	for _, tn := range got.AllTensors() {
 		if b := gguf.BlockOf(tn.Name); b >= 0 {
 			names = append(names, tn.Name)
 		}
@@ -218,7 +217,7 @@ func TestPerLayerArrays(t *testing.T) {
 		t.Fatalf("block tensors %v", names)
 	}
 	// Block 1 of the output is block 2 of the input.
-	if !bytes.Equal(fixture.TensorBytes(t, got, findTensor(got, "blk.1.attn_q.weight")), fixture.TensorBytes(t, m, findTensor(m, "blk.2.attn_q.weight"))) {
+	if !bytes.Equal(fixture.TensorBytes(t, got, findTensor(t, got, "blk.1.attn_q.weight")), fixture.TensorBytes(t, m, findTensor(t, m, "blk.2.attn_q.weight"))) {
 		t.Fatal("blk.1 is not the old blk.2")
 	}
 }
@@ -239,7 +238,7 @@ func TestMTPBlocks(t *testing.T) {
 		t.Fatalf("nextn_predict_layers %v", v)
 	}
 	// The MTP blocks (old 4 and 5) are now 2 and 3, still last.
-	if !bytes.Equal(fixture.TensorBytes(t, got, findTensor(got, "blk.2.attn_q.weight")), fixture.TensorBytes(t, m, findTensor(m, "blk.4.attn_q.weight"))) {
+	if !bytes.Equal(fixture.TensorBytes(t, got, findTensor(t, got, "blk.2.attn_q.weight")), fixture.TensorBytes(t, m, findTensor(t, m, "blk.4.attn_q.weight"))) {
 		t.Fatal("MTP block moved")
 	}
 }
@@ -320,16 +319,16 @@ func TestSplitModels(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if len(m.Shards) != 3 || len(m.Tensors) != len(src.Tensors) {
-		t.Fatalf("%d shards, %d tensors", len(m.Shards), len(m.Tensors))
+	if len(m.Shards) != 3 || m.NumTensors() != src.NumTensors() {
+		t.Fatalf("%d shards, %d tensors", len(m.Shards), m.NumTensors())
 	}
 	if _, err := parser.ParseGGUFFile(paths[0]); err != nil {
 		t.Fatalf("gguf-parser-go rejects our split: %v", err)
 	}
 
 	merged := pruneTo(t, m, []int{2}, surgery.Options{}, surgery.OneFile)
-	if len(merged.Shards) != 1 || len(merged.Tensors) != len(src.Tensors)-len(fixture.BlockTensors) {
-		t.Fatalf("merged: %d shards, %d tensors", len(merged.Shards), len(merged.Tensors))
+	if len(merged.Shards) != 1 || merged.NumTensors() != src.NumTensors()-len(fixture.BlockTensors) {
+		t.Fatalf("merged: %d shards, %d tensors", len(merged.Shards), merged.NumTensors())
 	}
 	for _, kv := range merged.KV() {
 		if strings.HasPrefix(kv.Key, "split.") {
@@ -341,24 +340,24 @@ func TestSplitModels(t *testing.T) {
 	}
 
 	kept := pruneTo(t, m, []int{2}, surgery.Options{}, surgery.KeepSplit)
-	if len(kept.Shards) != 3 || len(kept.Tensors) != len(merged.Tensors) {
-		t.Fatalf("keep-split: %d shards, %d tensors", len(kept.Shards), len(kept.Tensors))
+	if len(kept.Shards) != 3 || kept.NumTensors() != merged.NumTensors() {
+		t.Fatalf("keep-split: %d shards, %d tensors", len(kept.Shards), kept.NumTensors())
 	}
 	for i, f := range kept.Shards {
 		if !strings.HasSuffix(f.Name(), fmt.Sprintf("out-%05d-of-00003.gguf", i+1)) {
 			t.Fatalf("shard %d named %s", i, f.Name())
 		}
-		if v, _ := f.Get(gguf.KeySplitTensorsCount); v.String() != fmt.Sprint(len(merged.Tensors)) {
+		if v, _ := f.Get(gguf.KeySplitTensorsCount); v.String() != fmt.Sprint(merged.NumTensors()) {
 			t.Fatalf("shard %d split.tensors.count %v", i, v)
 		}
 	}
-	for i := range merged.Tensors {
-		if merged.Tensors[i].Name != kept.Tensors[i].Name || !bytes.Equal(fixture.TensorBytes(t, merged, &merged.Tensors[i]), fixture.TensorBytes(t, kept, &kept.Tensors[i])) {
+	for i, mt := range merged.AllTensors() {
+		if kt := kept.TensorAt(i); mt.Name != kt.Name || !bytes.Equal(fixture.TensorBytes(t, merged, mt), fixture.TensorBytes(t, kept, kt)) {
 			t.Fatalf("tensor %d differs between merged and split outputs", i)
 		}
 	}
 	pf, err := parser.ParseGGUFFile(kept.Shards[0].Name())
-	if err != nil || pf.Architecture().BlockCount != 4 || len(pf.TensorInfos) != len(kept.Tensors) {
+	if err != nil || pf.Architecture().BlockCount != 4 || len(pf.TensorInfos) != kept.NumTensors() {
 		t.Fatalf("gguf-parser-go on the pruned split: %v", err)
 	}
 
@@ -438,7 +437,7 @@ func TestTruncatedInputFailsAtOnce(t *testing.T) {
 				t.Errorf("got %v, want %q", err, want)
 			}
 			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
-				t.Errorf("%d bytes allocated writing %d tensors", alloc, len(m.Tensors))
+				t.Errorf("%d bytes allocated writing %d tensors", alloc, m.NumTensors())
 			}
 			if names := fixture.DirNames(t, outDir); len(names) != 0 {
 				t.Errorf("left behind: %v", names)

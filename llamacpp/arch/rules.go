@@ -3,6 +3,7 @@ package arch
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"strconv"
 	"strings"
 
@@ -55,10 +56,12 @@ const (
 	ggmlAlignment = 32  // TENSOR_ALIGNMENT (ggml-impl.h): mapped tensor data must start at such an offset
 )
 
-// ruleView is what the rules read: metadata and tensor infos.
+// ruleView is what the rules read: metadata and tensor infos. The infos
+// are handed out one at a time, as a model's or a plan's are made, not
+// copied: a header of 10^6 tensors is legal.
 type ruleView struct {
 	kvs     []gguf.KV
-	tensors []gguf.TensorInfo
+	tensors iter.Seq[gguf.TensorInfo]
 	arch    string
 	n       int // block count, once the block-count rule passed
 }
@@ -231,7 +234,7 @@ var Rules = []Rule{
 		return nil
 	}},
 	{Name: "tensor-dims", File: true, Where: "gguf.cpp: INT64_MAX/ne[j] (SIGFPE); ggml.c ggml_mul_mat: !ggml_is_transposed", check: func(v *ruleView) error {
-		for _, t := range v.tensors {
+		for t := range v.tensors {
 			for j, d := range t.Dims {
 				if d == 0 {
 					return fmt.Errorf("tensor %s has shape %v: dimension %d is 0", t.Name, t.Dims, j)
@@ -241,7 +244,7 @@ var Rules = []Rule{
 		return nil
 	}},
 	{Name: "tensor-type", Where: "ggml-cpu: types without a CPU dot product or row getter", check: func(v *ruleView) error {
-		for _, t := range v.tensors {
+		for t := range v.tensors {
 			switch t.Type {
 			case gguf.TypeQ8_1, gguf.TypeQ8_K, gguf.TypeI8, gguf.TypeI16, gguf.TypeI32, gguf.TypeI64, gguf.TypeF64:
 				if strings.HasSuffix(t.Name, ".weight") {
@@ -252,7 +255,7 @@ var Rules = []Rule{
 		return nil
 	}},
 	{Name: "expert-tensor-dims", Where: "ggml.c ggml_mul_mat_id: GGML_ASSERT(as->ne[3] == 1)", check: func(v *ruleView) error {
-		for _, t := range v.tensors {
+		for t := range v.tensors {
 			if strings.HasSuffix(t.Name, "_exps.weight") && len(t.Dims) > 3 && t.Dims[3] != 1 {
 				return fmt.Errorf("expert tensor %s has shape %v: at most 3 dimensions", t.Name, t.Dims)
 			}
@@ -260,7 +263,7 @@ var Rules = []Rule{
 		return nil
 	}},
 	{Name: "f32-tensors", Where: "ggml.c ggml_rope_impl, ggml_soft_max_add_sinks: GGML_ASSERT(type == GGML_TYPE_F32)", check: func(v *ruleView) error {
-		for _, t := range v.tensors {
+		for t := range v.tensors {
 			base := t.Name
 			if _, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
 				base = rest
@@ -337,7 +340,7 @@ var Rules = []Rule{
 		if err != nil || embd == 0 {
 			return err
 		}
-		for _, t := range v.tensors {
+		for t := range v.tensors {
 			base := t.Name
 			if _, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
 				base = rest
@@ -568,9 +571,9 @@ var Rules = []Rule{
 
 // checkBlocksPresent refuses tensors named for blocks past n and blocks
 // with no tensor at all. key names the block count in messages.
-func checkBlocksPresent(tensors []gguf.TensorInfo, n int, key string) error {
+func checkBlocksPresent(tensors iter.Seq[gguf.TensorInfo], n int, key string) error {
 	have := make([]bool, n)
-	for _, t := range tensors {
+	for t := range tensors {
 		b, _, ok, err := gguf.SplitBlockName(t.Name)
 		if err != nil {
 			return err
@@ -683,13 +686,14 @@ func CheckModel(m *gguf.Model, purpose Purpose) error {
 	if err != nil {
 		return err
 	}
-	return checkLlama(m.Name(), &ruleView{kvs: m.KV(), tensors: infos(m.Tensors), arch: arch}, purpose)
+	return checkLlama(m.Name(), &ruleView{kvs: m.KV(), tensors: infos(m), arch: arch}, purpose)
 }
 
 // CheckFile checks a file about to be written, given by its metadata and
 // tensor infos (name names it in errors), as CheckModel checks a model: a
-// file llama.cpp would abort on is refused before it is written.
-func CheckFile(name string, kvs []gguf.KV, tensors []gguf.TensorInfo, purpose Purpose) error {
+// file llama.cpp would abort on is refused before it is written. The rules
+// range over tensors as often as they need.
+func CheckFile(name string, kvs []gguf.KV, tensors iter.Seq[gguf.TensorInfo], purpose Purpose) error {
 	kv, err := gguf.NewArchKV(gguf.Metadata(kvs))
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -697,19 +701,28 @@ func CheckFile(name string, kvs []gguf.KV, tensors []gguf.TensorInfo, purpose Pu
 	return checkLlama(name, &ruleView{kvs: kvs, tensors: tensors, arch: kv.Arch}, purpose)
 }
 
-// infos are the tensor infos of model tensors.
-func infos(ts []gguf.ModelTensor) []gguf.TensorInfo {
-	out := make([]gguf.TensorInfo, len(ts))
-	for i := range ts {
-		out[i] = *ts[i].TensorInfo
+// infos yields the tensor infos of a model, one at a time.
+func infos(m *gguf.Model) iter.Seq[gguf.TensorInfo] {
+	return func(yield func(gguf.TensorInfo) bool) {
+		for _, t := range m.AllTensors() {
+			if !yield(t.TensorInfo) {
+				return
+			}
+		}
 	}
-	return out
 }
 
 // CheckGGML checks a GGUF file against the rules of ggml's own GGUF reader
 // (the Rules marked File), for files that are not models.
 func CheckGGML(f *gguf.File) error {
-	return checkRules(f.Name(), &ruleView{kvs: f.KV, tensors: f.Tensors}, func(r Rule) bool { return r.File })
+	tensors := func(yield func(gguf.TensorInfo) bool) {
+		for _, t := range f.AllTensors() {
+			if !yield(t) {
+				return
+			}
+		}
+	}
+	return checkRules(f.Name(), &ruleView{kvs: f.KV, tensors: tensors}, func(r Rule) bool { return r.File })
 }
 
 // CheckBlocks refuses a model whose block count does not match its
@@ -720,7 +733,7 @@ func CheckBlocks(m *gguf.Model) error {
 		return err
 	}
 	arch, _ := m.Architecture()
-	if err := checkBlocksPresent(infos(m.Tensors), n, arch+"."+gguf.KeyBlockCount); err != nil {
+	if err := checkBlocksPresent(infos(m), n, arch+"."+gguf.KeyBlockCount); err != nil {
 		return fmt.Errorf("%s: %w", m.Name(), err)
 	}
 	return nil
@@ -750,8 +763,7 @@ func checkRules(name string, v *ruleView, use func(Rule) bool) error {
 // file with general.alignment below 32 may not; llama.cpp must then read it
 // into memory instead of mapping it.
 func MappedAlignmentOK(m *gguf.Model) bool {
-	for i := range m.Tensors {
-		t := &m.Tensors[i]
+	for _, t := range m.AllTensors() {
 		if (uint64(m.Shards[t.Shard].DataOffset)+t.Offset)%ggmlAlignment != 0 {
 			return false
 		}

@@ -270,7 +270,7 @@ func TestHealQuantized(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	for _, tn := range g.Tensors {
+	for _, tn := range g.AllTensors() {
 		if tn.Name == "blk.0.ffn_down.weight" && tn.Type != gguf.TypeQ8_0 {
 			t.Fatalf("healed ffn_down is %v", tn.Type)
 		}
