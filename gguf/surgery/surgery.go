@@ -238,7 +238,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 				}
 				kv.Value = kv.Value.WithCount(int(lead) - gone)
 			}
-		case strings.HasPrefix(kv.Key, prefix) && arch.PerLayer(strings.TrimPrefix(kv.Key, prefix)):
+		case (strings.HasPrefix(kv.Key, prefix) && arch.PerLayer(strings.TrimPrefix(kv.Key, prefix))) || arch.UnprefixedPerLayer(name, kv.Key):
 			if a, ok := kv.Value.Array(); ok && a.Len() == n {
 				kv.Value = a.Slice(kept)
 			}

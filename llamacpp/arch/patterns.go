@@ -323,6 +323,18 @@ var notPerLayer = map[string]bool{
 	"rope.scaling.long_factor":  true,
 }
 
+// unprefixedPerLayer are per-layer keys read without the architecture
+// prefix: apertus's xIELU parameters (llama-arch.cpp "xielu.alpha_n", …;
+// llama-model.cpp load_hparams: get_key_or_arr(…, n_layer), which refuses
+// an array of another length).
+var unprefixedPerLayer = map[string]map[string]bool{
+	"apertus": {"xielu.alpha_n": true, "xielu.alpha_p": true, "xielu.beta": true, "xielu.eps": true},
+}
+
+// UnprefixedPerLayer reports whether the architecture reads key (a whole
+// key, without its prefix) as one value per block.
+func UnprefixedPerLayer(arch, key string) bool { return unprefixedPerLayer[arch][key] }
+
 // PerLayer reports whether an array under the architecture prefix (key
 // without it) of one element per block holds a value per block, to be cut
 // with the blocks.

@@ -148,3 +148,35 @@ func TestPinnedGating(t *testing.T) {
 		}
 	}
 }
+
+// apertus's xIELU arrays carry no architecture prefix, and are cut with the
+// blocks all the same (llama.cpp refuses them at another length).
+func TestUnprefixedPerLayer(t *testing.T) {
+	vals := func(v ...float32) gguf.Value {
+		var vs []gguf.Value
+		for _, x := range v {
+			vs = append(vs, gguf.Float32(x))
+		}
+		a, _ := gguf.NewArray(gguf.TypeFloat32, vs)
+		return a
+	}
+	m, _ := fixture.Synthetic(t, fixture.Spec{Arch: "apertus", Blocks: 4, Extra: []gguf.KV{
+		{Key: "xielu.alpha_n", Value: vals(1, 2, 3, 4)}, {Key: "xielu.eps", Value: vals(5, 6, 7, 8)}, {Key: "other.array", Value: vals(1, 2, 3, 4)},
+	}})
+	plan, err := surgery.PlanRemoval(m, []int{1}, surgery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"xielu.alpha_n": "[float32×3: 1 3 4]", "xielu.eps": "[float32×3: 5 7 8]", "other.array": "[float32×4: 1 2 3 4]"}
+	for _, kv := range plan.KV {
+		if w, ok := want[kv.Key]; ok {
+			if got := kv.Value.String(); got != w {
+				t.Errorf("%s = %s, want %s", kv.Key, got, w)
+			}
+			delete(want, kv.Key)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("missing %v", want)
+	}
+}
