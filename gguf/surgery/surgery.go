@@ -219,6 +219,11 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	// Metadata: block_count, the counts of leading blocks of a kind, and
 	// every per-layer array under the arch prefix.
 	kept := bm.Kept()
+	// Newer llama.cpp reads some per-layer arrays (sliding-window kinds,
+	// step35's clamps) over the main stack only, without the trailing
+	// multi-token-prediction blocks, which are never removed.
+	mtp := len(arch.MTPBlocks(m, n))
+	keptMain := kept[:len(kept)-mtp]
 	prefix := name + "."
 	for _, kv := range m.KV() {
 		switch {
@@ -241,6 +246,8 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 		case (strings.HasPrefix(kv.Key, prefix) && arch.PerLayer(strings.TrimPrefix(kv.Key, prefix))) || arch.UnprefixedPerLayer(name, kv.Key):
 			if a, ok := kv.Value.Array(); ok && a.Len() == n {
 				kv.Value = a.Slice(kept)
+			} else if ok && mtp > 0 && a.Len() == n-mtp {
+				kv.Value = a.Slice(keptMain)
 			}
 		}
 		p.KV = append(p.KV, kv)

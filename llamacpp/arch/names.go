@@ -34,6 +34,8 @@ func Unknown(arch string) string {
 	switch {
 	case Known(arch):
 		return ""
+	case newerArchitectures[arch] && indexPatterns[arch].period != nil:
+		return "architecture " + arch + " is known to newer llama.cpp versions but not to the one ggufprune links (ollama v0.17.4), which cannot run it; of its rules only the layer pattern read from the newer source is checked"
 	case newerArchitectures[arch]:
 		return "architecture " + arch + " is known to newer llama.cpp versions but not to the one ggufprune links (ollama v0.17.4), which cannot run it; its layer rules (what llama.cpp derives from each block's index or the block count) are not checked"
 	}

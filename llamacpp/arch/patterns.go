@@ -106,6 +106,12 @@ var indexPatterns = map[string]indexPattern{
 	// The pinned loader ignores full_attention_interval: "(i + 1) % 4 != 0"
 	// is recurrent.
 	"qwen3next": {what: "linear vs full attention (every 4th block is full)", period: fixedPeriod(4)},
+	// Known only to newer llama.cpp (models/qwen35.cpp, qwen35moe.cpp
+	// load_arch_hparams): an attention.recurrent_layers array names the
+	// recurrent blocks (and is cut with them); without it every
+	// full_attention_interval-th block (default 4) has full attention.
+	"qwen35":    {what: "linear vs full attention (every full_attention_interval-th block is full)", period: recurrentPeriod("qwen35")},
+	"qwen35moe": {what: "linear vs full attention (every full_attention_interval-th block is full)", period: recurrentPeriod("qwen35moe")},
 	// OLMo 3: set_swa_pattern(4) when sliding_window > 0.
 	"olmo2": {what: "sliding-window vs global attention (every 4th block is global)", period: swa("olmo2")},
 	// NoPE every 4th block (n_no_rope_layer_step keeps its default 4).
@@ -142,6 +148,19 @@ func keyPeriod(key string) func(*gguf.Model) int {
 			return p
 		}
 		return 0
+	}
+}
+
+// recurrentPeriod is the period of full-attention blocks of an architecture
+// that reads them from {arch}.attention.recurrent_layers when present
+// (then a removal keeps every block's kind) and else from
+// full_attention_interval (default 4).
+func recurrentPeriod(arch string) func(*gguf.Model) int {
+	return func(m *gguf.Model) int {
+		if _, ok := m.Get(arch + ".attention.recurrent_layers"); ok {
+			return 0
+		}
+		return archInt(m, "full_attention_interval", 4)
 	}
 }
 

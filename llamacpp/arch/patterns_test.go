@@ -180,3 +180,66 @@ func TestUnprefixedPerLayer(t *testing.T) {
 		t.Fatalf("missing %v", want)
 	}
 }
+
+// qwen35 and qwen35moe (known to newer llama.cpp only, so removals are
+// forced): a removal that moves a block across the full-attention period is
+// flagged, a whole period or a file with a recurrent_layers array (cut with
+// the blocks) is not.
+func TestNewerPatterns(t *testing.T) {
+	u32 := func(key string, v uint32) gguf.KV { return gguf.KV{Key: key, Value: gguf.Uint32(v)} }
+	for _, c := range []struct {
+		arch    string
+		extra   []gguf.KV
+		flags   map[string][]int
+		remove  []int
+		broken  bool
+		kindLen int // length of the cut recurrent_layers array, when there is one
+	}{
+		{"qwen35", nil, nil, []int{1}, true, 0},
+		{"qwen35", nil, nil, []int{0, 1, 2, 3}, false, 0},
+		{"qwen35moe", []gguf.KV{u32("qwen35moe.full_attention_interval", 2)}, nil, []int{1}, true, 0},
+		{"qwen35moe", []gguf.KV{u32("qwen35moe.full_attention_interval", 2)}, nil, []int{2, 3}, false, 0},
+		{"qwen35", nil, map[string][]int{"attention.recurrent_layers": {1, 1, 1, 0, 1, 1, 1, 0}}, []int{1}, false, 7},
+	} {
+		m, _ := fixture.Synthetic(t, fixture.Spec{Arch: c.arch, Blocks: 8, Extra: c.extra, PerLayer: c.flags})
+		plan, err := surgery.PlanRemoval(m, c.remove, surgery.Options{Force: true})
+		if err != nil {
+			t.Fatalf("%s %v: %v", c.arch, c.remove, err)
+		}
+		if (plan.Broken != nil) != c.broken {
+			t.Errorf("%s %v: broken %v, want %v", c.arch, c.remove, plan.Broken, c.broken)
+		}
+		for _, kv := range plan.KV {
+			if kv.Key == c.arch+".attention.recurrent_layers" {
+				if a, _ := kv.Value.Array(); a.Len() != c.kindLen {
+					t.Errorf("%s: recurrent_layers of %d, want %d", c.arch, a.Len(), c.kindLen)
+				}
+			}
+		}
+	}
+}
+
+// An array over the main stack (the blocks before the multi-token
+// prediction ones, as newer llama.cpp reads some) is cut with the blocks
+// too; one over every block as before.
+func TestMainStackArrays(t *testing.T) {
+	m, _ := fixture.Synthetic(t, fixture.Spec{Arch: "glm4moe", Blocks: 5,
+		Extra:    []gguf.KV{{Key: "glm4moe.nextn_predict_layers", Value: gguf.Uint32(1)}},
+		PerLayer: map[string][]int{"attention.sliding_window_pattern": {1, 0, 1, 0}, "feed_forward_length": {10, 11, 12, 13, 14}}})
+	plan, err := surgery.PlanRemoval(m, []int{1}, surgery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"glm4moe.attention.sliding_window_pattern": "[uint32×3: 1 1 0]", "glm4moe.feed_forward_length": "[uint32×4: 10 12 13 14]"}
+	for _, kv := range plan.KV {
+		if w, ok := want[kv.Key]; ok {
+			if got := kv.Value.String(); got != w {
+				t.Errorf("%s = %s, want %s", kv.Key, got, w)
+			}
+			delete(want, kv.Key)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("missing %v", want)
+	}
+}
