@@ -32,7 +32,10 @@ type inspectReport struct {
 	Architecture string `json:"architecture"`
 	// Unknown says why llama.cpp (the linked one) cannot run the
 	// architecture and its layer rules are not checked; empty when known.
-	Unknown     string            `json:"unknown_architecture,omitempty"`
+	Unknown string `json:"unknown_architecture,omitempty"`
+	// MoE is the mixture-of-experts structure (experts, blocks, bytes),
+	// absent for a dense model.
+	MoE         *arch.MoE         `json:"moe,omitempty"`
 	BlockCount  int               `json:"block_count"`
 	TensorCount int               `json:"tensor_count"`
 	Alignment   uint64            `json:"alignment"`
@@ -84,7 +87,7 @@ func runInspect(c *cli.Context) error {
 	}
 	st := m.Stats()
 	r := inspectReport{
-		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: archName, Unknown: arch.Unknown(archName), BlockCount: n,
+		Path: path, GGUFVersion: m.Shards[0].Version, Architecture: archName, Unknown: arch.Unknown(archName), MoE: arch.MoEOf(m), BlockCount: n,
 		TensorCount: m.NumTensors(), Alignment: m.Shards[0].Alignment, FileSize: m.Size(),
 		Files: len(m.Shards), Params: st.Params, Types: st.Types, Blocks: st.Blocks,
 	}
@@ -99,6 +102,22 @@ func runInspect(c *cli.Context) error {
 		fmt.Fprintf(w, "not known\t%s\n", r.Unknown)
 	}
 	fmt.Fprintf(w, "blocks\t%d\n", r.BlockCount)
+	if e := r.MoE; e != nil {
+		fmt.Fprintf(w, "experts\t%d, %d used per token", e.Experts, e.Used)
+		if e.Shared > 0 {
+			fmt.Fprintf(w, ", %d shared", e.Shared)
+		}
+		if e.Groups > 0 {
+			fmt.Fprintf(w, ", in %d groups", e.Groups)
+		}
+		fmt.Fprintf(w, "\n")
+		fmt.Fprintf(w, "MoE blocks\t%s", gguf.FormatBlockList(e.MoEBlocks))
+		if len(e.DenseBlocks) > 0 {
+			fmt.Fprintf(w, " (dense: %s)", gguf.FormatBlockList(e.DenseBlocks))
+		}
+		fmt.Fprintf(w, "\n")
+		fmt.Fprintf(w, "expert weights\t%s of %s (%.1f%%), %s per expert across the MoE blocks\n", units.HumanBytes(e.ExpertBytes), units.HumanBytes(e.ModelBytes), 100*float64(e.ExpertBytes)/float64(max(e.ModelBytes, 1)), units.HumanBytes(e.BytesPerExpert))
+	}
 	fmt.Fprintf(w, "tensors\t%d\n", r.TensorCount)
 	fmt.Fprintf(w, "alignment\t%d\n", r.Alignment)
 	fmt.Fprintf(w, "parameters\t%d (%s)\n", r.Params, humanCount(r.Params))

@@ -141,3 +141,33 @@ func TestUnknownArchitecture(t *testing.T) {
 		t.Fatal(r.stdout)
 	}
 }
+
+// inspect shows a mixture of experts: experts, used, MoE blocks and the
+// bytes of expert weights, computed here from moe8's shapes (8 blocks of
+// three stacked F16 tensors of 128 × 128 × 8).
+func TestInspectMoE(t *testing.T) {
+	r := runCLI(t, "inspect", "--json", model(t, "moe8-f16.gguf")).ok(t)
+	var rep struct {
+		MoE *struct {
+			Experts, Used  int
+			MoEBlocks      []int `json:"moe_blocks"`
+			DenseBlocks    []int `json:"dense_blocks"`
+			ExpertBytes    int64 `json:"expert_bytes"`
+			BytesPerExpert int64 `json:"bytes_per_expert"`
+		}
+	}
+	decode(t, r.stdout, &rep)
+	const perTensor = 128 * 128 * 8 * 2
+	if e := rep.MoE; e == nil || e.Experts != 8 || e.Used != 2 || len(e.MoEBlocks) != 8 || len(e.DenseBlocks) != 0 ||
+		e.ExpertBytes != 8*3*perTensor || e.BytesPerExpert != 8*3*perTensor/8 {
+		t.Fatalf("%s", r.stdout)
+	}
+	r = runCLI(t, "inspect", model(t, "moe8-f16.gguf")).ok(t)
+	if !strings.Contains(r.stdout, "8, 2 used per token") || !strings.Contains(r.stdout, "expert weights") {
+		t.Fatal(r.stdout)
+	}
+	r = runCLI(t, "inspect", "--json", model(t, "story16-f16.gguf")).ok(t)
+	if strings.Contains(r.stdout, `"moe"`) {
+		t.Fatal("a dense model with a moe section")
+	}
+}
