@@ -59,8 +59,9 @@ type Options struct {
 // and write the output, evaluate. Everything that can be refused is checked
 // before scoring.
 func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
-	if len(o.Layers) == 0 && o.Select.empty() {
-		return nil, errors.New("prune: no blocks given and no selection asked for")
+	experts := len(o.Write.Plan.Experts) > 0
+	if len(o.Layers) == 0 && o.Select.empty() && !experts {
+		return nil, errors.New("prune: no blocks or experts given and no selection asked for")
 	}
 	// Everything that can be refused is checked before scoring, which may
 	// take long, and before anything is written.
@@ -89,7 +90,9 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	var rep *ScoreReport
 	var search *selection.Search
 	method := MethodLayers
-	if len(o.Layers) == 0 {
+	if len(o.Layers) == 0 && experts && o.Select.empty() {
+		method = MethodExperts
+	} else if len(o.Layers) == 0 {
 		if err := m.CheckSelectable(o.Write.Plan); err != nil {
 			return nil, err
 		}
@@ -187,5 +190,9 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	return res, nil
 }
 
-// MethodLayers is Result.Method when the blocks were given.
-const MethodLayers = "layers"
+// MethodLayers is Result.Method when the blocks were given, and
+// MethodExperts when only experts were (Options.Write.Plan.Experts).
+const (
+	MethodLayers  = "layers"
+	MethodExperts = "experts"
+)

@@ -42,10 +42,14 @@ type WriteOptions struct {
 
 // Result is what a prune did, as the prune command prints it.
 type Result struct {
-	Model            string            `json:"model"`
-	Outputs          []string          `json:"outputs,omitempty"`
-	Method           string            `json:"method"`
-	Removed          []int             `json:"removed"`
+	Model   string   `json:"model"`
+	Outputs []string `json:"outputs,omitempty"`
+	Method  string   `json:"method"`
+	Removed []int    `json:"removed"`
+	// ExpertsRemoved are the experts removed, by block (input numbering),
+	// and ExpertCount the experts of every MoE block after.
+	ExpertsRemoved   map[int][]int     `json:"experts_removed,omitempty"`
+	ExpertCount      int               `json:"expert_count,omitempty"`
 	BlockCountBefore int               `json:"block_count_before"`
 	BlockCountAfter  int               `json:"block_count_after"`
 	BytesBefore      int64             `json:"bytes_before"`
@@ -95,6 +99,13 @@ func (m *Model) Write(ctx context.Context, plan *surgery.Plan, o WriteOptions) (
 		Model: m.Path, Removed: plan.Removed,
 		BlockCountBefore: plan.BlockCountBefore, BlockCountAfter: plan.BlockCountAfter,
 		BytesBefore: m.Size(), BytesAfter: after, DryRun: o.DryRun,
+	}
+	if len(o.Plan.Experts) > 0 {
+		res.ExpertsRemoved = o.Plan.Experts
+		if v, ok := gguf.Metadata(plan.KV).Get(m.Arch + "." + gguf.KeyExpertCount); ok {
+			n, _ := v.Int()
+			res.ExpertCount = int(n)
+		}
 	}
 	res.Warnings = append(res.Warnings, plan.Warnings...)
 	if b := plan.Broken; b != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/prune"
 	"github.com/ggufprune/ggufprune/prune/eval"
 	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/urfave/cli/v2"
@@ -35,6 +36,7 @@ func evalCommand() *cli.Command {
 			&cli.StringFlag{Name: "winogrande", Usage: "task accuracy on a WinoGrande CSV `FILE` (index,sentence,option1,option2,answer)"},
 			&cli.StringFlag{Name: "multiple-choice", Usage: "task accuracy on a multiple-choice `FILE` (llama-perplexity's binary format)"},
 			&cli.StringFlag{Name: "skip", Usage: "run the -m models as if the blocks of `LIST` (e.g. 3,5-7) were removed, without writing a file"},
+			&cli.StringFlag{Name: "skip-experts", Usage: "run the -m models as if the experts of `BLOCKS:EXPERTS[;…]` (e.g. 0-7:0,5) were removed, by masking their router logits"},
 			&cli.IntFlag{Name: "tasks", Usage: "evaluate `N` tasks drawn as llama-perplexity draws them (default: 400 for HellaSwag, all for the others)"},
 			&cli.BoolFlag{Name: "json", Usage: "print [{model, ppl, tokens, chunks, kld}] as JSON"},
 			overwriteFlag,
@@ -74,6 +76,16 @@ func runEval(c *cli.Context) error {
 	if v := c.String("skip"); v != "" {
 		if o.Skip, err = gguf.ParseBlockList(v); err != nil {
 			return usagef("--skip %v", err)
+		}
+	}
+	if v := c.String("skip-experts"); v != "" {
+		if o.SkipExperts, err = prune.ParseExpertList(v); err != nil {
+			return usagef("--skip-experts %v", err)
+		}
+		for _, m := range c.StringSlice("model") {
+			if err := prune.CheckExperts(m, o.SkipExperts); err != nil {
+				return err
+			}
 		}
 	}
 	if c.IsSet("base") {
@@ -182,8 +194,8 @@ func runTasks(c *cli.Context, kinds []eval.TaskKind) error {
 	if n < 0 {
 		return usagef("--tasks %d: must not be negative", n)
 	}
-	if c.IsSet("skip") {
-		return usagef("eval: --skip goes with perplexity and --base, not with --%s", kinds[0])
+	if c.IsSet("skip") || c.IsSet("skip-experts") {
+		return usagef("eval: --skip and --skip-experts go with perplexity and --base, not with --%s", kinds[0])
 	}
 	if !c.IsSet("tasks") {
 		n = eval.DefaultTasks(kinds[0])

@@ -171,3 +171,35 @@ func TestInspectMoE(t *testing.T) {
 		t.Fatal("a dense model with a moe section")
 	}
 }
+
+// prune --expert-list writes moe8 without the experts (JSON and summary say
+// which, and the count left), eval --skip-experts runs it masked, and both
+// refuse what llama.cpp could not load.
+func TestExpertListCLI(t *testing.T) {
+	in := model(t, "moe8-f16.gguf")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "e.gguf")
+	r := runCLI(t, "prune", "-m", in, "--expert-list", "0-7:1,6", "-o", out, "--json").ok(t)
+	var res struct {
+		Method         string
+		ExpertsRemoved map[string][]int `json:"experts_removed"`
+		ExpertCount    int              `json:"expert_count"`
+		BytesBefore    int64            `json:"bytes_before"`
+		BytesAfter     int64            `json:"bytes_after"`
+	}
+	decode(t, r.stdout, &res)
+	const perExpert = 8 * 3 * 128 * 128 * 2 // 8 blocks of three stacked F16 128×128 slices
+	if res.Method != "experts" || res.ExpertCount != 6 || len(res.ExpertsRemoved) != 8 || res.BytesBefore-res.BytesAfter < 2*perExpert {
+		t.Fatalf("%s", r.stdout)
+	}
+	r = runCLI(t, "inspect", "--json", out).ok(t)
+	if !strings.Contains(r.stdout, `"experts": 6`) {
+		t.Fatal(r.stdout)
+	}
+	text := fixture.Asset(t, "text/unseen/tinystories_last50.txt")
+	runCLI(t, "eval", "-m", in, "--skip-experts", "0-7:1,6", "-f", text, "-c", "128", "--chunks", "2").ok(t)
+	runCLI(t, "eval", "-m", in, "--skip-experts", "0-6:1,6", "-f", text, "-c", "128").fails(t, 1, "block 7 is a mixture-of-experts block with no experts to remove")
+	runCLI(t, "prune", "-m", in, "--expert-list", "0-7:0-6", "-o", filepath.Join(dir, "x.gguf")).fails(t, 1, "fewer than the 2 each token is routed to")
+	runCLI(t, "prune", "-m", in, "--expert-list", "0-7", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "BLOCKS:EXPERTS")
+	runCLI(t, "prune", "-m", model(t, "story16-f16.gguf"), "--expert-list", "0:1", "-o", filepath.Join(dir, "x.gguf")).fails(t, 1, "has no experts")
+}

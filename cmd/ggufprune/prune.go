@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -32,6 +34,7 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "input `IN.gguf` (a split set's first shard opens the whole set)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output `OUT.gguf` (never one of the input files)"},
 			&cli.StringFlag{Name: "layers", Usage: "blocks to remove: 0-based `LIST` of indices and inclusive ranges, e.g. 3,5-7"},
+			&cli.StringFlag{Name: "expert-list", Usage: "experts to remove from mixture-of-experts blocks, `BLOCKS:EXPERTS[;…]`, e.g. 0-7:0,5 (every MoE block loses as many); alone or with a way of removing blocks"},
 			&cli.StringFlag{Name: "remove", Usage: "remove `N` blocks, or P% of the blocks (rounded), lowest BI first"},
 			&cli.StringFlag{Name: "target-size", Usage: "remove the fewest blocks that bring the output to `SIZE`: bytes, 3GiB, 2.5GB, 800MiB or 70% (of the input)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` for scoring"},
@@ -78,8 +81,11 @@ func runPrune(c *cli.Context) error {
 			how++
 		}
 	}
-	if how != 1 {
-		return usagef("prune: give exactly one of --layers, --remove and --target-size")
+	if how > 1 || (how == 0 && !c.IsSet("expert-list")) {
+		return usagef("prune: give exactly one of --layers, --remove and --target-size (or --expert-list alone)")
+	}
+	if c.IsSet("expert-list") && (c.IsSet("imatrix") || c.Bool("heal")) {
+		return usagef("prune: --expert-list does not go with --imatrix or --heal yet")
 	}
 	heal := c.Bool("heal")
 	if c.IsSet("layers") && (c.IsSet("scores") || (c.IsSet("file") && !heal)) {
@@ -167,11 +173,16 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
+	if v := c.String("expert-list"); v != "" {
+		if o.Write.Plan.Experts, err = prune.ParseExpertList(v); err != nil {
+			return usageError{err}
+		}
+	}
 	if c.IsSet("layers") {
 		if o.Layers, err = gguf.ParseBlockList(c.String("layers")); err != nil {
 			return usageError{err}
 		}
-	} else {
+	} else if how > 0 {
 		if o.Select, err = selectionFrom(c, m); err != nil {
 			return err
 		}
@@ -230,7 +241,16 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "model\t%s\n", s.Model)
 	fmt.Fprintf(tw, "method\t%s\n", s.Method)
-	fmt.Fprintf(tw, "removed blocks\t%s (%d of %d)\n", gguf.FormatBlockList(s.Removed), len(s.Removed), s.BlockCountBefore)
+	if len(s.Removed) > 0 || len(s.ExpertsRemoved) == 0 {
+		fmt.Fprintf(tw, "removed blocks\t%s (%d of %d)\n", gguf.FormatBlockList(s.Removed), len(s.Removed), s.BlockCountBefore)
+	}
+	if len(s.ExpertsRemoved) > 0 {
+		var parts []string
+		for _, b := range slices.Sorted(maps.Keys(s.ExpertsRemoved)) {
+			parts = append(parts, fmt.Sprintf("%d:%s", b, gguf.FormatBlockList(s.ExpertsRemoved[b])))
+		}
+		fmt.Fprintf(tw, "removed experts\t%s (%d left in each MoE block)\n", strings.Join(parts, " "), s.ExpertCount)
+	}
 	fmt.Fprintf(tw, "blocks\t%d -> %d\n", s.BlockCountBefore, s.BlockCountAfter)
 	fmt.Fprintf(tw, "size\t%s -> %s (%.1f%%)\n", units.HumanBytes(s.BytesBefore), units.HumanBytes(s.BytesAfter), 100*float64(s.BytesAfter)/float64(s.BytesBefore))
 	if s.DryRun {

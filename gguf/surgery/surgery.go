@@ -36,6 +36,11 @@ type Options struct {
 	// from the index (the plan's Broken then says what changed); removals
 	// llama.cpp would not load or would abort on are refused all the same.
 	Force bool
+	// Experts are experts to remove, by block (input numbering): the
+	// stacked expert tensors, the router's rows and the per-expert biases
+	// keep only the others. llama.cpp has one expert count, so every
+	// mixture-of-experts block must lose as many.
+	Experts map[int][]int
 }
 
 // Plan is block surgery worked out and checked, ready to write.
@@ -184,7 +189,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 		return nil, fmt.Errorf("%s: %w", m.Name(), err)
 	}
 	p := &Plan{Model: m, Map: bm, Removed: bm.Removed(), BlockCountBefore: n, BlockCountAfter: bm.After()}
-	if len(p.Removed) == 0 {
+	if len(p.Removed) == 0 && len(o.Experts) == 0 {
 		return nil, fmt.Errorf("%s: no blocks to remove", m.Name())
 	}
 	if bm.After() == 0 {
@@ -203,8 +208,10 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 		}
 		p.Warnings = append(p.Warnings, fmt.Sprintf("forced: %s; check the output in the llama.cpp you run", why))
 	}
-	if err := arch.CheckRemoval(m, bm); err != nil {
-		return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), gguf.FormatBlockList(p.Removed), err)
+	if len(p.Removed) > 0 {
+		if err := arch.CheckRemoval(m, bm); err != nil {
+			return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), gguf.FormatBlockList(p.Removed), err)
+		}
 	}
 	if perr := arch.BrokenPattern(m, bm); perr != nil {
 		if !o.Force {
@@ -252,6 +259,17 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 		}
 		p.KV = append(p.KV, kv)
 	}
+	newExperts, err := checkExperts(m, name, bm, o.Experts)
+	if err != nil {
+		return nil, err
+	}
+	if newExperts > 0 {
+		for i, kv := range p.KV {
+			if kv.Key == prefix+gguf.KeyExpertCount {
+				p.KV[i].Value = kv.Value.WithCount(newExperts)
+			}
+		}
+	}
 	pinned, warnings := arch.PinnedDefaults(m, n)
 	p.KV = append(p.KV, pinned...)
 	p.Warnings = append(p.Warnings, warnings...)
@@ -283,6 +301,11 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 			p.names.Add(buf)
 		} else {
 			p.dropped = append(p.dropped, uint32(i)) // a model has at most 2^32-2 tensors (gguf.NewModel)
+		}
+	}
+	for b, gone := range o.Experts {
+		if err := p.cutExperts(b, gone, newExperts+len(gone)); err != nil {
+			return nil, err
 		}
 	}
 	for _, bt := range arch.BlockSized(name) {
@@ -517,4 +540,101 @@ func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
 		}
 	}
 	return done, nil
+}
+
+// checkExperts checks an expert removal (experts by input block) and
+// returns the new expert count (0: no experts removed). llama.cpp has one
+// expert count for every block (load_hparams: {arch}.expert_count), so each
+// block with a router must lose as many, and routes each token to
+// expert_used_count of them, which must remain.
+func checkExperts(m *gguf.Model, arch string, bm *gguf.BlockMap, experts map[int][]int) (int, error) {
+	if len(experts) == 0 {
+		return 0, nil
+	}
+	kv := gguf.ArchKV{Getter: m, Arch: arch}
+	n := kv.Int(gguf.KeyExpertCount, 0)
+	if n == 0 {
+		return 0, fmt.Errorf("%s: %s has no experts (no %s)", m.Name(), arch, kv.Key(gguf.KeyExpertCount))
+	}
+	if g := kv.Int("expert_group_count", 0); g > 1 {
+		return 0, fmt.Errorf("%s: the experts are in %d groups (%s); removing experts from grouped models is not supported yet", m.Name(), g, kv.Key("expert_group_count"))
+	}
+	gone := -1
+	for b := range bm.Before() {
+		_, router := m.Tensor(gguf.BlockName(b, "ffn_gate_inp.weight"))
+		list, listed := experts[b]
+		switch {
+		case listed && !router:
+			return 0, fmt.Errorf("%s: block %d has no router (ffn_gate_inp): it is not a mixture-of-experts block", m.Name(), b)
+		case listed && bm.NewIndex(b) < 0:
+			return 0, fmt.Errorf("%s: block %d is removed; its experts cannot be removed too", m.Name(), b)
+		case router && bm.NewIndex(b) >= 0 && !listed:
+			return 0, fmt.Errorf("%s: block %d is a mixture-of-experts block with no experts to remove; llama.cpp has one expert count, so every such block must lose as many", m.Name(), b)
+		case !listed:
+			continue
+		}
+		seen := map[int]bool{}
+		for _, e := range list {
+			if e < 0 || e >= n || seen[e] {
+				return 0, fmt.Errorf("%s: block %d: expert %d is not one of the %d, or is given twice", m.Name(), b, e, n)
+			}
+			seen[e] = true
+		}
+		if gone >= 0 && len(list) != gone {
+			return 0, fmt.Errorf("%s: block %d loses %d experts, another block %d; llama.cpp has one expert count, so every block must lose as many", m.Name(), b, len(list), gone)
+		}
+		gone = len(list)
+	}
+	left := n - gone
+	if used := kv.Int(gguf.KeyExpertUsedCount, 0); left < max(used, 1) {
+		return 0, fmt.Errorf("%s: removing %d of %d experts leaves %d, fewer than the %d each token is routed to (%s)", m.Name(), gone, n, left, used, kv.Key(gguf.KeyExpertUsedCount))
+	}
+	return left, nil
+}
+
+// cutExperts plans the tensors of block b (input numbering) without the
+// experts gone: the stacked expert tensors (ffn_*_exps, and their biases),
+// the router's rows (ffn_gate_inp) and biases, and the selection bias
+// (exp_probs_b). The expert axis is the outermost one of each (ggml: the
+// last dimension), so an expert is a run of bytes: they are copied, never
+// converted.
+func (p *Plan) cutExperts(b int, gone []int, experts int) error {
+	m := p.Model
+	for _, t := range m.AllTensors() {
+		tb, rest, ok, _ := gguf.SplitBlockName(t.Name)
+		if !ok || tb != b || !(strings.Contains(rest, "_exps.") || strings.HasPrefix(rest, "ffn_gate_inp.") || strings.HasPrefix(rest, "exp_probs_b.")) {
+			continue
+		}
+		last := len(t.Dims) - 1
+		n := t.Dims[last]
+		if n != uint64(experts) {
+			return fmt.Errorf("%s: tensor %s has shape %v: its last dimension is not the %d experts", m.Name(), t.Name, t.Dims, experts)
+		}
+		if last == 0 && t.Type.BlockSize() != 1 {
+			return fmt.Errorf("%s: tensor %s holds one value per expert in %v, whose values are not separable", m.Name(), t.Name, t.Type)
+		}
+		if t.Size%n != 0 {
+			return fmt.Errorf("%s: tensor %s of %d bytes does not hold %d equal experts", m.Name(), t.Name, t.Size, n)
+		}
+		var kept []int
+		for e := range int(n) {
+			if !slices.Contains(gone, e) {
+				kept = append(kept, e)
+			}
+		}
+		info := t.TensorInfo
+		if name, _, _ := p.Map.Rename(t.Name); name != "" {
+			info.Name = name
+		}
+		dims := slices.Clone(info.Dims)
+		dims[last] = uint64(len(kept))
+		info.Dims = dims
+		info.Size = t.Size / n * uint64(len(kept))
+		g := &blockSlices{src: m.TensorData(t), name: m.Shards[t.Shard].Name(), chunk: int64(t.Size / n), n: int(n), kept: kept}
+		if p.cut == nil {
+			p.cut = map[string]cutTensor{}
+		}
+		p.cut[t.Name] = cutTensor{info, io.NewSectionReader(g, 0, int64(info.Size))}
+	}
+	return nil
 }

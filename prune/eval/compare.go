@@ -127,7 +127,7 @@ func Compare(ctx context.Context, base Base, models []string, text *runner.Text,
 	for i, lm := range lms {
 		mo := o
 		if i == 0 && base.Model != "" {
-			mo.Skip = nil // the base runs whole
+			mo.Skip, mo.SkipExperts = nil, nil // the base runs whole
 		}
 		if ctxs[i], err = runner.NewContext(lm, mo, runner.Plain); err != nil {
 			return nil, err

@@ -25,6 +25,12 @@ type Options struct {
 	// if these blocks were removed, without writing a file (run-time
 	// skipping; see llamacpp.Context.SetSkip).
 	Skip []int
+	// SkipExperts makes models run as if these experts (by block) were
+	// removed, by masking their router logits (graph tensor ffn_moe_logits)
+	// to -Inf: with softmax gating, as Mixtral-style models route, the
+	// kept experts then get exactly the weights they get in the file
+	// without the others.
+	SkipExperts map[int][]int
 
 	// Progress, when not nil, is told of long work: the stage ("scoring",
 	// "perplexity", "generating", "quantizing"), what it counts ("chunks",
@@ -128,9 +134,29 @@ const (
 // NewContext makes a context of o's chunk size and threads that skips
 // o.Skip (see llamacpp.Context.SetSkip).
 func NewContext(lm *llamacpp.Model, o Options, kind ContextKind) (*llamacpp.Context, error) {
-	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.CtxSize(), Threads: o.Threads, Capture: kind == Capture || len(o.Skip) > 0})
+	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: o.CtxSize(), Threads: o.Threads, Capture: kind == Capture || len(o.Skip) > 0 || len(o.SkipExperts) > 0})
 	if err != nil {
 		return nil, err
+	}
+	if len(o.SkipExperts) > 0 {
+		masked := map[string][]int{}
+		var names []string
+		for b, experts := range o.SkipExperts {
+			name := fmt.Sprintf("ffn_moe_logits-%d", b)
+			names, masked[name] = append(names, name), experts
+		}
+		inf := float32(-1e30)
+		err := c.Watch(names, func(name string, x []float32, nExperts, nTokens int) {
+			for t := range nTokens {
+				for _, e := range masked[name] {
+					x[t*nExperts+e] = inf
+				}
+			}
+		})
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	if len(o.Skip) > 0 {
 		if err := c.SetSkip(o.Skip); err != nil {
