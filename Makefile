@@ -53,7 +53,7 @@ vet: third_party
 test: third_party vet
 	$(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzNewFile$$' -fuzztime $(FUZZTIME) ./gguf
-	$(GO) test -run '^$$' -fuzz '^FuzzParseBlockList$$' -fuzztime $(FUZZTIME) ./gguf
+	$(GO) test -run '^$$' -fuzz '^FuzzParseList$$' -fuzztime $(FUZZTIME) ./gguf/blocks
 
 # Speed and memory targets (docs/benchmarks.md). Each line prints its own
 # metrics: prune vs cp on a generated 1 GiB GGUF (GGUFPRUNE_BENCH_GIB=N for

@@ -115,19 +115,3 @@ func FuzzNewFile(f *testing.F) {
 		}
 	})
 }
-
-func FuzzParseBlockList(f *testing.F) {
-	for _, s := range []string{"3,5-7", "0", "1-1", "9,2-4,2"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		blocks, err := gguf.ParseBlockList(s)
-		if err != nil {
-			return
-		}
-		again, err := gguf.ParseBlockList(gguf.FormatBlockList(blocks))
-		if err != nil || !reflect.DeepEqual(again, blocks) {
-			t.Fatalf("%q -> %v -> %q -> %v, %v", s, blocks, gguf.FormatBlockList(blocks), again, err)
-		}
-	})
-}

@@ -1,6 +1,10 @@
 package gguf
 
-import "sort"
+import (
+	"sort"
+
+	"github.com/ggufprune/ggufprune/gguf/blocks"
+)
 
 // BlockStats sums the tensors of one block.
 type BlockStats struct {
@@ -51,7 +55,7 @@ func (m *Model) Stats() Stats {
 		s.Blocks[i].Index = i
 	}
 	for _, t := range m.AllTensors() {
-		if b := BlockOf(t.Name); b >= 0 && b < n {
+		if b := blocks.Of(t.Name); b >= 0 && b < n {
 			s.Blocks[b].Tensors++
 			s.Blocks[b].Bytes += t.Size
 			s.Blocks[b].Params += t.Elements()

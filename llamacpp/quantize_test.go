@@ -11,6 +11,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
@@ -201,7 +202,7 @@ func TestImatrixPrune(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bm, err := gguf.NewBlockMap(5, []int{1, 3})
+		bm, err := blocks.NewMap(5, []int{1, 3})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
@@ -347,10 +347,10 @@ func archTable() string {
 		}
 		var refused []string
 		if c.MTP != nil {
-			refused = append(refused, fmt.Sprintf("removing %s (multi-token prediction)", gguf.FormatBlockList(c.MTP)))
+			refused = append(refused, fmt.Sprintf("removing %s (multi-token prediction)", blocks.FormatList(c.MTP)))
 		}
 		if c.Invalid != nil {
-			refused = append(refused, fmt.Sprintf("removing %s (rule %s: llama.cpp would abort)", gguf.FormatBlockList(c.Invalid), c.InvalidWhy))
+			refused = append(refused, fmt.Sprintf("removing %s (rule %s: llama.cpp would abort)", blocks.FormatList(c.Invalid), c.InvalidWhy))
 		}
 		fmt.Fprintf(&b, "| %s | %d blocks: %s | %s | %s | %s | %s |\n", c.Arch, c.Blocks, c.What, score, identity, middle, strings.Join(refused, "; "))
 	}

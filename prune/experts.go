@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 )
 
@@ -14,15 +15,15 @@ import (
 func ParseExpertList(s string) (map[int][]int, error) {
 	out := map[int][]int{}
 	for _, part := range strings.Split(s, ";") {
-		blocks, experts, ok := strings.Cut(strings.TrimSpace(part), ":")
+		blockList, expertList, ok := strings.Cut(strings.TrimSpace(part), ":")
 		if !ok {
 			return nil, fmt.Errorf("expert list %q: %q is not BLOCKS:EXPERTS (e.g. 0-7:0,5)", s, part)
 		}
-		bs, err := gguf.ParseBlockList(blocks)
+		bs, err := blocks.ParseList(blockList)
 		if err != nil {
 			return nil, fmt.Errorf("expert list %q: %w", s, err)
 		}
-		es, err := gguf.ParseBlockList(experts)
+		es, err := blocks.ParseList(expertList)
 		if err != nil {
 			return nil, fmt.Errorf("expert list %q: %w", s, err)
 		}

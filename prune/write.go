@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
@@ -110,7 +111,7 @@ func (m *Model) Write(ctx context.Context, plan *surgery.Plan, o WriteOptions) (
 	res.Warnings = append(res.Warnings, plan.Warnings...)
 	if b := plan.Broken; b != nil {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %s derives %s from the block index, and removing %s moves block %d to index %d, which changes its kind; llama.cpp loads the output, but it does not compute what the original computes without those blocks",
-			b.Architecture, b.What, gguf.FormatBlockList(b.Removed), b.Block, b.To))
+			b.Architecture, b.What, blocks.FormatList(b.Removed), b.Block, b.To))
 	}
 	var im *imatrix.Matrix
 	if o.Imatrix != nil {

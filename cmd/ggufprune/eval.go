@@ -6,7 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/bi"
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/ggufprune/ggufprune/prune/eval"
 	"github.com/ggufprune/ggufprune/prune/runner"
@@ -74,7 +74,7 @@ func runEval(c *cli.Context) error {
 		return err
 	}
 	if v := c.String("skip"); v != "" {
-		if o.Skip, err = gguf.ParseBlockList(v); err != nil {
+		if o.Skip, err = blocks.ParseList(v); err != nil {
 			return usagef("--skip %v", err)
 		}
 	}

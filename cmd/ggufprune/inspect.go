@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
@@ -111,9 +112,9 @@ func runInspect(c *cli.Context) error {
 			fmt.Fprintf(w, ", in %d groups", e.Groups)
 		}
 		fmt.Fprintf(w, "\n")
-		fmt.Fprintf(w, "MoE blocks\t%s", gguf.FormatBlockList(e.MoEBlocks))
+		fmt.Fprintf(w, "MoE blocks\t%s", blocks.FormatList(e.MoEBlocks))
 		if len(e.DenseBlocks) > 0 {
-			fmt.Fprintf(w, " (dense: %s)", gguf.FormatBlockList(e.DenseBlocks))
+			fmt.Fprintf(w, " (dense: %s)", blocks.FormatList(e.DenseBlocks))
 		}
 		fmt.Fprintf(w, "\n")
 		fmt.Fprintf(w, "expert weights\t%s of %s (%.1f%%), %s per expert across the MoE blocks\n", units.HumanBytes(e.ExpertBytes), units.HumanBytes(e.ModelBytes), 100*float64(e.ExpertBytes)/float64(max(e.ModelBytes, 1)), units.HumanBytes(e.BytesPerExpert))

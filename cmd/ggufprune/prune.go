@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/units"
@@ -179,7 +179,7 @@ func runPrune(c *cli.Context) error {
 		}
 	}
 	if c.IsSet("layers") {
-		if o.Layers, err = gguf.ParseBlockList(c.String("layers")); err != nil {
+		if o.Layers, err = blocks.ParseList(c.String("layers")); err != nil {
 			return usageError{err}
 		}
 	} else if how > 0 {
@@ -242,12 +242,12 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 	fmt.Fprintf(tw, "model\t%s\n", s.Model)
 	fmt.Fprintf(tw, "method\t%s\n", s.Method)
 	if len(s.Removed) > 0 || len(s.ExpertsRemoved) == 0 {
-		fmt.Fprintf(tw, "removed blocks\t%s (%d of %d)\n", gguf.FormatBlockList(s.Removed), len(s.Removed), s.BlockCountBefore)
+		fmt.Fprintf(tw, "removed blocks\t%s (%d of %d)\n", blocks.FormatList(s.Removed), len(s.Removed), s.BlockCountBefore)
 	}
 	if len(s.ExpertsRemoved) > 0 {
 		var parts []string
 		for _, b := range slices.Sorted(maps.Keys(s.ExpertsRemoved)) {
-			parts = append(parts, fmt.Sprintf("%d:%s", b, gguf.FormatBlockList(s.ExpertsRemoved[b])))
+			parts = append(parts, fmt.Sprintf("%d:%s", b, blocks.FormatList(s.ExpertsRemoved[b])))
 		}
 		fmt.Fprintf(tw, "removed experts\t%s (%d left in each MoE block)\n", strings.Join(parts, " "), s.ExpertCount)
 	}

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/internal/inputfile"
 )
@@ -402,7 +403,7 @@ func (im *Matrix) writeLegacy(w io.Writer) error {
 // Prune returns the imatrix of the model that bm makes: entries of removed
 // blocks are dropped and the others renumbered like the model's blocks.
 // Values are unchanged.
-func (im *Matrix) Prune(bm *gguf.BlockMap) (*Matrix, error) {
+func (im *Matrix) Prune(bm *blocks.Map) (*Matrix, error) {
 	out := *im
 	out.Entries = nil
 	for _, e := range im.Entries {
@@ -424,7 +425,7 @@ func (im *Matrix) Prune(bm *gguf.BlockMap) (*Matrix, error) {
 func (im *Matrix) Blocks() int {
 	n := 0
 	for _, e := range im.Entries {
-		n = max(n, gguf.BlockOf(e.Name)+1)
+		n = max(n, blocks.Of(e.Name)+1)
 	}
 	return n
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
@@ -48,7 +49,7 @@ func TestRemoveExperts(t *testing.T) {
 			t.Fatalf("%s missing", st.Name)
 		}
 		sb, gb := fixture.TensorBytes(t, src, st), fixture.TensorBytes(t, got, gt)
-		b, rest, isBlock, _ := gguf.SplitBlockName(st.Name)
+		b, rest, isBlock, _ := blocks.Split(st.Name)
 		if !isBlock || !(strings.Contains(rest, "_exps.") || strings.HasPrefix(rest, "ffn_gate_inp.")) {
 			if !bytes.Equal(sb, gb) || !slices.Equal(st.Dims, gt.Dims) {
 				t.Fatalf("%s changed", st.Name)

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
 )
@@ -46,7 +47,7 @@ type Options struct {
 // Plan is block surgery worked out and checked, ready to write.
 type Plan struct {
 	Model            *gguf.Model
-	Map              *gguf.BlockMap
+	Map              *blocks.Map
 	Removed          []int // old block indices, ascending
 	BlockCountBefore int
 	BlockCountAfter  int
@@ -184,7 +185,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	bm, err := gguf.NewBlockMap(n, remove)
+	bm, err := blocks.NewMap(n, remove)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", m.Name(), err)
 	}
@@ -198,7 +199,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	if mtp := arch.MTPBlocks(m, n); len(mtp) > 0 {
 		for _, b := range p.Removed {
 			if b >= mtp[0] {
-				return nil, fmt.Errorf("%s: block %d is a multi-token-prediction block (%s.%s = %d: blocks %s) and cannot be removed", m.Name(), b, name, gguf.KeyNextNPredictLayers, len(mtp), gguf.FormatBlockList(mtp))
+				return nil, fmt.Errorf("%s: block %d is a multi-token-prediction block (%s.%s = %d: blocks %s) and cannot be removed", m.Name(), b, name, gguf.KeyNextNPredictLayers, len(mtp), blocks.FormatList(mtp))
 			}
 		}
 	}
@@ -210,7 +211,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	}
 	if len(p.Removed) > 0 {
 		if err := arch.CheckRemoval(m, bm); err != nil {
-			return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), gguf.FormatBlockList(p.Removed), err)
+			return nil, fmt.Errorf("%s: removing %s: %w", m.Name(), blocks.FormatList(p.Removed), err)
 		}
 	}
 	if perr := arch.BrokenPattern(m, bm); perr != nil {
@@ -333,10 +334,10 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 // index-pattern architectures the loader asks each index for the tensors of
 // its kind (qwen3next's linear-attention vs attention blocks, llama4's dense
 // vs MoE blocks), and such a file does not load.
-func sameBlockLayout(m *gguf.Model, bm *gguf.BlockMap, perr *arch.PatternError) error {
+func sameBlockLayout(m *gguf.Model, bm *blocks.Map, perr *arch.PatternError) error {
 	layout := map[int]map[string]string{}
 	for _, t := range m.AllTensors() {
-		if b, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
+		if b, rest, ok, _ := blocks.Split(t.Name); ok {
 			if layout[b] == nil {
 				layout[b] = map[string]string{}
 			}
@@ -349,7 +350,7 @@ func sameBlockLayout(m *gguf.Model, bm *gguf.BlockMap, perr *arch.PatternError) 
 			continue
 		}
 		return fmt.Errorf("%s: removing %s moves block %d to index %d, where %s's loader expects the tensors of another kind of block (%s), so llama.cpp would not load the file; this is refused even when forced. Removing %s keeps the pattern: %w",
-			perr.Model, gguf.FormatBlockList(perr.Removed), b, to, perr.Architecture, perr.What, perr.ValidRemovals(), arch.ErrIndexPattern)
+			perr.Model, blocks.FormatList(perr.Removed), b, to, perr.Architecture, perr.What, perr.ValidRemovals(), arch.ErrIndexPattern)
 	}
 	return nil
 }
@@ -481,7 +482,7 @@ func (p *Plan) CheckLlama() error {
 
 // cutBlocks plans the removal of the removed blocks' slices of a
 // block-sized global tensor: its new shape and a reader of its new data.
-func cutBlocks(m *gguf.Model, t gguf.ModelTensor, dim int, bm *gguf.BlockMap) (gguf.TensorInfo, *io.SectionReader, error) {
+func cutBlocks(m *gguf.Model, t gguf.ModelTensor, dim int, bm *blocks.Map) (gguf.TensorInfo, *io.SectionReader, error) {
 	n := bm.Before()
 	info := t.TensorInfo
 	if dim >= len(info.Dims) || info.Dims[dim]%uint64(n) != 0 {
@@ -547,7 +548,7 @@ func (g *blockSlices) ReadAt(b []byte, off int64) (int, error) {
 // expert count for every block (load_hparams: {arch}.expert_count), so each
 // block with a router must lose as many, and routes each token to
 // expert_used_count of them, which must remain.
-func checkExperts(m *gguf.Model, arch string, bm *gguf.BlockMap, experts map[int][]int) (int, error) {
+func checkExperts(m *gguf.Model, arch string, bm *blocks.Map, experts map[int][]int) (int, error) {
 	if len(experts) == 0 {
 		return 0, nil
 	}
@@ -561,7 +562,7 @@ func checkExperts(m *gguf.Model, arch string, bm *gguf.BlockMap, experts map[int
 	}
 	gone := -1
 	for b := range bm.Before() {
-		_, router := m.Tensor(gguf.BlockName(b, "ffn_gate_inp.weight"))
+		_, router := m.Tensor(blocks.Name(b, "ffn_gate_inp.weight"))
 		list, listed := experts[b]
 		switch {
 		case listed && !router:
@@ -601,7 +602,7 @@ func checkExperts(m *gguf.Model, arch string, bm *gguf.BlockMap, experts map[int
 func (p *Plan) cutExperts(b int, gone []int, experts int) error {
 	m := p.Model
 	for _, t := range m.AllTensors() {
-		tb, rest, ok, _ := gguf.SplitBlockName(t.Name)
+		tb, rest, ok, _ := blocks.Split(t.Name)
 		if !ok || tb != b || !(strings.Contains(rest, "_exps.") || strings.HasPrefix(rest, "ffn_gate_inp.") || strings.HasPrefix(rest, "exp_probs_b.")) {
 			continue
 		}

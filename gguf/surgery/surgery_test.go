@@ -16,6 +16,7 @@ import (
 	parser "github.com/gpustack/gguf-parser-go"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
@@ -91,7 +92,7 @@ func TestPruneReadByIndependentParser(t *testing.T) {
 			}
 			kept := 0
 			for _, st := range src.AllTensors() {
-				if b := gguf.BlockOf(st.Name); b < 0 || !removed[b] {
+				if b := blocks.Of(st.Name); b < 0 || !removed[b] {
 					kept++
 				}
 			}
@@ -100,7 +101,7 @@ func TestPruneReadByIndependentParser(t *testing.T) {
 			}
 			for _, gt := range got.AllTensors() {
 				name := gt.Name
-				if b := gguf.BlockOf(name); b >= 0 {
+				if b := blocks.Of(name); b >= 0 {
 					name = fmt.Sprintf("blk.%d.%s", oldOf[b], strings.SplitN(name, ".", 3)[2])
 				}
 				st, ok := src.Tensor(name)
@@ -209,7 +210,7 @@ func TestPerLayerArrays(t *testing.T) {
 	// Blocks are renumbered contiguously, in order.
 	var names []string
 	for _, tn := range got.AllTensors() {
-		if b := gguf.BlockOf(tn.Name); b >= 0 {
+		if b := blocks.Of(tn.Name); b >= 0 {
 			names = append(names, tn.Name)
 		}
 	}
@@ -448,16 +449,16 @@ func TestTruncatedInputFailsAtOnce(t *testing.T) {
 
 func TestBlockLists(t *testing.T) {
 	for in, want := range map[string][]int{"3,5-7": {3, 5, 6, 7}, "7,1,1": {1, 7}, " 2 - 3 ": {2, 3}} {
-		got, err := gguf.ParseBlockList(in)
+		got, err := blocks.ParseList(in)
 		if err != nil || !reflect.DeepEqual(got, want) {
 			t.Errorf("%q: %v %v", in, got, err)
 		}
-		if in == "3,5-7" && gguf.FormatBlockList(got) != in {
-			t.Errorf("format %v = %q", got, gguf.FormatBlockList(got))
+		if in == "3,5-7" && blocks.FormatList(got) != in {
+			t.Errorf("format %v = %q", got, blocks.FormatList(got))
 		}
 	}
 	for _, bad := range []string{"", "a", "5-3", "-1", "1,,2", "1-"} {
-		if _, err := gguf.ParseBlockList(bad); err == nil {
+		if _, err := blocks.ParseList(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -499,11 +500,11 @@ func TestLeadingDenseBlocks(t *testing.T) {
 // along the rows of another), checked byte for byte against slicing done
 // here.
 func TestBlockSizedTensors(t *testing.T) {
-	const blocks, vocab, embd, per = 10, 3, 8, 256
-	q8 := uint64(per*blocks/32) * 34 // a Q8_0 row: 34 bytes per 32 values
+	const nBlocks, vocab, embd, per = 10, 3, 8, 256
+	q8 := uint64(per*nBlocks/32) * 34 // a Q8_0 row: 34 bytes per 32 values
 	kvs := []gguf.KV{
 		{Key: "general.architecture", Value: gguf.String("gemma3n")},
-		{Key: "gemma3n.block_count", Value: gguf.Uint32(blocks)},
+		{Key: "gemma3n.block_count", Value: gguf.Uint32(nBlocks)},
 	}
 	seq := func(n uint64, seed byte) []byte {
 		b := make([]byte, n)
@@ -512,14 +513,14 @@ func TestBlockSizedTensors(t *testing.T) {
 		}
 		return b
 	}
-	tok, proj := seq(q8*vocab, 1), seq(2*embd*per*blocks, 2)
+	tok, proj := seq(q8*vocab, 1), seq(2*embd*per*nBlocks, 2)
 	ts := []gguf.WriterTensor{
-		{Info: gguf.TensorInfo{Name: "per_layer_token_embd.weight", Dims: []uint64{per * blocks, vocab}, Type: gguf.TypeQ8_0, Size: uint64(len(tok))}, Data: io.NewSectionReader(bytes.NewReader(tok), 0, int64(len(tok)))},
-		{Info: gguf.TensorInfo{Name: "per_layer_model_proj.weight", Dims: []uint64{embd, per * blocks}, Type: gguf.TypeF16, Size: uint64(len(proj))}, Data: io.NewSectionReader(bytes.NewReader(proj), 0, int64(len(proj)))},
+		{Info: gguf.TensorInfo{Name: "per_layer_token_embd.weight", Dims: []uint64{per * nBlocks, vocab}, Type: gguf.TypeQ8_0, Size: uint64(len(tok))}, Data: io.NewSectionReader(bytes.NewReader(tok), 0, int64(len(tok)))},
+		{Info: gguf.TensorInfo{Name: "per_layer_model_proj.weight", Dims: []uint64{embd, per * nBlocks}, Type: gguf.TypeF16, Size: uint64(len(proj))}, Data: io.NewSectionReader(bytes.NewReader(proj), 0, int64(len(proj)))},
 	}
-	for b := range blocks {
+	for b := range nBlocks {
 		d := seq(4*embd, byte(b))
-		ts = append(ts, gguf.WriterTensor{Info: gguf.TensorInfo{Name: gguf.BlockName(b, "attn_norm.weight"), Dims: []uint64{embd}, Type: gguf.TypeF32, Size: uint64(len(d))}, Data: io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))})
+		ts = append(ts, gguf.WriterTensor{Info: gguf.TensorInfo{Name: blocks.Name(b, "attn_norm.weight"), Dims: []uint64{embd}, Type: gguf.TypeF32, Size: uint64(len(d))}, Data: io.NewSectionReader(bytes.NewReader(d), 0, int64(len(d)))})
 	}
 	path := filepath.Join(t.TempDir(), "in.gguf")
 	f, _ := os.Create(path)
@@ -548,7 +549,7 @@ func TestBlockSizedTensors(t *testing.T) {
 	defer pm.Close()
 	kept := []int{0, 6, 7, 8, 9}
 	var wantTok, wantProj []byte
-	chunk := q8 / blocks
+	chunk := q8 / nBlocks
 	for r := range uint64(vocab) {
 		for _, b := range kept {
 			wantTok = append(wantTok, tok[r*q8+uint64(b)*chunk:][:chunk]...)

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 )
 
 // MoE is the mixture-of-experts structure of a model, as llama.cpp reads it
@@ -41,7 +42,7 @@ func MoEOf(m *gguf.Model) *MoE {
 	shared := make([]bool, n)
 	for _, t := range m.AllTensors() {
 		moe.ModelBytes += int64(t.Size)
-		b, rest, ok, _ := gguf.SplitBlockName(t.Name)
+		b, rest, ok, _ := blocks.Split(t.Name)
 		if !ok || b >= n {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 )
 
 // The layer rules of block surgery: what llama.cpp's loader and graphs
@@ -297,7 +298,7 @@ func IndexPeriod(m *gguf.Model) (period int, what string) {
 
 // BrokenPattern returns the pattern error of a removal (bm) that changes a
 // kept block's kind, or nil.
-func BrokenPattern(m *gguf.Model, bm *gguf.BlockMap) *PatternError {
+func BrokenPattern(m *gguf.Model, bm *blocks.Map) *PatternError {
 	period, what := IndexPeriod(m)
 	if period == 0 {
 		return nil
@@ -432,7 +433,7 @@ func PinnedDefaults(m *gguf.Model, n int) (kvs []gguf.KV, warnings []string) {
 
 // CheckRemoval refuses a removal (bm) after which llama.cpp would not load
 // the file or would abort, whatever the caller forces.
-func CheckRemoval(m *gguf.Model, bm *gguf.BlockMap) error {
+func CheckRemoval(m *gguf.Model, bm *blocks.Map) error {
 	if check, ok := removalChecks[mustArch(m)]; ok {
 		return check(m, bm)
 	}
@@ -441,10 +442,10 @@ func CheckRemoval(m *gguf.Model, bm *gguf.BlockMap) error {
 
 // removalChecks refuse removals after which llama.cpp would not load the
 // file or would abort, with force too.
-var removalChecks = map[string]func(m *gguf.Model, bm *gguf.BlockMap) error{
+var removalChecks = map[string]func(m *gguf.Model, bm *blocks.Map) error{
 	// load_hparams: is_lite = n_layer 26 or 27 decides which query tensors
 	// and keys are read.
-	"deepseek2": func(m *gguf.Model, bm *gguf.BlockMap) error {
+	"deepseek2": func(m *gguf.Model, bm *blocks.Map) error {
 		lite := func(n int) bool { return n == 26 || n == 27 }
 		if lite(bm.Before()) != lite(bm.After()) {
 			return fmt.Errorf("deepseek2 with 26 or 27 blocks is the Lite model, whose attention has other tensors (llama-model.cpp: is_lite); %d blocks would make llama.cpp look for the tensors of the other kind", bm.After())
@@ -462,7 +463,7 @@ var removalChecks = map[string]func(m *gguf.Model, bm *gguf.BlockMap) error{
 	// command-r with 64 blocks or more has query and key norms
 	// (llama-model.cpp load_tensors: n_layer >= 64): across 64 the loader
 	// would ask for tensors the file lacks, or find tensors it does not want.
-	"command-r": func(m *gguf.Model, bm *gguf.BlockMap) error {
+	"command-r": func(m *gguf.Model, bm *blocks.Map) error {
 		if (bm.Before() >= 64) != (bm.After() >= 64) {
 			return fmt.Errorf("command-r loads query and key norms only with 64 blocks or more (llama-model.cpp load_tensors); going from %d to %d blocks makes the file not load", bm.Before(), bm.After())
 		}
@@ -470,7 +471,7 @@ var removalChecks = map[string]func(m *gguf.Model, bm *gguf.BlockMap) error{
 	},
 	// models/baichuan.cpp aborts unless the model is the 7B (32 blocks)
 	// or 13B (40 blocks).
-	"baichuan": func(m *gguf.Model, bm *gguf.BlockMap) error {
+	"baichuan": func(m *gguf.Model, bm *blocks.Map) error {
 		return fmt.Errorf("llama.cpp runs baichuan only with 32 or 40 blocks (its graph aborts otherwise)")
 	},
 	// rwkv7's block 0 is the value-residual source of every later block,
@@ -486,18 +487,18 @@ var removalChecks = map[string]func(m *gguf.Model, bm *gguf.BlockMap) error{
 	"solar": solarSkips,
 }
 
-func keepFirst(m *gguf.Model, bm *gguf.BlockMap) error {
+func keepFirst(m *gguf.Model, bm *blocks.Map) error {
 	if bm.NewIndex(0) < 0 {
 		return fmt.Errorf("%s's block 0 is the value-residual source of every later block, with tensors of other shapes; it cannot be removed", mustArch(m))
 	}
 	return nil
 }
 
-func encDec(m *gguf.Model, _ *gguf.BlockMap) error {
+func encDec(m *gguf.Model, _ *blocks.Map) error {
 	return fmt.Errorf("%s keeps its blocks as enc.blk.N and dec.blk.N; ggufprune removes blk.N blocks only", mustArch(m))
 }
 
-func solarSkips(m *gguf.Model, bm *gguf.BlockMap) error {
+func solarSkips(m *gguf.Model, bm *blocks.Map) error {
 	flags := func(k int) []bool {
 		v, ok := m.Get(fmt.Sprintf("solar.attention.block_skip_connection.%d", k))
 		a, isArr := v.Array()
@@ -575,7 +576,7 @@ type PatternError struct {
 
 func (e *PatternError) Error() string {
 	return fmt.Sprintf("%s: %s derives %s from the block index; removing %s moves block %d to index %d and changes its kind. Removing %s keeps the pattern",
-		e.Model, e.Architecture, e.What, gguf.FormatBlockList(e.Removed), e.Block, e.To, e.ValidRemovals())
+		e.Model, e.Architecture, e.What, blocks.FormatList(e.Removed), e.Block, e.To, e.ValidRemovals())
 }
 
 // ValidRemovals says which removals keep the pattern.

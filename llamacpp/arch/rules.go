@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 )
 
 // llama.cpp treats a model it cannot make sense of as a programming error: its
@@ -265,7 +266,7 @@ var Rules = []Rule{
 	{Name: "f32-tensors", Where: "ggml.c ggml_rope_impl, ggml_soft_max_add_sinks: GGML_ASSERT(type == GGML_TYPE_F32)", check: func(v *ruleView) error {
 		for t := range v.tensors {
 			base := t.Name
-			if _, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
+			if _, rest, ok, _ := blocks.Split(t.Name); ok {
 				base = rest
 			}
 			switch base {
@@ -342,7 +343,7 @@ var Rules = []Rule{
 		}
 		for t := range v.tensors {
 			base := t.Name
-			if _, rest, ok, _ := gguf.SplitBlockName(t.Name); ok {
+			if _, rest, ok, _ := blocks.Split(t.Name); ok {
 				base = rest
 			}
 			dim := -1 // the dimension that must be the embedding length
@@ -574,7 +575,7 @@ var Rules = []Rule{
 func checkBlocksPresent(tensors iter.Seq[gguf.TensorInfo], n int, key string) error {
 	have := make([]bool, n)
 	for t := range tensors {
-		b, _, ok, err := gguf.SplitBlockName(t.Name)
+		b, _, ok, err := blocks.Split(t.Name)
 		if err != nil {
 			return err
 		}
@@ -593,7 +594,7 @@ func checkBlocksPresent(tensors iter.Seq[gguf.TensorInfo], n int, key string) er
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%s is %d but blocks %s have no tensors", key, n, gguf.FormatBlockList(missing))
+		return fmt.Errorf("%s is %d but blocks %s have no tensors", key, n, blocks.FormatList(missing))
 	}
 	return nil
 }

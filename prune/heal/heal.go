@@ -13,6 +13,7 @@ import (
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
@@ -100,20 +101,20 @@ func Plan(m *gguf.Model, removed []int) ([]HealedRun, error) {
 			continue
 		}
 		for _, post := range arch.FFNPostNorms {
-			if _, ok := has(gguf.BlockName(h.Block, post)); ok {
+			if _, ok := has(blocks.Name(h.Block, post)); ok {
 				return nil, fmt.Errorf("%s: block %d normalises its FFN output before the residual add (%s): the healing map does not fold into its weights exactly; prune without healing", m.Name(), h.Block, post)
 			}
 		}
-		if _, ok := has(gguf.BlockName(h.Block, arch.FFNDownExpert)); ok {
+		if _, ok := has(blocks.Name(h.Block, arch.FFNDownExpert)); ok {
 			return nil, fmt.Errorf("%s: block %d is a mixture of experts; healing folds into dense FFN down projections only", m.Name(), h.Block)
 		}
-		down, ok := has(gguf.BlockName(h.Block, arch.FFNDown))
+		down, ok := has(blocks.Name(h.Block, arch.FFNDown))
 		if !ok || len(down.Dims) != 2 {
 			return nil, fmt.Errorf("%s: block %d has no 2-D ffn_down.weight to fold the healing map into", m.Name(), h.Block)
 		}
 		h.Tensors = []string{down.Name}
-		if _, ok := has(gguf.BlockName(h.Block, arch.FFNDownBias)); ok {
-			h.Tensors = append(h.Tensors, gguf.BlockName(h.Block, arch.FFNDownBias))
+		if _, ok := has(blocks.Name(h.Block, arch.FFNDownBias)); ok {
+			h.Tensors = append(h.Tensors, blocks.Name(h.Block, arch.FFNDownBias))
 		}
 		h.Type = down.Type.String()
 		out = append(out, h)

@@ -1,4 +1,8 @@
-package gguf
+// Package blocks is the numbering of a model's blocks in tensor names
+// (blk.N.…, as gguf-py and llama.cpp name them): splitting and making names,
+// lists of block indices ("3,5-7"), and Map, the one renumbering of a
+// removal, which surgery, importance matrices and the rules share.
+package blocks
 
 import (
 	"fmt"
@@ -7,19 +11,19 @@ import (
 	"strings"
 )
 
-// BlockMap says which blocks of a model go and where each kept block goes:
+// Map says which blocks of a model go and where each kept block goes:
 // kept blocks are renumbered contiguously, in order. Surgery, importance
 // matrices, plots and reports all use it, so that renumbering is written
 // once.
-type BlockMap struct {
+type Map struct {
 	newIndex []int // per old block: its new index, or -1 when removed
 	removed  []int // old indices, ascending
 	kept     []int // old indices, ascending: kept[new] = old
 }
 
-// NewBlockMap maps the n blocks of a model from which the given blocks are
+// NewMap maps the n blocks of a model from which the given blocks are
 // removed (in any order; duplicates count once).
-func NewBlockMap(n int, remove []int) (*BlockMap, error) {
+func NewMap(n int, remove []int) (*Map, error) {
 	gone := make([]bool, n)
 	for _, b := range remove {
 		if b < 0 || b >= n {
@@ -30,7 +34,7 @@ func NewBlockMap(n int, remove []int) (*BlockMap, error) {
 		}
 		gone[b] = true
 	}
-	m := &BlockMap{newIndex: make([]int, n)}
+	m := &Map{newIndex: make([]int, n)}
 	for b := 0; b < n; b++ {
 		if gone[b] {
 			m.newIndex[b] = -1
@@ -44,25 +48,25 @@ func NewBlockMap(n int, remove []int) (*BlockMap, error) {
 }
 
 // Before is the number of blocks before removal.
-func (m *BlockMap) Before() int { return len(m.newIndex) }
+func (m *Map) Before() int { return len(m.newIndex) }
 
 // After is the number of blocks kept.
-func (m *BlockMap) After() int { return len(m.kept) }
+func (m *Map) After() int { return len(m.kept) }
 
 // Removed are the removed blocks' old indices, ascending.
-func (m *BlockMap) Removed() []int { return append([]int(nil), m.removed...) }
+func (m *Map) Removed() []int { return append([]int(nil), m.removed...) }
 
 // Kept are the kept blocks' old indices, ascending: Kept()[i] is the old
 // index of new block i.
-func (m *BlockMap) Kept() []int { return append([]int(nil), m.kept...) }
+func (m *Map) Kept() []int { return append([]int(nil), m.kept...) }
 
 // NewIndex is the new index of old block b, or -1 when it is removed.
-func (m *BlockMap) NewIndex(b int) int { return m.newIndex[b] }
+func (m *Map) NewIndex(b int) int { return m.newIndex[b] }
 
 // Rename gives the name a tensor (or importance-matrix entry) of the old
 // model has in the new one: "blk.N.rest" becomes "blk.M.rest" with M the new
 // index of N; names outside blocks stay. keep is false for a removed block.
-func (m *BlockMap) Rename(name string) (newName string, keep bool, err error) {
+func (m *Map) Rename(name string) (newName string, keep bool, err error) {
 	nb, rest, keep, moved, err := m.move(name)
 	switch {
 	case err != nil || !keep:
@@ -70,13 +74,13 @@ func (m *BlockMap) Rename(name string) (newName string, keep bool, err error) {
 	case !moved:
 		return name, true, nil // the same name: not a new string per tensor
 	}
-	return BlockName(nb, rest), true, nil
+	return Name(nb, rest), true, nil
 }
 
 // AppendRename is Rename for callers that rename many tensors without a
 // string for each: it appends the new name to b when it differs from name
 // (moved), and returns b as it was otherwise.
-func (m *BlockMap) AppendRename(b []byte, name string) (_ []byte, keep, moved bool, err error) {
+func (m *Map) AppendRename(b []byte, name string) (_ []byte, keep, moved bool, err error) {
 	nb, rest, keep, moved, err := m.move(name)
 	if err != nil || !moved {
 		return b, keep, false, err
@@ -89,8 +93,8 @@ func (m *BlockMap) AppendRename(b []byte, name string) (_ []byte, keep, moved bo
 
 // move says where a tensor goes: to block nb (as blk.nb.rest) when moved,
 // nowhere when not kept.
-func (m *BlockMap) move(name string) (nb int, rest string, keep, moved bool, err error) {
-	b, rest, isBlock, err := SplitBlockName(name)
+func (m *Map) move(name string) (nb int, rest string, keep, moved bool, err error) {
+	b, rest, isBlock, err := Split(name)
 	if err != nil {
 		return 0, "", false, false, err
 	}
@@ -104,12 +108,12 @@ func (m *BlockMap) move(name string) (nb int, rest string, keep, moved bool, err
 	return nb, rest, nb >= 0, nb >= 0 && nb != b, nil
 }
 
-// BlockName is the name of tensor rest of block b: "blk.B.rest".
-func BlockName(b int, rest string) string { return "blk." + strconv.Itoa(b) + "." + rest }
+// Name is the name of tensor rest of block b: "blk.B.rest".
+func Name(b int, rest string) string { return "blk." + strconv.Itoa(b) + "." + rest }
 
-// SplitBlockName splits "blk.N.rest". Names outside blocks return isBlock
+// Split splits "blk.N.rest". Names outside blocks return isBlock
 // false; a "blk." name without a plain decimal block number is an error.
-func SplitBlockName(name string) (block int, rest string, isBlock bool, err error) {
+func Split(name string) (block int, rest string, isBlock bool, err error) {
 	s, ok := strings.CutPrefix(name, "blk.")
 	if !ok {
 		return 0, "", false, nil
@@ -137,22 +141,22 @@ func plainNumber(s string) bool {
 	return true
 }
 
-// BlockOf returns the block index of a tensor name, or -1 outside blocks.
-func BlockOf(name string) int {
-	b, _, ok, err := SplitBlockName(name)
+// Of returns the block index of a tensor name, or -1 outside blocks.
+func Of(name string) int {
+	b, _, ok, err := Split(name)
 	if !ok || err != nil {
 		return -1
 	}
 	return b
 }
 
-// MaxBlockIndex bounds the indices ParseBlockList accepts: no model has
+// MaxIndex bounds the indices ParseList accepts: no model has
 // that many blocks (llama.cpp takes 512), and a bound keeps a hostile list
 // from taking memory and time (the fuzz target's inputs stay cheap).
-const MaxBlockIndex = 1 << 12
+const MaxIndex = 1 << 12
 
-// ParseBlockList parses "3,5-7" into sorted, unique block indices.
-func ParseBlockList(s string) ([]int, error) {
+// ParseList parses "3,5-7" into sorted, unique block indices.
+func ParseList(s string) ([]int, error) {
 	type span struct{ lo, hi int }
 	var spans []span
 	for _, part := range strings.Split(s, ",") {
@@ -170,13 +174,13 @@ func ParseBlockList(s string) ([]int, error) {
 		if err1 != nil || err2 != nil || a < 0 || b < a {
 			return nil, fmt.Errorf("block list %q: %q is not an index or an ascending range like 5-7", s, part)
 		}
-		if b >= MaxBlockIndex {
-			return nil, fmt.Errorf("block list %q: block %d is past any model's blocks (at most %d)", s, b, MaxBlockIndex-1)
+		if b >= MaxIndex {
+			return nil, fmt.Errorf("block list %q: block %d is past any model's blocks (at most %d)", s, b, MaxIndex-1)
 		}
 		spans = append(spans, span{a, b})
 	}
 	// Merge the spans before expanding them: the result is at most
-	// MaxBlockIndex indices, however many items the list has.
+	// MaxIndex indices, however many items the list has.
 	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
 	var out []int
 	next := 0 // the lowest index not yet in out
@@ -189,8 +193,8 @@ func ParseBlockList(s string) ([]int, error) {
 	return out, nil
 }
 
-// FormatBlockList writes sorted indices compactly: [3 5 6 7] is "3,5-7".
-func FormatBlockList(blocks []int) string {
+// FormatList writes sorted indices compactly: [3 5 6 7] is "3,5-7".
+func FormatList(blocks []int) string {
 	var parts []string
 	for i := 0; i < len(blocks); {
 		j := i
