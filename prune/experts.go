@@ -38,14 +38,32 @@ func ParseExpertList(s string) (map[int][]int, error) {
 }
 
 // CheckExperts checks that the model at path can lose these experts (see
-// surgery.Options.Experts), before experts are masked at run time or
-// removed: the masked run is that of a file llama.cpp loads.
+// surgery.Options.Experts) and that masking them at run time computes what
+// removing them does: the masked run is that of a file llama.cpp loads.
+// Masking sets router logits to -1e30, which matches removal for softmax
+// gating over unbiased logits (llama-graph.cpp build_moe_ffn), not for
+// sigmoid gating or a selection bias (exp_probs_b), which add to the
+// probabilities after the logits.
 func CheckExperts(path string, experts map[int][]int) error {
 	g, err := gguf.OpenModel(path)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
-	_, err = surgery.PlanRemoval(g, nil, surgery.Options{Experts: experts, Force: true})
-	return err
+	if _, err := surgery.PlanRemoval(g, nil, surgery.Options{Experts: experts, Force: true}); err != nil {
+		return err
+	}
+	kv, err := gguf.NewArchKV(g)
+	if err != nil {
+		return err
+	}
+	if f := kv.Int("expert_gating_func", 1); f != 1 {
+		return fmt.Errorf("%s: %s is %d, not softmax: masking experts would not compute what removing them does; remove them (prune --expert-list) and evaluate the file", path, kv.Key("expert_gating_func"), f)
+	}
+	for _, t := range g.AllTensors() {
+		if _, rest, ok, _ := blocks.Split(t.Name); ok && (strings.HasPrefix(rest, "exp_probs_b.") || strings.HasPrefix(rest, "ffn_gate_inp.bias")) {
+			return fmt.Errorf("%s: tensor %s biases the routing: masking experts would not compute what removing them does; remove them (prune --expert-list) and evaluate the file", path, t.Name)
+		}
+	}
+	return nil
 }

@@ -203,3 +203,15 @@ func TestExpertListCLI(t *testing.T) {
 	runCLI(t, "prune", "-m", in, "--expert-list", "0-7", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "BLOCKS:EXPERTS")
 	runCLI(t, "prune", "-m", model(t, "story16-f16.gguf"), "--expert-list", "0:1", "-o", filepath.Join(dir, "x.gguf")).fails(t, 1, "has no experts")
 }
+
+// Masking experts is refused where it would not compute what removing them
+// does: sigmoid gating, or a routing bias.
+func TestSkipExpertsNeedsSoftmax(t *testing.T) {
+	dir := t.TempDir()
+	text := fixture.Asset(t, "text/unseen/tinystories_last50.txt")
+	sigmoid := filepath.Join(dir, "sigmoid.gguf")
+	if err := fixture.Rewrite(model(t, "moe8-f16.gguf"), sigmoid, fixture.EditKV("llama.expert_gating_func", gguf.Uint32(2))); err != nil {
+		t.Fatal(err)
+	}
+	runCLI(t, "eval", "-m", sigmoid, "--skip-experts", "0-7:1,6", "-f", text, "-c", "128").fails(t, 1, "not softmax")
+}
