@@ -97,6 +97,12 @@ func LayoutOf(kvs []KV, src TensorSource) (*Layout, error) {
 		end = off + alignUp(t.Size, l.Alignment)
 	}
 	l.DataOffset = int64(alignUp(uint64(n), l.Alignment))
+	if src.Len() == 0 {
+		// No data section: no padding to reach it. A header-only file of
+		// general.alignment 2^31 would otherwise be written as 2 GiB, and
+		// the reader takes such a file ending right after its header.
+		l.DataOffset = n
+	}
 	l.Size = l.DataOffset + int64(end)
 	return l, nil
 }
@@ -143,7 +149,9 @@ func WriteFrom(w io.Writer, version uint32, kvs []KV, src TensorSource) (*Layout
 		e.u32(uint32(t.Type))
 		e.u64(off)
 	}
-	e.pad(l.Alignment)
+	if src.Len() > 0 {
+		e.pad(l.Alignment)
+	}
 	srcNames, _ := src.(interface{ SourceName(i int) string })
 	for i := range src.Len() {
 		t, data := src.Info(i), src.Data(i)
@@ -197,7 +205,11 @@ func CheckWritten(r io.ReaderAt, l *Layout, kvs []KV, src TensorSource) error {
 		}
 		i++
 	}
-	if at := int64(alignUp(uint64(d.off), f.Alignment)); at != l.DataOffset {
+	at := int64(alignUp(uint64(d.off), f.Alignment))
+	if i == 0 {
+		at = d.off // no tensors: no padding
+	}
+	if at != l.DataOffset {
 		return fmt.Errorf("written data section starts at byte %d, want %d", at, l.DataOffset)
 	}
 	return nil
