@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
-	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 )
 
@@ -21,26 +18,7 @@ func TestManyTensorsMemory(t *testing.T) {
 	const n = 1_000_000
 	dir := t.TempDir()
 	path := filepath.Join(dir, "many.gguf")
-	kvs := []gguf.KV{
-		{Key: "general.architecture", Value: gguf.String("llama")},
-		{Key: "llama.block_count", Value: gguf.Uint32(4)},
-	}
-	data := bytes.NewReader(make([]byte, 32))
-	ts := make([]gguf.WriterTensor, n)
-	for i := range ts {
-		ts[i] = gguf.WriterTensor{
-			Info: gguf.TensorInfo{Name: fmt.Sprintf("blk.%d.ffn_up_%06d.weight", i%4, i), Dims: []uint64{8}, Type: gguf.TypeF32, Size: 32},
-			Data: io.NewSectionReader(data, 0, 32),
-		}
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := gguf.Write(f, 3, kvs, ts); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	fixture.ManyTensors(t, path, n)
 	_, small := fixture.Synthetic(t, fixture.Spec{Arch: "llama", Blocks: 4})
 	for _, args := range [][]string{
 		{"inspect", "%s"},

@@ -1,9 +1,7 @@
 package surgery_test
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,38 +10,8 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
+	"github.com/ggufprune/ggufprune/internal/fixture"
 )
-
-// manyTensors writes a llama model of 4 blocks and n tiny tensors (8 F32
-// values each, one or two dimensions, names as long as real ones): a file
-// whose memory cost is all per tensor.
-func manyTensors(tb testing.TB, path string, n int) {
-	tb.Helper()
-	kvs := []gguf.KV{
-		{Key: "general.architecture", Value: gguf.String("llama")},
-		{Key: "llama.block_count", Value: gguf.Uint32(4)},
-	}
-	data := bytes.NewReader(make([]byte, 32))
-	ts := make([]gguf.WriterTensor, n)
-	for i := range ts {
-		dims := []uint64{8}
-		if i%2 == 1 {
-			dims = []uint64{4, 2}
-		}
-		ts[i] = gguf.WriterTensor{
-			Info: gguf.TensorInfo{Name: fmt.Sprintf("blk.%d.ffn_up_%06d.weight", i%4, i), Dims: dims, Type: gguf.TypeF32, Size: 32},
-			Data: io.NewSectionReader(data, 0, 32),
-		}
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := gguf.Write(f, 3, kvs, ts); err != nil {
-		tb.Fatal(err)
-	}
-}
 
 // heap is the live heap after a full collection, and the bytes allocated
 // since the process started.
@@ -65,7 +33,7 @@ type tensorCosts struct {
 func measure(tb testing.TB, n int) tensorCosts {
 	dir := tb.TempDir()
 	in := filepath.Join(dir, "in.gguf")
-	manyTensors(tb, in, n)
+	fixture.ManyTensors(tb, in, n)
 	per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / float64(n) }
 	var c tensorCosts
 
@@ -127,7 +95,7 @@ func BenchmarkManyTensors(b *testing.B) {
 	}
 	dir := b.TempDir()
 	in, out := filepath.Join(dir, "many.gguf"), filepath.Join(dir, "out.gguf")
-	manyTensors(b, in, n)
+	fixture.ManyTensors(b, in, n)
 	peak := func(step string) float64 {
 		os.Remove(out)
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
