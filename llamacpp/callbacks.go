@@ -65,6 +65,18 @@ func goWatched(h C.uintptr_t, name *C.char, data *C.float, nCols, nRows C.int) {
 	}
 }
 
+//export goExperts
+func goExperts(h C.uintptr_t, block C.int, ids *C.int32_t, weights, norms *C.float, nUsed, nTokens, nExperts C.int) {
+	c := cgo.Handle(h).Value().(*Context)
+	if c.experts == nil {
+		return
+	}
+	n := int(nUsed) * int(nTokens)
+	c.experts(int(block), unsafe.Slice((*int32)(unsafe.Pointer(ids)), n),
+		unsafe.Slice((*float32)(unsafe.Pointer(weights)), n), unsafe.Slice((*float32)(unsafe.Pointer(norms)), n),
+		int(nUsed), int(nTokens), int(nExperts))
+}
+
 //export goMatmulInput
 func goMatmulInput(h C.uintptr_t, weight *C.char, data *C.float, nIn, nSlots, nTokens C.int, ids *C.int32_t, nExpertUsed, nExperts C.int) {
 	c := cgo.Handle(h).Value().(*Context)

@@ -295,6 +295,7 @@ type Context struct {
 	handle  cgo.Handle
 	hidden  HiddenFunc
 	matmul  MatmulFunc
+	experts ExpertsFunc
 	blocks  int // block boundaries seen in the last decode
 	capture bool
 	skip    []int // blocks skipped at run time
@@ -373,6 +374,21 @@ func (c *Context) CaptureHidden(fn HiddenFunc) error { c.hidden = fn; return c.s
 // CaptureMatmul sets the function that receives the inputs of every block
 // weight's matrix multiplication (for importance matrices), or nil.
 func (c *Context) CaptureMatmul(fn MatmulFunc) error { c.matmul = fn; return c.setCapture() }
+
+// CaptureExperts sets the function that receives the routing of every
+// mixture-of-experts block (see ExpertsFunc) in the following decodes, or
+// nil. The context must have been made with Capture.
+func (c *Context) CaptureExperts(fn ExpertsFunc) error {
+	if c.c == nil {
+		return closedError("capturing experts", c.model.path, "context")
+	}
+	if !c.capture && fn != nil {
+		return &Error{"capturing experts", c.model.path, "capture needs a context made with ContextParams.Capture", ErrCapture}
+	}
+	c.experts = fn
+	C.gp_ctx_set_experts(c.c, C.bool(fn != nil))
+	return nil
+}
 
 func (c *Context) setCapture() error {
 	if c.c == nil {

@@ -35,6 +35,7 @@ func (c *Context) NCtx() int                                { return 0 }
 func (c *Context) Model() *Model                            { return nil }
 func (c *Context) CaptureHidden(HiddenFunc) error           { return ErrNoLlama }
 func (c *Context) CaptureMatmul(MatmulFunc) error           { return ErrNoLlama }
+func (c *Context) CaptureExperts(ExpertsFunc) error         { return ErrNoLlama }
 func (c *Context) ClearMemory() error                       { return ErrNoLlama }
 func (c *Context) Decode([]int32, int, int) error           { return ErrNoLlama }
 func (c *Context) Logits(int) ([]float32, error)            { return nil, ErrNoLlama }

@@ -1,6 +1,7 @@
 #include "shim.h"
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <csignal>
 #include <unistd.h>
@@ -34,6 +35,14 @@ struct gp_ctx {
     int32_t n_embd;
     bool want_hidden;
     bool want_imatrix;
+    // Expert routing (gp_ctx_set_experts): per MoE block, the experts each
+    // token is routed to, their gate weights and the L2 norms of their
+    // outputs, handed to Go at the block's ffn_moe_out.
+    bool want_experts = false;
+    std::vector<int32_t> exp_ids;   // [n_tokens][n_used], from ffn_moe_argsort
+    std::vector<float> exp_weights; // [n_tokens][n_used], the last ffn_moe_weights* tensor
+    std::vector<float> exp_norms;   // [n_tokens][n_used], of ffn_moe_down (or _biased)
+    int32_t exp_n_expert = 0;
     std::vector<float> buf;
     std::string cb_error;
     // Run-time block skipping: a skipped block's output is replaced by its
@@ -299,6 +308,133 @@ static float *host_data(gp_ctx *c, const struct ggml_tensor *t, size_t n) {
     return c->buf.data();
 }
 
+// The graph tensors of llama.cpp's mixture-of-experts FFN that expert
+// scoring reads (llama-graph.cpp build_moe_ffn, which names them
+// "NAME-il"): the argsort whose first n_expert_used entries per token are
+// the experts chosen (ffn_moe_topk is a strided view of it), the gate
+// weights in the order they are refined (ffn_moe_weights, then _softmax,
+// _norm, _scaled when the model has them: the last one is what multiplies
+// the expert outputs), the expert outputs (ffn_moe_down, then _biased when
+// the experts have biases), and the block's mixture output, where the
+// block's routing is complete.
+enum { EXP_NONE, EXP_ARGSORT, EXP_WEIGHTS, EXP_DOWN, EXP_OUT };
+
+static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+static int expert_part_of(const char *name) {
+    if (!has_prefix(name, "ffn_moe_")) {
+        return EXP_NONE;
+    }
+    const char *rest = name + strlen("ffn_moe_");
+    if (has_prefix(rest, "argsort-")) {
+        return EXP_ARGSORT;
+    }
+    if (has_prefix(rest, "weights-") || has_prefix(rest, "weights_softmax-") || has_prefix(rest, "weights_norm-") ||
+        has_prefix(rest, "weights_scaled-")) {
+        return EXP_WEIGHTS;
+    }
+    if (has_prefix(rest, "down-") || has_prefix(rest, "down_biased-")) {
+        return EXP_DOWN;
+    }
+    if (has_prefix(rest, "out-")) {
+        return EXP_OUT;
+    }
+    return EXP_NONE;
+}
+
+// layer_of reads N of "NAME-N" (-1 when there is none).
+static int layer_of(const char *name) {
+    const char *dash = strrchr(name, '-');
+    if (dash == nullptr || dash[1] == '\0') {
+        return -1;
+    }
+    char *end = nullptr;
+    long n = strtol(dash + 1, &end, 10);
+    return (*end == '\0' && n >= 0) ? (int)n : -1;
+}
+
+// take_expert_part keeps what expert scoring needs of one graph tensor, and
+// hands a block's routing to Go at its mixture output. Strided tensors are
+// read through their strides (nb), as llama.cpp's imatrix tool reads ids.
+static bool take_expert_part(gp_ctx *c, const struct ggml_tensor *t, int part) {
+    std::string name = t->name;
+    switch (part) {
+    case EXP_ARGSORT: {
+        if (t->type != GGML_TYPE_I32 || !ggml_is_contiguous(t)) {
+            c->cb_error = "graph tensor " + name + " is not a contiguous I32 tensor";
+            return false;
+        }
+        c->exp_n_expert = (int32_t)t->ne[0];
+        c->exp_ids.resize((size_t)ggml_nelements(t));
+        ggml_backend_tensor_get(t, c->exp_ids.data(), 0, ggml_nbytes(t));
+        c->exp_weights.clear();
+        c->exp_norms.clear();
+        return true;
+    }
+    case EXP_WEIGHTS: {
+        if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t)) {
+            c->cb_error = "graph tensor " + name + " is not a contiguous F32 tensor";
+            return false;
+        }
+        size_t n = (size_t)ggml_nelements(t);
+        c->exp_weights.resize(n);
+        ggml_backend_tensor_get(t, c->exp_weights.data(), 0, n * sizeof(float));
+        return true;
+    }
+    case EXP_DOWN: {
+        // [n_embd, n_used, n_tokens]
+        if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) || t->ne[3] != 1) {
+            c->cb_error = "graph tensor " + name + " is not a contiguous F32 [n_embd, n_used, n_tokens] tensor";
+            return false;
+        }
+        size_t n = (size_t)ggml_nelements(t);
+        const float *x = host_data(c, t, n);
+        const int64_t d = t->ne[0], rows = t->ne[1] * t->ne[2];
+        c->exp_norms.resize((size_t)rows);
+        for (int64_t r = 0; r < rows; r++) {
+            double ss = 0;
+            const float *v = x + r * d;
+            for (int64_t i = 0; i < d; i++) {
+                ss += (double)v[i] * (double)v[i];
+            }
+            c->exp_norms[(size_t)r] = (float)sqrt(ss);
+        }
+        return true;
+    }
+    case EXP_OUT: {
+        const int64_t n_tokens = t->ne[1];
+        const int block = layer_of(t->name);
+        if (c->exp_norms.empty()) {
+            // Some models name the mixture output again after
+            // build_moe_ffn (qwen2moe): the routing was handed already.
+            return true;
+        }
+        if (block < 0 || n_tokens <= 0 || c->exp_n_expert <= 0) {
+            c->cb_error = "graph tensor " + name + " came without the routing before it (ffn_moe_argsort, ffn_moe_down)";
+            return false;
+        }
+        const int64_t n_used = (int64_t)c->exp_norms.size() / n_tokens;
+        if (n_used <= 0 || n_used * n_tokens != (int64_t)c->exp_norms.size() ||
+            (int64_t)c->exp_weights.size() != n_used * n_tokens ||
+            (int64_t)c->exp_ids.size() != (int64_t)c->exp_n_expert * n_tokens || n_used > c->exp_n_expert) {
+            c->cb_error = "the routing tensors before " + name + " do not agree in size";
+            return false;
+        }
+        std::vector<int32_t> ids((size_t)(n_used * n_tokens));
+        for (int64_t tok = 0; tok < n_tokens; tok++) {
+            for (int64_t k = 0; k < n_used; k++) {
+                ids[(size_t)(tok * n_used + k)] = c->exp_ids[(size_t)(tok * c->exp_n_expert + k)];
+            }
+        }
+        goExperts(c->handle, block, ids.data(), c->exp_weights.data(), c->exp_norms.data(), (int)n_used, (int)n_tokens,
+                  (int)c->exp_n_expert);
+        c->exp_norms.clear();
+        return true;
+    }
+    }
+    return true;
+}
+
 // eval_cb is ggml's scheduler callback: asked about every graph node, it
 // requests only the block boundaries (and matmuls when an imatrix is
 // collected), then copies each requested tensor and hands it to Go.
@@ -308,10 +444,14 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
     bool boundaries = c->want_hidden || c->skip_any || c->stop_after != -2;
     int block = boundaries ? block_of(c, t->name) : NOT_A_BOUNDARY;
     bool watched = !c->watch.empty() && c->watch.count(t->name) > 0;
+    int expert_part = c->want_experts ? expert_part_of(t->name) : EXP_NONE;
     if (ask) {
-        return block != NOT_A_BOUNDARY || is_matmul || watched;
+        return block != NOT_A_BOUNDARY || is_matmul || watched || expert_part != EXP_NONE;
     }
     if (!c->cb_error.empty()) {
+        return false;
+    }
+    if (expert_part != EXP_NONE && !take_expert_part(c, t, expert_part)) {
         return false;
     }
     if (watched) {
@@ -384,8 +524,17 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
         const struct ggml_tensor *ids = t->op == GGML_OP_MUL_MAT_ID ? t->src[2] : nullptr;
         std::vector<int32_t> idv;
         if (ids != nullptr) {
-            idv.resize(ggml_nelements(ids));
-            ggml_backend_tensor_get(ids, idv.data(), 0, idv.size() * sizeof(int32_t));
+            // ids is [n_expert_used, n_tokens], usually a strided view of an
+            // argsort (ggml_argsort_top_k): read its bytes and gather it
+            // through its strides, as llama.cpp's imatrix tool does.
+            std::vector<char> raw(ggml_nbytes(ids));
+            ggml_backend_tensor_get(ids, raw.data(), 0, raw.size());
+            idv.resize((size_t)(ids->ne[0] * ids->ne[1]));
+            for (int64_t r = 0; r < ids->ne[1]; r++) {
+                for (int64_t k = 0; k < ids->ne[0]; k++) {
+                    idv[(size_t)(r * ids->ne[0] + k)] = *(const int32_t *)(raw.data() + r * ids->nb[1] + k * ids->nb[0]);
+                }
+            }
         }
         goMatmulInput(c->handle, (char *)w->name, data, (int)x->ne[0], (int)x->ne[1], (int)x->ne[2],
                       idv.empty() ? nullptr : idv.data(), ids ? (int)ids->ne[0] : 0, (int)w->ne[2]);
@@ -459,6 +608,8 @@ void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run)
 }
 
 void gp_ctx_set_stop(gp_ctx *c, int32_t after_block) { c->stop_after = after_block; }
+
+void gp_ctx_set_experts(gp_ctx *c, bool on) { c->want_experts = on; }
 
 int gp_ctx_set_boundaries(gp_ctx *c, const char *embd, const char *block_out, char *err) {
     GUARD(err, {

@@ -61,6 +61,10 @@ void gp_ctx_set_skip(gp_ctx *c, const int32_t *blocks, int32_t n, int32_t n_run)
 // gp_ctx_set_stop ends each decode's graph after block after_block's output
 // (-1: after the embeddings; -2: never).
 void gp_ctx_set_stop(gp_ctx *c, int32_t after_block);
+// gp_ctx_set_experts hands, in the following decodes, the routing of every
+// mixture-of-experts block to Go (goExperts): per token the experts chosen,
+// their gate weights and the L2 norms of their outputs.
+void gp_ctx_set_experts(gp_ctx *c, bool on);
 // gp_ctx_set_boundaries names the graph's embeddings and block outputs
 // (block_out-N) for capture, skipping and stopping; the defaults are
 // "inp_embd" and "l_out".

@@ -73,6 +73,14 @@ type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
 // computes with the change). Valid only during the call.
 type WatchFunc func(name string, data []float32, nCols, nRows int)
 
+// ExpertsFunc receives the routing of one mixture-of-experts block during a
+// decode: for each of nTokens tokens, the nUsed experts it was routed to
+// (ids, of nExperts), the gate weights that multiply their outputs
+// (after the model's own normalisation and scaling) and the L2 norms of
+// those outputs (the expert FFN's result, with its bias when it has one).
+// The slices are read-only and valid only during the call.
+type ExpertsFunc func(block int, ids []int32, weights, norms []float32, nUsed, nTokens, nExperts int)
+
 // MatmulFunc receives the input of one weight matrix multiplication: x holds
 // nTokens rows of nIn floats (times nSlots for expert matmuls, whose expert
 // ids has nSlots entries per token). Valid only during the call.

@@ -14,6 +14,8 @@ type Model struct {
 	GGUF   *gguf.Model
 	Arch   string
 	Blocks int // {arch}.block_count
+	// MoE is the model's mixture-of-experts structure (nil: dense).
+	MoE *arch.MoE
 
 	fingerprint string
 }
@@ -41,6 +43,7 @@ func Open(path string) (*Model, error) {
 		g.Close()
 		return nil, err
 	}
+	m.MoE = arch.MoEOf(g)
 	return m, nil
 }
 

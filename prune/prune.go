@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/prune/eval"
@@ -32,6 +33,10 @@ type Options struct {
 	Layers []int
 	// Choose blocks by score: see Selection. Ignored with Layers.
 	Select Selection
+	// Experts chooses experts to remove from every mixture-of-experts
+	// block by their scores (the report's, or a scoring pass on the
+	// calibration); Write.Plan.Experts gives them as a list instead.
+	Experts ExpertSelection
 	// Method chooses the blocks (nil: selection.BI, or the report's). With
 	// Scores, the report's metric must be the method's.
 	Method *selection.Method
@@ -59,9 +64,33 @@ type Options struct {
 // and write the output, evaluate. Everything that can be refused is checked
 // before scoring.
 func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
-	experts := len(o.Write.Plan.Experts) > 0
+	expertsByScore := !o.Experts.empty()
+	experts := len(o.Write.Plan.Experts) > 0 || expertsByScore
 	if len(o.Layers) == 0 && o.Select.empty() && !experts {
 		return nil, errors.New("prune: no blocks or experts given and no selection asked for")
+	}
+	if expertsByScore {
+		if len(o.Write.Plan.Experts) > 0 {
+			return nil, errors.New("prune: experts are given as a list or chosen by score, not both")
+		}
+		if o.Heal {
+			return nil, errors.New("prune: healing does not go with removing experts yet")
+		}
+		if o.Experts.TargetSize > 0 && !o.Select.empty() {
+			return nil, errors.New("prune: a target size is reached by removing blocks or experts, not both")
+		}
+		if m.MoE == nil {
+			return nil, fmt.Errorf("%s: %s has no experts to remove (no %s.%s)", m.Path, m.Arch, m.Arch, gguf.KeyExpertCount)
+		}
+		if _, err := o.Experts.metric(); err != nil {
+			return nil, err
+		}
+		if o.Scores != nil && !o.Scores.HasExperts() {
+			return nil, fmt.Errorf("%s holds no expert scores (score --experts makes them)", o.ScoresFile)
+		}
+		if t := o.Experts.TargetSize; t > 0 && t >= m.Size() {
+			return nil, fmt.Errorf("%s is %s, already at most the target size %s (%d bytes): no expert needs to go", m.Path, units.HumanBytes(m.Size()), units.HumanBytes(t), t)
+		}
 	}
 	// Everything that can be refused is checked before scoring, which may
 	// take long, and before anything is written.
@@ -92,6 +121,12 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	method := MethodLayers
 	if len(o.Layers) == 0 && experts && o.Select.empty() {
 		method = MethodExperts
+		if o.Scores != nil {
+			if err := o.Scores.Check(m); err != nil {
+				return nil, err
+			}
+			rep = o.Scores
+		}
 	} else if len(o.Layers) == 0 {
 		if err := m.CheckSelectable(o.Write.Plan); err != nil {
 			return nil, err
@@ -119,7 +154,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		case choose == selection.BI:
 			// BI's scores come in one pass: the report is part of the result.
 			var err error
-			if rep, _, err = m.Score(ctx, ScoreOptions{Calibration: o.Calibration, Run: o.Run}); err != nil {
+			if rep, _, err = m.Score(ctx, ScoreOptions{Calibration: o.Calibration, Run: o.Run, Experts: expertsByScore}); err != nil {
 				return nil, err
 			}
 			method = choose.Name
@@ -138,6 +173,27 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 			if remove, err = m.Select(rep, sel); err != nil {
 				return nil, err
 			}
+		}
+	}
+	var expertMethod string
+	if expertsByScore {
+		if rep == nil || !rep.HasExperts() {
+			var err error
+			if rep, _, err = m.Score(ctx, ScoreOptions{Calibration: o.Calibration, Run: o.Run, Experts: true}); err != nil {
+				return nil, err
+			}
+		}
+		gone, err := m.SelectExperts(rep, o.Experts, remove)
+		if err != nil {
+			return nil, err
+		}
+		o.Write.Plan.Experts = gone
+		metric, _ := o.Experts.metric()
+		expertMethod = metric.Name
+		if o.Scores != nil {
+			expertMethod += " (scores from " + o.ScoresFile + ")"
+		} else if o.Calibration.SelfGenerated() {
+			expertMethod += " (self-calibrated)"
 		}
 	}
 	plan, err := m.Plan(remove, o.Write.Plan)
@@ -176,7 +232,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.Method, res.Scores, res.Search, res.Heal = method, rep, search, healing
+	res.Method, res.Scores, res.Search, res.Heal, res.ExpertMethod = method, rep, search, healing, expertMethod
 	if healing != nil {
 		res.Warnings = append(res.Warnings, healing.Warnings...)
 	}

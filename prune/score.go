@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/ggufprune/ggufprune/bi"
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/internal/inputfile"
@@ -30,6 +32,9 @@ type ScoreReport struct {
 	Ctx         int             `json:"ctx"`
 	Chunks      int             `json:"chunks"`
 	Blocks      []bi.BlockScore `json:"blocks"`
+	// Experts are the expert scores of every mixture-of-experts block
+	// (score --experts), measured in the same pass.
+	Experts []bi.BlockExperts `json:"experts,omitempty"`
 
 	// lossGiven says, for a report read from JSON, which blocks carry a
 	// loss: decoding gives 0 for a loss that is absent (see check).
@@ -76,6 +81,9 @@ type ScoreOptions struct {
 	// Imatrix also collects, in the same pass, the importance matrix
 	// llama.cpp's llama-imatrix would.
 	Imatrix bool
+	// Experts also scores every expert of every mixture-of-experts block
+	// (bi.ExpertScore), in the same pass.
+	Experts bool
 }
 
 // Score runs the model on the calibration and scores every block it runs
@@ -115,6 +123,16 @@ func (m *Model) Score(ctx context.Context, so ScoreOptions) (*ScoreReport, *imat
 			return nil, nil, err
 		}
 	}
+	var expAcc *bi.ExpertAccumulator
+	if so.Experts {
+		if m.MoE == nil {
+			return nil, nil, fmt.Errorf("%s: %s has no experts to score (no %s.%s)", m.Path, m.Arch, m.Arch, gguf.KeyExpertCount)
+		}
+		expAcc = bi.NewExpertAccumulator()
+		if err := lctx.CaptureExperts(expAcc.Observe); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := llamacpp.Scan(ctx, lctx, chunks, o.ProgressFunc("scoring", "chunks", o.CtxSize())); err != nil {
 		return nil, nil, err
 	}
@@ -124,6 +142,15 @@ func (m *Model) Score(ctx context.Context, so ScoreOptions) (*ScoreReport, *imat
 	rep := &ScoreReport{
 		Model: m.Path, Fingerprint: fp, Metric: selection.BI.Name, Calibration: cal.String(),
 		Tokens: acc.Tokens(), Ctx: o.CtxSize(), Chunks: len(chunks), Blocks: acc.Scores(),
+	}
+	if expAcc != nil {
+		if err := expAcc.Err(); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", m.Path, err)
+		}
+		rep.Experts = expAcc.Scores()
+		if err := rep.checkExperts(m); err != nil {
+			return nil, nil, fmt.Errorf("%s: scoring experts: %w", m.Path, err)
+		}
 	}
 	var im *imatrix.Matrix
 	if imAcc != nil {
@@ -206,6 +233,11 @@ func (r *ScoreReport) check(m *Model) error {
 	}
 	if err := r.checkLosses(method); err != nil {
 		return err
+	}
+	if len(r.Experts) > 0 {
+		if err := r.checkExperts(m); err != nil {
+			return err
+		}
 	}
 	if scored := m.ScoredBlocks(); len(r.Blocks) != scored {
 		return fmt.Errorf("%d block scores for a model of %d scored blocks", len(r.Blocks), scored)
@@ -296,3 +328,27 @@ func lossScores() []string {
 	}
 	return out
 }
+
+// checkExperts checks that the report's expert scores are those of m's
+// mixture-of-experts blocks: one entry per MoE block, in order, each with
+// a well-formed score per expert.
+func (r *ScoreReport) checkExperts(m *Model) error {
+	if m.MoE == nil {
+		return fmt.Errorf("expert scores for a model without experts")
+	}
+	if len(r.Experts) != len(m.MoE.MoEBlocks) {
+		return fmt.Errorf("expert scores of %d blocks, but the model has %d mixture-of-experts blocks %s", len(r.Experts), len(m.MoE.MoEBlocks), blocks.FormatList(m.MoE.MoEBlocks))
+	}
+	for i, be := range r.Experts {
+		if be.Block != m.MoE.MoEBlocks[i] {
+			return fmt.Errorf("expert scores of block %d, where the model's mixture-of-experts block %d is expected", be.Block, m.MoE.MoEBlocks[i])
+		}
+		if err := be.Check(m.MoE.Experts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HasExperts reports whether the report holds expert scores.
+func (r *ScoreReport) HasExperts() bool { return len(r.Experts) > 0 }

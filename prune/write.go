@@ -49,8 +49,11 @@ type Result struct {
 	Removed []int    `json:"removed"`
 	// ExpertsRemoved are the experts removed, by block (input numbering),
 	// and ExpertCount the experts of every MoE block after.
-	ExpertsRemoved   map[int][]int     `json:"experts_removed,omitempty"`
-	ExpertCount      int               `json:"expert_count,omitempty"`
+	ExpertsRemoved map[int][]int `json:"experts_removed,omitempty"`
+	ExpertCount    int           `json:"expert_count,omitempty"`
+	// ExpertMethod is the metric the experts were chosen by (absent when
+	// they were given as a list).
+	ExpertMethod     string            `json:"expert_method,omitempty"`
 	BlockCountBefore int               `json:"block_count_before"`
 	BlockCountAfter  int               `json:"block_count_after"`
 	BytesBefore      int64             `json:"bytes_before"`
@@ -115,7 +118,13 @@ func (m *Model) Write(ctx context.Context, plan *surgery.Plan, o WriteOptions) (
 	}
 	var im *imatrix.Matrix
 	if o.Imatrix != nil {
-		if im, err = o.Imatrix.Prune(plan.Map); err != nil {
+		im = o.Imatrix
+		if len(o.Plan.Experts) > 0 {
+			if im, err = im.DropExperts(o.Plan.Experts); err != nil {
+				return nil, fmt.Errorf("%s: %w", o.ImatrixName, err)
+			}
+		}
+		if im, err = im.Prune(plan.Map); err != nil {
 			return nil, fmt.Errorf("%s: %w", o.ImatrixName, err)
 		}
 	}

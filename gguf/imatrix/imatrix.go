@@ -513,3 +513,38 @@ func (a *Accumulator) Matrix(dataset string, chunks, chunkSize int) *Matrix {
 	im.sort()
 	return im
 }
+
+// DropExperts returns the imatrix without the statistics of removed
+// experts: experts lists, by block (the model's numbering before any
+// renaming), the experts removed; every entry of such a block that holds
+// one matrix per expert (the stacked ffn_*_exps weights) keeps the rows of
+// the other experts, in order. Entries of one matrix (attention, shared
+// experts, the router) are unchanged. Apply it before Prune renames
+// blocks.
+func (im *Matrix) DropExperts(experts map[int][]int) (*Matrix, error) {
+	out := *im
+	out.Entries = make([]Entry, len(im.Entries))
+	copy(out.Entries, im.Entries)
+	for i, e := range out.Entries {
+		gone, ok := experts[blocks.Of(e.Name)]
+		if !ok || e.NMat() <= 1 || blocks.Of(e.Name) < 0 {
+			continue
+		}
+		drop := make([]bool, e.NMat())
+		for _, x := range gone {
+			if x < 0 || x >= e.NMat() || drop[x] {
+				return nil, fmt.Errorf("imatrix entry %q holds %d experts: expert %d is not one of them, or is given twice: %w", e.Name, e.NMat(), x, ErrMismatch)
+			}
+			drop[x] = true
+		}
+		kept := Entry{Name: e.Name, NIn: e.NIn}
+		for x := range e.NMat() {
+			if !drop[x] {
+				kept.Sums = append(kept.Sums, e.Sums[x*e.NIn:(x+1)*e.NIn]...)
+				kept.Counts = append(kept.Counts, e.Counts[x])
+			}
+		}
+		out.Entries[i] = kept
+	}
+	return &out, nil
+}
