@@ -321,8 +321,11 @@ enum { EXP_NONE, EXP_ARGSORT, EXP_WEIGHTS, EXP_DOWN, EXP_OUT };
 
 static bool has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
+static int layer_of(const char *name);
+
 static int expert_part_of(const char *name) {
-    if (!has_prefix(name, "ffn_moe_")) {
+    // Exactly "NAME-N": not the views ggml names "NAME-N (view)".
+    if (!has_prefix(name, "ffn_moe_") || layer_of(name) < 0) {
         return EXP_NONE;
     }
     const char *rest = name + strlen("ffn_moe_");

@@ -121,12 +121,6 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	method := MethodLayers
 	if len(o.Layers) == 0 && experts && o.Select.empty() {
 		method = MethodExperts
-		if o.Scores != nil {
-			if err := o.Scores.Check(m); err != nil {
-				return nil, err
-			}
-			rep = o.Scores
-		}
 	} else if len(o.Layers) == 0 {
 		if err := m.CheckSelectable(o.Write.Plan); err != nil {
 			return nil, err
@@ -177,6 +171,12 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	}
 	var expertMethod string
 	if expertsByScore {
+		if rep == nil && o.Scores != nil {
+			if err := o.Scores.Check(m); err != nil {
+				return nil, err
+			}
+			rep = o.Scores
+		}
 		if rep == nil || !rep.HasExperts() {
 			var err error
 			if rep, _, err = m.Score(ctx, ScoreOptions{Calibration: o.Calibration, Run: o.Run, Experts: true}); err != nil {

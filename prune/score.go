@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/ggufprune/ggufprune/bi"
@@ -336,12 +337,19 @@ func (r *ScoreReport) checkExperts(m *Model) error {
 	if m.MoE == nil {
 		return fmt.Errorf("expert scores for a model without experts")
 	}
-	if len(r.Experts) != len(m.MoE.MoEBlocks) {
-		return fmt.Errorf("expert scores of %d blocks, but the model has %d mixture-of-experts blocks %s", len(r.Experts), len(m.MoE.MoEBlocks), blocks.FormatList(m.MoE.MoEBlocks))
+	// A decode runs every MoE block but the multi-token-prediction ones.
+	var run []int
+	for _, b := range m.MoE.MoEBlocks {
+		if !slices.Contains(m.MTPBlocks(), b) {
+			run = append(run, b)
+		}
+	}
+	if len(r.Experts) != len(run) {
+		return fmt.Errorf("expert scores of %d blocks, but the model runs %d mixture-of-experts blocks %s", len(r.Experts), len(run), blocks.FormatList(run))
 	}
 	for i, be := range r.Experts {
-		if be.Block != m.MoE.MoEBlocks[i] {
-			return fmt.Errorf("expert scores of block %d, where the model's mixture-of-experts block %d is expected", be.Block, m.MoE.MoEBlocks[i])
+		if be.Block != run[i] {
+			return fmt.Errorf("expert scores of block %d, where the model's mixture-of-experts block %d is expected", be.Block, run[i])
 		}
 		if err := be.Check(m.MoE.Experts); err != nil {
 			return err

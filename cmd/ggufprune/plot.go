@@ -11,8 +11,10 @@ import (
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/prune"
 	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/palette/moreland"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
 )
 
 // PlotScores draws BI per block as bars, the removed blocks in another
@@ -79,4 +81,76 @@ func plotScores(path string, rep *prune.ScoreReport, removed []int) error {
 func validPlotName(path string) bool {
 	ext := strings.ToLower(filepath.Ext(path))
 	return ext == ".svg" || ext == ".png"
+}
+
+// expertGrid is the REAP scores of a report, relative to each block's
+// highest, as a grid: x the expert, y the
+// block (the row of the report).
+type expertGrid struct{ rep *prune.ScoreReport }
+
+func (g expertGrid) Dims() (c, r int) { return len(g.rep.Experts[0].Experts), len(g.rep.Experts) }
+func (g expertGrid) Z(c, r int) float64 {
+	// Relative to the block's highest: experts compete within a block, and
+	// blocks' scales differ by orders of magnitude.
+	var top float64
+	for _, s := range g.rep.Experts[r].Experts {
+		top = max(top, s.REAP)
+	}
+	if top == 0 {
+		return 0
+	}
+	return g.rep.Experts[r].Experts[c].REAP / top
+}
+func (g expertGrid) X(c int) float64 { return float64(c) }
+func (g expertGrid) Y(r int) float64 { return float64(r) }
+
+// plotExperts draws the REAP score of every expert of every
+// mixture-of-experts block as a heatmap (blocks × experts, darker is lower),
+// removed experts (by block) crossed, atomically.
+func plotExperts(path string, rep *prune.ScoreReport, removed map[int][]int) error {
+	if len(rep.Experts) == 0 {
+		return fmt.Errorf("%s: the scores hold no experts to draw", path)
+	}
+	pal := moreland.SmoothBlueRed().Palette(64)
+	hm := plotter.NewHeatMap(expertGrid{rep}, pal)
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("REAP score per expert of %s, relative to its block's highest\ncalibration: %s (%d tokens, ctx %d); blue low, red high", filepath.Base(rep.Model), filepath.Base(rep.Calibration), rep.Tokens, rep.Ctx)
+	p.X.Label.Text = "expert"
+	p.Y.Label.Text = "block"
+	p.Add(hm)
+	var xs plotter.XYs
+	for r, be := range rep.Experts {
+		for _, e := range removed[be.Block] {
+			xs = append(xs, plotter.XY{X: float64(e), Y: float64(r)})
+		}
+	}
+	if len(xs) > 0 {
+		sc, err := plotter.NewScatter(xs)
+		if err != nil {
+			return err
+		}
+		sc.GlyphStyle.Shape = draw.CrossGlyph{}
+		sc.GlyphStyle.Radius = vg.Points(5)
+		p.Add(sc)
+		p.Legend.Add("removed", sc)
+		p.Legend.Top = true
+	}
+	var ticks []plot.Tick
+	for r, be := range rep.Experts {
+		ticks = append(ticks, plot.Tick{Value: float64(r), Label: strconv.Itoa(be.Block)})
+	}
+	p.Y.Tick.Marker = plot.ConstantTicks(ticks)
+	var xt []plot.Tick
+	for e := range rep.Experts[0].Experts {
+		xt = append(xt, plot.Tick{Value: float64(e), Label: strconv.Itoa(e)})
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(xt)
+	wt, err := p.WriterTo(8*vg.Inch, 6*vg.Inch, strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), "."))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return atomicfile.Write(path, func(f *os.File) error {
+		_, err := wt.WriteTo(f)
+		return err
+	})
 }

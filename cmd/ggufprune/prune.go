@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/ggufprune/ggufprune/bi"
 	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
@@ -22,19 +23,23 @@ import (
 func pruneCommand() *cli.Command {
 	return commandUsageErrors(&cli.Command{
 		Name:  "prune",
-		Usage: "remove blocks: given ones (--layers) or the least influential (--remove, --target-size)",
+		Usage: "remove blocks (--layers, --remove, --target-size) or experts (--experts, --expert-list)",
 		Description: "Removes transformer blocks, renumbers the rest (blk.N) contiguously, fixes {arch}.block_count\n" +
 			"and every per-layer metadata array, and copies every kept tensor's bytes unchanged. The output is\n" +
 			"written to a temporary file next to it, checked, synced and renamed; the input is never changed.\n\n" +
 			"Say what to remove with exactly one of --layers, --remove or --target-size. The last two score\n" +
 			"the blocks (on -f text, or read a score --json file with --scores, or, with neither, on text the\n" +
 			"model writes itself) and remove the lowest Block Influence first (ShortGPT). The first and last\n" +
-			"blocks are protected by default.",
+			"blocks are protected by default.\n\n" +
+			"In mixture-of-experts models, --experts removes the lowest-scoring experts of every MoE block\n" +
+			"(--expert-method, default reap; see docs/experts.md), alone or with blocks, in the same write.",
 		Flags: append(runFlags(256),
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "input `IN.gguf` (a split set's first shard opens the whole set)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output `OUT.gguf` (never one of the input files)"},
 			&cli.StringFlag{Name: "layers", Usage: "blocks to remove: 0-based `LIST` of indices and inclusive ranges, e.g. 3,5-7"},
 			&cli.StringFlag{Name: "expert-list", Usage: "experts to remove from mixture-of-experts blocks, `BLOCKS:EXPERTS[;…]`, e.g. 0-7:0,5 (every MoE block loses as many); alone or with a way of removing blocks"},
+			&cli.StringFlag{Name: "experts", Usage: "remove `N` experts, or P% of them, from every mixture-of-experts block, lowest --expert-method score first; auto: the fewest that bring the output to --target-size"},
+			&cli.StringFlag{Name: "expert-method", Usage: "how experts are ranked (`METRIC`): " + strings.Join(bi.ExpertMetricNames(), ", ") + " (default " + prune.DefaultExpertMetric + "; see docs/experts.md)"},
 			&cli.StringFlag{Name: "remove", Usage: "remove `N` blocks, or P% of the blocks (rounded), lowest BI first"},
 			&cli.StringFlag{Name: "target-size", Usage: "remove the fewest blocks that bring the output to `SIZE`: bytes, 3GiB, 2.5GB, 800MiB or 70% (of the input)"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` for scoring"},
@@ -75,21 +80,32 @@ func runPrune(c *cli.Context) error {
 	if out == "-" {
 		return usagef("prune: -o -: outputs are files; standard output is not one")
 	}
+	expertsAuto := c.String("experts") == "auto"
+	expertsByScore := c.IsSet("experts")
+	if expertsAuto && !c.IsSet("target-size") {
+		return usagef("prune: --experts auto removes the fewest experts that reach --target-size; give --target-size")
+	}
 	how := 0
 	for _, f := range []string{"layers", "remove", "target-size"} {
-		if c.IsSet(f) {
+		if c.IsSet(f) && !(f == "target-size" && expertsAuto) {
 			how++
 		}
 	}
-	if how > 1 || (how == 0 && !c.IsSet("expert-list")) {
-		return usagef("prune: give exactly one of --layers, --remove and --target-size (or --expert-list alone)")
+	if how > 1 || (how == 0 && !c.IsSet("expert-list") && !expertsByScore) {
+		return usagef("prune: give exactly one of --layers, --remove and --target-size, or experts to remove (--experts, --expert-list), or both")
 	}
-	if c.IsSet("expert-list") && (c.IsSet("imatrix") || c.Bool("heal")) {
-		return usagef("prune: --expert-list does not go with --imatrix or --heal yet")
+	if expertsByScore && c.IsSet("expert-list") {
+		return usagef("prune: give --experts or --expert-list, not both")
+	}
+	if c.IsSet("expert-method") && !expertsByScore {
+		return usagef("prune: --expert-method ranks the experts --experts removes")
 	}
 	heal := c.Bool("heal")
-	if c.IsSet("layers") && (c.IsSet("scores") || (c.IsSet("file") && !heal)) {
-		return usagef("prune: --layers needs no scores; -f and --scores go with --remove or --target-size (and -f with --heal)")
+	if (c.IsSet("expert-list") || expertsByScore) && heal {
+		return usagef("prune: removing experts does not go with --heal yet")
+	}
+	if c.IsSet("layers") && !expertsByScore && (c.IsSet("scores") || (c.IsSet("file") && !heal)) {
+		return usagef("prune: --layers needs no scores; -f and --scores go with --remove, --target-size or --experts (and -f with --heal)")
 	}
 	if c.IsSet("file") && c.IsSet("scores") && !heal {
 		return usagef("prune: give -f or --scores, not both (with --heal, -f is the healing's calibration)")
@@ -173,6 +189,11 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
+	if expertsByScore {
+		if o.Experts, err = expertSelectionFrom(c, m); err != nil {
+			return err
+		}
+	}
 	if v := c.String("expert-list"); v != "" {
 		if o.Write.Plan.Experts, err = prune.ParseExpertList(v); err != nil {
 			return usageError{err}
@@ -186,13 +207,19 @@ func runPrune(c *cli.Context) error {
 		if o.Select, err = selectionFrom(c, m); err != nil {
 			return err
 		}
+	}
+	// Scores for blocks chosen by score and for experts, from one report
+	// or one pass.
+	if (how > 0 && !c.IsSet("layers")) || expertsByScore {
 		if file := c.String("scores"); file != "" {
 			if o.Scores, err = prune.ReadScoreReport(file, m); err != nil {
 				return err
 			}
 			o.ScoresFile = file
-		} else if o.Calibration, err = calibrationFrom(c); err != nil {
-			return err
+		} else if !heal {
+			if o.Calibration, err = calibrationFrom(c); err != nil {
+				return err
+			}
 		}
 	}
 	res, err := prune.Run(c.Context, m, o)
@@ -203,7 +230,11 @@ func runPrune(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "ggufprune: warning: %s: %s\n", res.Model, w)
 	}
 	if p := c.String("plot"); p != "" && res.Scores != nil {
-		if err := plotScores(p, res.Scores, res.Removed); err != nil {
+		draw := plotScores
+		if res.ExpertMethod != "" && len(res.Removed) == 0 {
+			draw = func(p string, rep *prune.ScoreReport, _ []int) error { return plotExperts(p, rep, res.ExpertsRemoved) }
+		}
+		if err := draw(p, res.Scores, res.Removed); err != nil {
 			return err
 		}
 	}
@@ -213,9 +244,36 @@ func runPrune(c *cli.Context) error {
 	if res.Scores != nil {
 		printScores(c.App.Writer, res.Scores, res.Removed)
 		fmt.Fprintln(c.App.Writer)
+		if res.ExpertMethod != "" {
+			printExperts(c.App.Writer, res.Scores, res.ExpertsRemoved)
+			fmt.Fprintln(c.App.Writer)
+		}
 	}
 	printPruneSummary(c.App.Writer, res)
 	return nil
+}
+
+// expertSelectionFrom reads --experts (with --target-size for auto) and
+// --expert-method.
+func expertSelectionFrom(c *cli.Context, m *prune.Model) (prune.ExpertSelection, error) {
+	s := prune.ExpertSelection{Metric: c.String("expert-method")}
+	if s.Metric != "" {
+		if _, ok := bi.LookupExpertMetric(s.Metric); !ok {
+			return s, usagef("--expert-method %s: one of %s", s.Metric, strings.Join(bi.ExpertMetricNames(), ", "))
+		}
+	}
+	if m.MoE == nil {
+		return s, fmt.Errorf("%s: --experts: %s has no experts (it is not a mixture of experts)", m.Path, m.Arch)
+	}
+	var err error
+	if v := c.String("experts"); v == "auto" {
+		if s.TargetSize, err = units.ParseSize(c.String("target-size"), m.Size()); err != nil {
+			return s, usagef("--target-size %w", err)
+		}
+	} else if s.Count, err = m.ParseExpertCount(v); err != nil {
+		return s, usagef("--experts %w", err)
+	}
+	return s, nil
 }
 
 // selectionFrom reads --remove or --target-size and the protected blocks.
@@ -229,6 +287,9 @@ func selectionFrom(c *cli.Context, m *prune.Model) (prune.Selection, error) {
 		if s.Count, err = selection.ParseCount(v, m.ScoredBlocks()); err != nil {
 			return s, usagef("--remove %w", err)
 		}
+		return s, nil
+	}
+	if c.String("experts") == "auto" {
 		return s, nil
 	}
 	if s.TargetSize, err = units.ParseSize(c.String("target-size"), m.Size()); err != nil {
@@ -250,6 +311,9 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 			parts = append(parts, fmt.Sprintf("%d:%s", b, blocks.FormatList(s.ExpertsRemoved[b])))
 		}
 		fmt.Fprintf(tw, "removed experts\t%s (%d left in each MoE block)\n", strings.Join(parts, " "), s.ExpertCount)
+		if s.ExpertMethod != "" {
+			fmt.Fprintf(tw, "expert method\t%s\n", s.ExpertMethod)
+		}
 	}
 	fmt.Fprintf(tw, "blocks\t%d -> %d\n", s.BlockCountBefore, s.BlockCountAfter)
 	fmt.Fprintf(tw, "size\t%s -> %s (%.1f%%)\n", units.HumanBytes(s.BytesBefore), units.HumanBytes(s.BytesAfter), 100*float64(s.BytesAfter)/float64(s.BytesBefore))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,16 +20,19 @@ import (
 func scoreCommand() *cli.Command {
 	return commandUsageErrors(&cli.Command{
 		Name:  "score",
-		Usage: "score every block's Block Influence on calibration text",
+		Usage: "score every block's Block Influence (and every expert) on calibration text",
 		Description: "Runs the model in llama.cpp on the text, captures the hidden state before and after every\n" +
-			"block, and prints BI = 1 - mean cos(h_in, h_out) and the angular distance per block (low = redundant).",
+			"block, and prints BI = 1 - mean cos(h_in, h_out) and the angular distance per block (low = redundant).\n" +
+			"With --experts, the same pass also scores every expert of every mixture-of-experts block from its\n" +
+			"routing: REAP (mean gate weight × output norm over the tokens routed to it), frequency, gate, norm.",
 		Flags: append(runFlags(256),
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "model `FILE.gguf`"},
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "calibration text `FILE` (UTF-8); without it the model calibrates on text it writes itself"},
 			&cli.StringFlag{Name: "metric", Value: selection.BI.Name, Usage: "`METRIC`: " + metricHelp()},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "`SEED` of self-generated calibration text"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the scores as JSON to `FILE`"},
-			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png"},
+			&cli.StringFlag{Name: "plot", Usage: "draw BI per block to `FILE`.svg or .png (with --experts: a heatmap of REAP per block and expert)"},
+			&cli.BoolFlag{Name: "experts", Usage: "also score every expert of every mixture-of-experts block (reap, frequency, gate, norm), in the same pass"},
 			&cli.StringFlag{Name: "imatrix-out", Usage: "in the same pass, collect an importance matrix for quantization and write it to `FILE` (GGUF; .dat: legacy format)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the scores as JSON instead of a table"},
 			overwriteFlag,
@@ -58,6 +62,9 @@ func runScore(c *cli.Context) error {
 	if metric != selection.BI && c.IsSet("imatrix-out") {
 		return usagef("score: --imatrix-out is collected with --metric %s", selection.BI.Name)
 	}
+	if metric != selection.BI && c.Bool("experts") {
+		return usagef("score: --experts are scored with --metric %s", selection.BI.Name)
+	}
 	verboseLog(c)
 	cal, err := calibrationFrom(c)
 	if err != nil {
@@ -71,7 +78,7 @@ func runScore(c *cli.Context) error {
 	var rep *prune.ScoreReport
 	var im *imatrix.Matrix
 	if metric == selection.BI {
-		rep, im, err = m.Score(c.Context, prune.ScoreOptions{Calibration: cal, Run: o, Imatrix: c.String("imatrix-out") != ""})
+		rep, im, err = m.Score(c.Context, prune.ScoreOptions{Calibration: cal, Run: o, Imatrix: c.String("imatrix-out") != "", Experts: c.Bool("experts")})
 	} else {
 		rep, err = m.ScoreLoss(c.Context, metric, cal, o)
 	}
@@ -89,7 +96,13 @@ func runScore(c *cli.Context) error {
 		}
 	}
 	if plot := c.String("plot"); plot != "" {
-		if err := plotScores(plot, rep, nil); err != nil {
+		var err error
+		if rep.HasExperts() {
+			err = plotExperts(plot, rep, nil)
+		} else {
+			err = plotScores(plot, rep, nil)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -97,6 +110,10 @@ func runScore(c *cli.Context) error {
 		return printJSON(c.App.Writer, rep)
 	}
 	printScores(c.App.Writer, rep, nil)
+	if rep.HasExperts() {
+		fmt.Fprintln(c.App.Writer)
+		printExperts(c.App.Writer, rep, nil)
+	}
 	return nil
 }
 
@@ -151,6 +168,34 @@ func printScores(w io.Writer, rep *prune.ScoreReport, removed []int) {
 		} else {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", b.Index, scoreNum(b.BI), scoreNum(b.Angular), rank[b.Index], mark)
 		}
+	}
+	tw.Flush()
+}
+
+// printExperts prints, per mixture-of-experts block, every expert's REAP
+// score and the share of tokens routed to it; removed experts (by block)
+// are marked with *.
+func printExperts(w io.Writer, rep *prune.ScoreReport, removed map[int][]int) {
+	if len(rep.Experts) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "expert scores: REAP (share of tokens routed); * removed")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "block\t")
+	for e := range rep.Experts[0].Experts {
+		fmt.Fprintf(tw, "%d\t", e)
+	}
+	fmt.Fprintln(tw)
+	for _, be := range rep.Experts {
+		fmt.Fprintf(tw, "%d\t", be.Block)
+		for _, s := range be.Experts {
+			mark := ""
+			if slices.Contains(removed[be.Block], s.Expert) {
+				mark = "*"
+			}
+			fmt.Fprintf(tw, "%s%.4g (%.2f)\t", mark, s.REAP, s.Frequency)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 }
