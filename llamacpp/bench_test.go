@@ -19,7 +19,21 @@ import (
 // (target ≥ 1.0: scoring costs no more than a perplexity pass).
 func BenchmarkScoreCapture(b *testing.B) {
 	m := load(b, fixture.Asset(b, "models/story16-f16.gguf"))
-	benchCapture(b, m, 256, 16)
+	benchCapture(b, m, 256, 16, captureOptions{})
+}
+
+// BenchmarkScoreExperts is BenchmarkScoreCapture on the shipped
+// mixture-of-experts model with its experts scored too (score --experts:
+// the routing of every MoE block captured into expert accumulators)
+// (target ≥ 1/1.1: scoring experts costs at most 1.1× a plain decode).
+func BenchmarkScoreExperts(b *testing.B) {
+	m := load(b, fixture.Asset(b, "models/moe8-f16.gguf"))
+	benchCapture(b, m, 256, 16, captureOptions{Experts: true})
+}
+
+// captureOptions say what benchCapture captures besides hidden states.
+type captureOptions struct {
+	Experts bool // the routing of every mixture-of-experts block
 }
 
 // BenchmarkPerplexity is the rate of eval on the deepest shared model.
@@ -52,13 +66,13 @@ func BenchmarkScoreCaptureWide(b *testing.B) {
 		b.Fatal(err)
 	}
 	m := load(b, path)
-	benchCapture(b, m, 256, 4)
+	benchCapture(b, m, 256, 4, captureOptions{})
 }
 
 // benchCapture decodes nChunks chunks of nCtx tokens of Pride and Prejudice
 // with hidden-state capture into BI accumulators and without any callback,
 // alternating, and reports both rates and their ratio.
-func benchCapture(b *testing.B, m *llamacpp.Model, nCtx, nChunks int) {
+func benchCapture(b *testing.B, m *llamacpp.Model, nCtx, nChunks int, o captureOptions) {
 	tokens, err := m.Tokenize(text(b, "text/gutenberg/pg1342.txt", 200000), true)
 	if err != nil {
 		b.Fatal(err)
@@ -77,6 +91,9 @@ func benchCapture(b *testing.B, m *llamacpp.Model, nCtx, nChunks int) {
 	for i := 0; i < b.N; i++ {
 		acc := bi.NewAccumulator(m.Info().NLayer)
 		capture.CaptureHidden(acc.Observe)
+		if o.Experts {
+			capture.CaptureExperts(bi.NewExpertAccumulator().Observe)
+		}
 		start := time.Now()
 		if err := llamacpp.Scan(context.Background(), capture, chunks, nil); err != nil {
 			b.Fatal(err)
