@@ -30,7 +30,7 @@ export CGO_ENABLED  := 1
 export CGO_CFLAGS   := $(SIMD_FLAGS)
 export CGO_CXXFLAGS := $(SIMD_FLAGS)
 
-.PHONY: all build third_party test fuzz vet bench demo quality heal clean
+.PHONY: all build third_party test fuzz vet bench demo quality heal compat clean
 
 all: build
 
@@ -67,15 +67,39 @@ bench: third_party
 demo: build
 	sh scripts/demo.sh
 
+# Expert pruning on the shipped mixture of experts (docs/experts.md).
+demo-moe: build
+	sh scripts/demo-moe.sh
+
 # Every selection method on the shipped models (docs/methods.md, "Choosing blocks"):
 # bin/quality/quality.json, plots, and the Markdown table on stdout.
 quality: third_party
 	mkdir -p bin/quality
 	$(GO) run ./scripts/quality -o bin/quality | tee bin/quality/table.md
 
+# Expert pruning measured: every expert metric, random choices and block
+# removal at the same size, on moe8 (docs/experts.md); EXPERTS_ARGS=-m other.gguf ...
+experts: third_party
+	mkdir -p bin/experts
+	$(GO) run ./scripts/experts -o bin/experts $(EXPERTS_ARGS) | tee bin/experts/table.md
+
 # Plain against healed removal (docs/healing.md); HEAL_ARGS=-m other.gguf ...
 heal: third_party
 	$(GO) run ./scripts/heal -o bin/heal $(HEAL_ARGS)
+
+# The files ggufprune writes, loaded and run in the newest llama.cpp through
+# node-llama-cpp's prebuilt binaries (docs/testing.md, "Newest llama.cpp"):
+# installs scripts/compat/node_modules from the npm registry when it is
+# missing or older than the lock file (about 725 MB), then writes
+# bin/compat/compat.json and the Markdown table on stdout. Not part of make test.
+compat: third_party scripts/compat/node_modules/.package-lock.json
+	mkdir -p bin/compat
+	$(GO) run ./scripts/compat -o bin/compat | tee bin/compat/table.md
+
+# npm install, not npm ci: the lock file lists only the platform packages the
+# registry served when it was made (Linux), which npm ci refuses as out of sync.
+scripts/compat/node_modules/.package-lock.json: scripts/compat/package.json scripts/compat/package-lock.json
+	cd scripts/compat && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund
 
 clean:
 	rm -rf bin third_party/llama.cpp third_party/ggml

@@ -86,3 +86,46 @@ func TestRemoveExperts(t *testing.T) {
 		}
 	}
 }
+
+// With expert groups, every group must lose as many experts and keep the
+// 2 llama.cpp scores a group by, and the groups a token uses must hold the
+// experts it is routed to.
+func TestRemoveGroupedExperts(t *testing.T) {
+	dir := t.TempDir()
+	grouped := filepath.Join(dir, "grouped.gguf")
+	err := fixture.Rewrite(fixture.Asset(t, "models/moe8-f16.gguf"), grouped, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		kvs = fixture.SetKV(kvs, "llama.expert_group_count", gguf.Uint32(2))
+		kvs = fixture.SetKV(kvs, "llama.expert_group_used_count", gguf.Uint32(1))
+		kvs = fixture.SetKV(kvs, "llama.expert_used_count", gguf.Uint32(3))
+		return kvs, ts
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := gguf.OpenModel(grouped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	each := func(es ...int) map[int][]int {
+		out := map[int][]int{}
+		for b := range 8 {
+			out[b] = es
+		}
+		return out
+	}
+	if _, err := surgery.PlanRemoval(m, nil, surgery.Options{Experts: each(1, 6)}); err != nil {
+		t.Fatalf("one expert of each group: %v", err)
+	}
+	for _, c := range []struct {
+		experts map[int][]int
+		want    string
+	}{
+		{each(1, 2), "loses 2 experts of group 0 and 0 of group 1"},
+		{each(0, 1, 4, 5), "leaves 2 in each group; the 1 groups a token uses (llama.expert_group_used_count) hold fewer than the 3"},
+	} {
+		if _, err := surgery.PlanRemoval(m, nil, surgery.Options{Experts: c.experts}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.experts, err, c.want)
+		}
+	}
+}

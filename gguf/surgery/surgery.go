@@ -557,8 +557,9 @@ func checkExperts(m *gguf.Model, arch string, bm *blocks.Map, experts map[int][]
 	if n == 0 {
 		return 0, fmt.Errorf("%s: %s has no experts (no %s)", m.Name(), arch, kv.Key(gguf.KeyExpertCount))
 	}
-	if g := kv.Int("expert_group_count", 0); g > 1 {
-		return 0, fmt.Errorf("%s: the experts are in %d groups (%s); removing experts from grouped models is not supported yet", m.Name(), g, kv.Key("expert_group_count"))
+	groups := max(kv.Int("expert_group_count", 0), 1)
+	if n%groups != 0 {
+		return 0, fmt.Errorf("%s: its %d experts do not split into %d equal groups (%s)", m.Name(), n, groups, kv.Key("expert_group_count"))
 	}
 	gone := -1
 	for b := range bm.Before() {
@@ -581,14 +582,42 @@ func checkExperts(m *gguf.Model, arch string, bm *blocks.Map, experts map[int][]
 			}
 			seen[e] = true
 		}
+		if groups > 1 {
+			// Experts are grouped by index (llama-graph.cpp build_moe_ffn
+			// reshapes them to [n/groups, groups]): every group must lose
+			// as many to stay groups of equal size.
+			per := make([]int, groups)
+			for _, e := range list {
+				per[e/(n/groups)]++
+			}
+			for g, c := range per {
+				if c != per[0] {
+					return 0, fmt.Errorf("%s: block %d loses %d experts of group 0 and %d of group %d; the %d expert groups (%s) must each lose as many", m.Name(), b, per[0], c, g, groups, kv.Key("expert_group_count"))
+				}
+			}
+		}
 		if gone >= 0 && len(list) != gone {
 			return 0, fmt.Errorf("%s: block %d loses %d experts, another block %d; llama.cpp has one expert count, so every block must lose as many", m.Name(), b, len(list), gone)
 		}
 		gone = len(list)
 	}
 	left := n - gone
-	if used := kv.Int(gguf.KeyExpertUsedCount, 0); left < max(used, 1) {
+	used := kv.Int(gguf.KeyExpertUsedCount, 0)
+	if left < max(used, 1) {
 		return 0, fmt.Errorf("%s: removing %d of %d experts leaves %d, fewer than the %d each token is routed to (%s)", m.Name(), gone, n, left, used, kv.Key(gguf.KeyExpertUsedCount))
+	}
+	if groups > 1 {
+		// build_moe_ffn scores each group by its top 2 experts
+		// (ggml_argsort_top_k(…, 2) asserts the group holds 2), then
+		// routes each token among the experts of expert_group_used_count
+		// groups.
+		perGroup := left / groups
+		if perGroup < 2 {
+			return 0, fmt.Errorf("%s: removing %d of %d experts leaves %d in each of the %d groups (%s); llama.cpp scores a group by its 2 best experts and aborts on fewer", m.Name(), gone, n, perGroup, groups, kv.Key("expert_group_count"))
+		}
+		if gu := kv.Int("expert_group_used_count", 0); gu > 0 && used > gu*perGroup {
+			return 0, fmt.Errorf("%s: removing %d of %d experts leaves %d in each group; the %d groups a token uses (%s) hold fewer than the %d it is routed to (%s)", m.Name(), gone, n, perGroup, gu, kv.Key("expert_group_used_count"), used, kv.Key(gguf.KeyExpertUsedCount))
+		}
 	}
 	return left, nil
 }
