@@ -48,18 +48,9 @@ func Quantize(in, out string, p QuantizeParams) error {
 			return imatrixError(p.ImatrixName, fmt.Errorf("quantizing %s to %s: %w", in, q.Name, err))
 		}
 	}
-	ftype, override := q.ftype, int32(-1)
-	if nf, ok := noFallback[q.base]; ok {
-		for _, t := range m.AllTensors() {
-			if len(t.Dims) >= 2 && strings.HasSuffix(t.Name, ".weight") && t.Dims[0]%q.base.BlockSize() != 0 {
-				if nf.proxy == 0 {
-					return fmt.Errorf("%s: tensor %s has rows of %d, not a multiple of the %v block size %d, and llama.cpp has no fallback type for %s (K-quants such as Q4_K_M and Q6_K fall back to a type that fits)",
-						in, t.Name, t.Dims[0], q.base, q.base.BlockSize(), q.Name)
-				}
-				ftype, override = nf.proxy, nf.ggmlTyp
-				break
-			}
-		}
+	ftype, override, err := q.ftypeFor(m)
+	if err != nil {
+		return err
 	}
 
 	// llama.cpp reports a full disk as "basic_ios::clear: iostream error":

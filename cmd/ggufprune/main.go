@@ -107,6 +107,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			scoreCommand(),
 			evalCommand(),
 			quantizeCommand(),
+			frontierCommand(),
 		},
 	}
 }
