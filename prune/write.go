@@ -12,6 +12,7 @@ import (
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
 	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/llamacpp/arch"
 	"github.com/ggufprune/ggufprune/prune/eval"
 	"github.com/ggufprune/ggufprune/prune/heal"
 	"github.com/ggufprune/ggufprune/prune/selection"
@@ -113,8 +114,12 @@ func (m *Model) Write(ctx context.Context, plan *surgery.Plan, o WriteOptions) (
 	}
 	res.Warnings = append(res.Warnings, plan.Warnings...)
 	if b := plan.Broken; b != nil {
-		res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %s derives %s from the block index, and removing %s moves block %d to index %d, which changes its kind; llama.cpp loads the output, but it does not compute what the original computes without those blocks",
-			b.Architecture, b.What, blocks.FormatList(b.Removed), b.Block, b.To))
+		w := fmt.Sprintf("forced: %s derives %s from the block index, and removing %s moves block %d to index %d, which changes its kind; llama.cpp loads the output, but it does not compute what the original computes without those blocks",
+			b.Architecture, b.What, blocks.FormatList(b.Removed), b.Block, b.To)
+		if plan.KindsKept != nil {
+			w += fmt.Sprintf(". The kept blocks' kinds are written to %s.%s, which the newer llama.cpp reads instead (load_swa_pattern): there the output computes exactly that", b.Architecture, arch.KeySlidingWindowPattern)
+		}
+		res.Warnings = append(res.Warnings, w)
 	}
 	var im *imatrix.Matrix
 	if o.Imatrix != nil {

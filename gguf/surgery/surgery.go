@@ -73,6 +73,12 @@ type Plan struct {
 	// (an index-pattern architecture): llama.cpp loads the file, but its
 	// blocks do not compute what they did.
 	Broken *arch.PatternError
+	// KindsKept, with Broken, are the original's sliding-window kinds of
+	// every block (arch.SWAKinds): the plan writes the kept blocks' kinds
+	// to {arch}.attention.sliding_window_pattern, which the newer llama.cpp
+	// reads instead of the period, so that there the kept blocks compute
+	// as in the original.
+	KindsKept []bool
 	// Warnings say where the output may compute otherwise than the
 	// original in some llama.cpp (see arch.PinnedDefaults).
 	Warnings []string
@@ -222,6 +228,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 			return nil, err
 		}
 		p.Broken = perr
+		p.KindsKept = arch.SWAKinds(m)
 	}
 
 	// Metadata: block_count, the counts of leading blocks of a kind, and
@@ -235,6 +242,8 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 	prefix := name + "."
 	for _, kv := range m.KV() {
 		switch {
+		case p.KindsKept != nil && kv.Key == prefix+arch.KeySlidingWindowPattern:
+			continue // a period, replaced by the kept blocks' kinds below
 		case kv.Key == prefix+gguf.KeyBlockCount:
 			kv.Value = kv.Value.WithCount(len(kept))
 		case arch.LeadingCount(strings.TrimPrefix(kv.Key, prefix)) && strings.HasPrefix(kv.Key, prefix):
@@ -259,6 +268,17 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 			}
 		}
 		p.KV = append(p.KV, kv)
+	}
+	if p.KindsKept != nil {
+		kinds := make([]gguf.Value, len(kept))
+		for i, b := range kept {
+			kinds[i] = gguf.Bool(p.KindsKept[b])
+		}
+		v, err := gguf.NewArray(gguf.TypeBool, kinds)
+		if err != nil {
+			return nil, err
+		}
+		p.KV = append(p.KV, gguf.KV{Key: prefix + arch.KeySlidingWindowPattern, Value: v})
 	}
 	newExperts, err := checkExperts(m, name, bm, o.Experts)
 	if err != nil {

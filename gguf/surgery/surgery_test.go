@@ -604,3 +604,54 @@ func TestGemma3nPattern(t *testing.T) {
 		}
 	}
 }
+
+// A forced removal that changes the sliding-window kind of kept blocks, in
+// an architecture whose newer loader reads the kinds from an array, writes
+// the kept blocks' original kinds there (set_swa_pattern's: block i slides
+// unless i mod period is period-1), replacing a scalar period; a file that
+// has the array keeps it cut with the blocks; an unforced whole-period
+// removal writes none.
+func TestForcedRemovalWritesKinds(t *testing.T) {
+	window := gguf.KV{Key: "gemma3.attention.sliding_window", Value: gguf.Uint32(512)}
+	period := gguf.KV{Key: "gemma3.attention.sliding_window_pattern", Value: gguf.Uint32(6)}
+	m, _ := fixture.Synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12, Extra: []gguf.KV{window, period}})
+	p, err := surgery.PlanRemoval(m, []int{3}, surgery.Options{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []bool
+	n := 0
+	for _, kv := range p.KV {
+		if kv.Key != "gemma3.attention.sliding_window_pattern" {
+			continue
+		}
+		n++
+		a, ok := kv.Value.Array()
+		if !ok || a.Elem() != gguf.TypeBool {
+			t.Fatalf("%s is %v, not a bool array", kv.Key, kv.Value)
+		}
+		for i := range a.Len() {
+			v, _ := a.Index(i).Int()
+			got = append(got, v != 0)
+		}
+	}
+	var want []bool
+	for _, b := range []int{0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11} {
+		want = append(want, b%6 != 5)
+	}
+	if n != 1 || !slices.Equal(got, want) {
+		t.Fatalf("%d keys, kinds %v, want %v", n, got, want)
+	}
+	if p.Broken == nil || p.KindsKept == nil {
+		t.Fatalf("broken %v, kinds %v", p.Broken, p.KindsKept)
+	}
+	whole, err := surgery.PlanRemoval(m, []int{2, 3, 4, 5, 6, 7}, surgery.Options{})
+	if err != nil || whole.KindsKept != nil {
+		t.Fatalf("whole period: %v, kinds %v", err, whole.KindsKept)
+	}
+	arr, _ := fixture.Synthetic(t, fixture.Spec{Arch: "gemma3", Blocks: 12, Extra: []gguf.KV{window}, PerLayer: map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0}}})
+	p, err = surgery.PlanRemoval(arr, []int{3}, surgery.Options{Force: true})
+	if err != nil || p.KindsKept != nil {
+		t.Fatalf("a file with the array: %v, kinds %v", err, p.KindsKept)
+	}
+}

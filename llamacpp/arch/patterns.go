@@ -588,3 +588,56 @@ func (e *PatternError) ValidRemovals() string {
 }
 
 func (e *PatternError) Unwrap() error { return ErrIndexPattern }
+
+// KeySlidingWindowPattern is {arch}.attention.sliding_window_pattern: in
+// the newer llama.cpp (llama-model.cpp load_swa_pattern), an array of one
+// kind per block (true: sliding window) that replaces the period, read by
+// gemma2, gemma3, cohere2 and openai-moe (gpt-oss) among others. The
+// pinned llama.cpp does not read it (it sets each pattern in code), nor do
+// the versions between that read the key as a scalar with
+// get_key_or_arr(…, required=false), which ignore an array.
+const KeySlidingWindowPattern = "attention.sliding_window_pattern"
+
+// swaArrayArchs are the architectures whose blocks differ by index only in
+// their sliding window, and whose newer loader reads the kinds from
+// KeySlidingWindowPattern (models/gemma2.cpp, gemma3.cpp, cohere2.cpp,
+// openai-moe.cpp: load_swa_pattern). The 27B gemma2 (46 blocks) and gemma3
+// (62 blocks) also take their query scale from the block count, which no
+// array restores.
+var swaArrayArchs = map[string]int{"gemma2": 46, "gemma3": 62, "cohere2": 0, "gpt-oss": 0}
+
+// SWAKinds is the sliding-window kind of every block of m (true: sliding
+// window) as set_swa_pattern(period) gives it (block i slides unless
+// i mod period is period-1), for an architecture whose kinds the newer
+// llama.cpp reads from KeySlidingWindowPattern, when the file has no such
+// array (one it has is cut with the blocks); nil otherwise. A forced
+// removal writes the kept blocks' kinds there, so that the newer llama.cpp
+// computes each kept block as the original does.
+func SWAKinds(m *gguf.Model) []bool {
+	name, err := m.Architecture()
+	if err != nil {
+		return nil
+	}
+	size27, ok := swaArrayArchs[name]
+	if !ok {
+		return nil
+	}
+	n := blockCount(m)
+	if v, found := m.Get(name + "." + KeySlidingWindowPattern); found {
+		if _, isArray := v.Array(); isArray {
+			return nil
+		}
+	}
+	if n == size27 {
+		return nil
+	}
+	period := indexPatterns[name].period(m)
+	if period <= 1 {
+		return nil
+	}
+	kinds := make([]bool, n)
+	for i := range kinds {
+		kinds[i] = i%period < period-1
+	}
+	return kinds
+}

@@ -53,6 +53,14 @@ type File struct {
 	Writes string `json:"write_error,omitempty"` // ggufprune refused or failed to write it
 	path   string
 	text   []int32 // the text as the linked llama.cpp tokenizes it (no BOS)
+	// Reference, when set, is what the newest's logits are compared with
+	// instead of the linked llama.cpp's on the same file: the linked
+	// llama.cpp running the original (skipFrom) with blocks skipped at run
+	// time, which is what removing them computes when every kept block keeps
+	// its kind (forced removals that write the kinds).
+	Reference string `json:"reference,omitempty"`
+	skipFrom  string
+	skip      []int
 
 	Tokens []int32 `json:"tokens,omitempty"`
 	// The llama.cpp ggufprune links.
@@ -253,6 +261,21 @@ func write(root, dir string, only *regexp.Regexp) []File {
 		}
 		how := "--layers " + list(s.Identity) + " (identity blocks)"
 		pruned(src, a+"-L"+list(s.Identity), how, prune.Options{Layers: s.Identity})
+		// A forced removal that changes the kind of kept blocks, where the
+		// file then carries the kept blocks' kinds for the newer llama.cpp
+		// (arch.SWAKinds): it must compute the original without block 1.
+		if m, err := prune.Open(src); err == nil {
+			kinds := arch.SWAKinds(m.GGUF)
+			m.Close()
+			if kinds != nil {
+				name := a + "-L1-forced"
+				pruned(src, name, "--layers 1 --force (kinds in sliding_window_pattern)", prune.Options{Layers: []int{1}, Write: prune.WriteOptions{Plan: surgery.Options{Force: true}}})
+				if n := len(files); n > 0 && files[n-1].Name == name {
+					files[n-1].Reference = "the linked llama.cpp running the original with block 1 skipped"
+					files[n-1].skipFrom, files[n-1].skip = src, []int{1}
+				}
+			}
+		}
 	}
 	return files
 }
@@ -290,7 +313,18 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // pinned loads f in the llama.cpp ggufprune links, records the tokens
 // (BOS and the text) and returns their logits.
 func pinned(f *File) [][]float32 {
-	lm, err := llamacpp.LoadModel(f.path, llamacpp.ModelParams{})
+	path := f.path
+	if f.skipFrom != "" {
+		// The file itself must load in the linked llama.cpp too.
+		lm, err := llamacpp.LoadModel(f.path, llamacpp.ModelParams{})
+		if err != nil {
+			f.PinnedError = err.Error()
+			return nil
+		}
+		lm.Close()
+		path = f.skipFrom
+	}
+	lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
 	if err != nil {
 		f.PinnedError = err.Error()
 		return nil
@@ -315,8 +349,11 @@ func pinned(f *File) [][]float32 {
 	// The context's log says whether flash attention (auto) is on.
 	var logBuf bytes.Buffer
 	llamacpp.Log.SetOutput(&logBuf)
-	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: n, Threads: 1})
+	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: n, Threads: 1, Capture: f.skip != nil})
 	llamacpp.Log.SetOutput(nil)
+	if err == nil && f.skip != nil {
+		err = c.SetSkip(f.skip)
+	}
 	switch {
 	case strings.Contains(logBuf.String(), "Flash Attention was auto, set to enabled"):
 		f.PinnedFlashAttention = "on"
@@ -512,7 +549,11 @@ func table(w *os.File, rep Report) {
 		if f.NewestLoads && f.NewestFlashAttention != f.PinnedFlashAttention {
 			fa = fmt.Sprintf("linked %s, newest %s", or(f.PinnedFlashAttention, "?"), or(f.NewestFlashAttention, "?"))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f.Name, f.How, yes(f.PinnedLoads, f.PinnedError), yes(f.NewestLoads, f.NewestError), fa, abs, rel, top)
+		how := f.How
+		if f.Reference != "" {
+			how += "; compared with " + f.Reference
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f.Name, how, yes(f.PinnedLoads, f.PinnedError), yes(f.NewestLoads, f.NewestError), fa, abs, rel, top)
 	}
 }
 
