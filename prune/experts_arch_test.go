@@ -94,7 +94,7 @@ func TestExpertArchitectures(t *testing.T) {
 			}
 		})
 	}
-	if tested < 6 {
+	if tested < 8 {
 		t.Fatalf("%d generated mixture-of-experts architectures", tested)
 	}
 }

@@ -15,8 +15,9 @@ var DefaultBoundaries = BoundaryNames{"inp_embd", "l_out"}
 // boundaries are the architectures whose graph names them otherwise
 // (models/*.cpp, cb(cur, name, il)). lfm2's graph names no block output.
 var boundaries = map[string]BoundaryNames{
-	"qwen3next":  {"model.embed_tokens", "post_moe"},   // models/qwen3next.cpp
-	"nemotron_h": {"inp_embd", "nemotron_h_block_out"}, // models/nemotron-h.cpp; its "l_out" is an FFN block's FFN output
+	"qwen3next":      {"model.embed_tokens", "post_moe"},   // models/qwen3next.cpp
+	"nemotron_h":     {"inp_embd", "nemotron_h_block_out"}, // models/nemotron-h.cpp; its "l_out" is an FFN block's FFN output
+	"nemotron_h_moe": {"inp_embd", "nemotron_h_block_out"}, // the same graph (models/nemotron-h.cpp)
 }
 
 // Boundaries are the graph names of the architecture's block boundaries.
