@@ -51,7 +51,7 @@ type Options struct {
 
 	// Heal fits and folds the healing map of every removed run (see
 	// heal.Heal) on the calibration; Ridge is its relative ridge (0:
-	// heal.DefaultRidge).
+	// chosen on held-out calibration chunks among heal.Ridges).
 	Heal  bool
 	Ridge float64
 

@@ -35,11 +35,39 @@ import (
 // each fitted on the model with the earlier runs removed and healed (at run
 // time: skipped, and their FFN outputs multiplied by their T).
 
-// DefaultRidge is λ relative to the mean diagonal of MᵀM: λ = r·tr(MᵀM)/d.
-// MᵀM spans many orders of magnitude (a few directions of the residual
-// stream carry most of its energy), so the ridge is only a numerical
-// safeguard: on story16, 1e-4 loses most of the gain, 1e-8 some of it.
+// DefaultRidge is λ relative to the mean diagonal of MᵀM: λ = r·tr(MᵀM)/d,
+// used when no chunk is held out (fewer than 4 chunks). MᵀM spans many
+// orders of magnitude (a few directions of the residual stream carry most
+// of its energy), so a small ridge is mostly a numerical safeguard: on
+// story16, 1e-4 loses most of the gain, 1e-8 some of it; on a small
+// calibration a larger one keeps the map from fitting noise.
 const DefaultRidge = 1e-10
+
+// Ridges are the relative ridges a fit chooses from, by the residual on
+// the held-out chunks of the map fitted on the others, when none is given.
+var Ridges = []float64{1e-10, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1}
+
+// chooseRidge is the ridge of Ridges whose map, fitted on train, leaves the
+// least of the gap on held (DefaultRidge without held-out tokens).
+func chooseRidge(train, held *fit) (float64, error) {
+	if held.tokens == 0 {
+		return DefaultRidge, nil
+	}
+	best, bestRes := 0.0, math.Inf(1)
+	for _, r := range Ridges {
+		T, _, _, err := train.solve(r)
+		if err != nil {
+			continue // degenerate at this ridge; a larger one may not be
+		}
+		if res := held.residual(T); res < bestRes {
+			best, bestRes = r, res
+		}
+	}
+	if best == 0 {
+		return 0, fmt.Errorf("the FFN outputs on the calibration are degenerate (MᵀM + λI is not positive definite at any ridge)")
+	}
+	return best, nil
+}
 
 // HealedRun is one removed run and what healing did for it.
 type HealedRun struct {
@@ -124,7 +152,7 @@ func Plan(m *gguf.Model, removed []int) ([]HealedRun, error) {
 
 // Options say how healing fits and folds its maps.
 type Options struct {
-	Ridge   float64         // the relative ridge (0: DefaultRidge)
+	Ridge   float64         // the relative ridge (0: chosen on the held-out chunks among Ridges)
 	Imatrix *imatrix.Matrix // the model's importance matrix: quantized types are quantized again weighted by it
 }
 
@@ -132,19 +160,10 @@ type Options struct {
 // calibration, and computes the rewritten FFN down projections (in their
 // own type).
 func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibration, o runner.Options, opt Options) (*Healing, error) {
-	runs, err := Plan(m, removed)
-	if err != nil {
+	if _, err := Plan(m, removed); err != nil {
 		return nil, err
 	}
-	ridge := opt.Ridge
-	if ridge < 0 || math.IsNaN(ridge) || math.IsInf(ridge, 0) {
-		return nil, fmt.Errorf("the healing ridge %g must be a positive finite number (0: the default %g)", ridge, DefaultRidge)
-	}
-	if ridge == 0 {
-		ridge = DefaultRidge
-	}
-	archName, err := m.Architecture()
-	if err != nil {
+	if err := checkRidge(opt.Ridge); err != nil {
 		return nil, err
 	}
 	start := time.Now()
@@ -157,27 +176,108 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	if err != nil {
 		return nil, err
 	}
-	newCtx := func() (*llamacpp.Context, error) {
-		return lm.NewContext(llamacpp.ContextParams{NCtx: o.CtxSize(), Threads: o.Threads, Capture: true})
-	}
-	work, err := newCtx()
+	f, err := NewFitter(lm, m, chunks, o)
 	if err != nil {
 		return nil, err
 	}
-	defer work.Close()
-	base, err := newCtx()
+	defer f.Close()
+	h, err := f.Fit(ctx, removed, opt.Ridge)
 	if err != nil {
 		return nil, err
 	}
-	defer base.Close()
-	d := lm.Info().NEmbd
-	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, data: map[string][]byte{}}
 	// A map of width d fitted on fewer distinct tokens is fitted on hidden
 	// states that barely differ: it can fit the calibration almost exactly
 	// and still wreck every other text.
-	if n := distinctTokens(chunks); n < d {
-		h.Warnings = append(h.Warnings, fmt.Sprintf("the calibration %s has %d distinct tokens, fewer than the %d columns of the healing map: the fit is underdetermined and may make other text worse; heal on more varied text", cal, n, d))
+	if n, d := distinctTokens(chunks), lm.Info().NEmbd; n < d {
+		h.Warnings = append([]string{fmt.Sprintf("the calibration %s has %d distinct tokens, fewer than the %d columns of the healing map: the fit is underdetermined and may make other text worse; heal on more varied text", cal, n, d)}, h.Warnings...)
 	}
+	// Fold each map into its block's FFN down projection.
+	for _, run := range h.Runs {
+		if run.Block < 0 {
+			continue
+		}
+		for _, name := range run.Tensors {
+			data, err := foldMap(m, name, h.maps[run.Block], opt.Imatrix)
+			if err != nil {
+				return nil, err
+			}
+			h.data[name] = data
+		}
+	}
+	h.Cost.Seconds = time.Since(start).Seconds()
+	return h, nil
+}
+
+func checkRidge(ridge float64) error {
+	if ridge < 0 || math.IsNaN(ridge) || math.IsInf(ridge, 0) {
+		return fmt.Errorf("the healing ridge %g must be a positive finite number (0: chosen on held-out calibration chunks)", ridge)
+	}
+	return nil
+}
+
+// Fitter fits healing maps on calibration chunks with a model loaded once:
+// Heal fits one removal; a selection that compares the healed losses of
+// many (selection's heal method) fits each on the same model.
+type Fitter struct {
+	// Only, when set, restricts fits to the chunks it accepts (by index):
+	// a selection fits on some chunks and measures on the others.
+	Only       func(ci int) bool
+	m          *gguf.Model
+	archName   string
+	chunks     [][]int32
+	o          runner.Options
+	work, base *llamacpp.Context
+	d          int
+}
+
+// NewFitter makes the two capturing contexts a fit decodes with: one runs
+// the model without the removed blocks (up to the block that absorbs the
+// map), the other the whole model (up to the run's last block).
+func NewFitter(lm *llamacpp.Model, m *gguf.Model, chunks [][]int32, o runner.Options) (*Fitter, error) {
+	archName, err := m.Architecture()
+	if err != nil {
+		return nil, err
+	}
+	f := &Fitter{m: m, archName: archName, chunks: chunks, o: o, d: lm.Info().NEmbd}
+	newCtx := func() (*llamacpp.Context, error) {
+		return lm.NewContext(llamacpp.ContextParams{NCtx: o.CtxSize(), Threads: o.Threads, Capture: true})
+	}
+	if f.work, err = newCtx(); err != nil {
+		return nil, err
+	}
+	if f.base, err = newCtx(); err != nil {
+		f.work.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Close frees the contexts.
+func (f *Fitter) Close() {
+	f.work.Close()
+	f.base.Close()
+}
+
+// Fit fits the map of every run of removed blocks (Plan must accept them),
+// in order, each on the model with the earlier runs removed and healed;
+// ridge is relative (0: chosen on the held-out chunks). The maps are not folded: Watch
+// applies them at run time.
+func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64) (*Healing, error) {
+	runs, err := Plan(f.m, removed)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRidge(ridge); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	chunks, work, base, d, o := f.chunks, f.work, f.base, f.d, f.o
+	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, data: map[string][]byte{}}
+	defer work.Watch(nil, nil)
+	defer base.Watch(nil, nil)
+	defer work.SetSkip(nil)
+	defer work.SetStopAfter(-2)
+	defer base.SetStopAfter(-2)
 	for ri := range h.Runs {
 		run := &h.Runs[ri]
 		if run.Block < 0 {
@@ -219,7 +319,7 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 			return nil, err
 		}
 		var L []float32
-		out := fmt.Sprintf("%s-%d", arch.Boundaries(archName).BlockOutput, run.Last)
+		out := fmt.Sprintf("%s-%d", arch.Boundaries(f.archName).BlockOutput, run.Last)
 		if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
 			return nil, err
 		}
@@ -231,6 +331,9 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
+			if f.Only != nil && !f.Only(ci) {
+				continue
+			}
 			Y, M, L = Y[:0], M[:0], L[:0]
 			if err := runner.DecodeFrom(work, ch, 0); err != nil {
 				return nil, err
@@ -239,7 +342,7 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 				return nil, err
 			}
 			if len(Y) != len(ch)*d || len(M) != len(Y) || len(L) != len(Y) {
-				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and %s for every token; this architecture cannot be healed", m.Name(), i, i, out)
+				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and %s for every token; this architecture cannot be healed", f.m.Name(), i, i, out)
 			}
 			if heldOut(ci, len(chunks)) {
 				held.add(M, Y, L, len(ch))
@@ -253,17 +356,25 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 		}
 		h.Cost.Passes += 2
 		// The map written is fitted on every chunk; the held-out check fits
-		// one on the others and measures it on the held-out chunks.
-		T, lambda, residual, err := train.plus(held).solve(ridge)
+		// one on the others and measures it on the held-out chunks. Without
+		// a ridge given, the ridge is the one of Ridges whose map fitted on
+		// the other chunks leaves the least on the held-out ones.
+		r := ridge
+		if r == 0 {
+			if r, err = chooseRidge(train, held); err != nil {
+				return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
+			}
+		}
+		T, lambda, residual, err := train.plus(held).solve(r)
 		if err != nil {
-			return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", m.Name(), run.First, run.Last, err)
+			return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
 		}
 		h.maps[i] = T
 		run.Ridge, run.Residual = lambda, residual
 		if held.tokens > 0 {
-			Tt, _, _, err := train.solve(ridge)
+			Tt, _, _, err := train.solve(r)
 			if err != nil {
-				return nil, fmt.Errorf("%s: healing blocks %d-%d on the chunks not held out: %w", m.Name(), run.First, run.Last, err)
+				return nil, fmt.Errorf("%s: healing blocks %d-%d on the chunks not held out: %w", f.m.Name(), run.First, run.Last, err)
 			}
 			run.HeldOut = held.residual(Tt)
 			if run.HeldOut > 1 {
@@ -271,23 +382,27 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 			}
 		}
 	}
-	work.Watch(nil, nil)
-	base.Watch(nil, nil)
-	// Fold each map into its block's FFN down projection.
-	for _, run := range h.Runs {
-		if run.Block < 0 {
-			continue
-		}
-		for _, name := range run.Tensors {
-			data, err := foldMap(m, name, h.maps[run.Block], opt.Imatrix)
-			if err != nil {
-				return nil, err
-			}
-			h.data[name] = data
-		}
-	}
 	h.Cost.Seconds = time.Since(start).Seconds()
 	return h, nil
+}
+
+// Watch is what applies the maps at run time, on a capturing context that
+// skips the removed blocks: the graph tensors to watch (the FFN outputs of
+// the blocks that absorb a map) and the function that multiplies each by
+// its map (see llamacpp.Context.Watch).
+func (h *Healing) Watch() ([]string, llamacpp.WatchFunc) {
+	names := map[string]*mat.Dense{}
+	var list []string
+	for b, T := range h.maps {
+		n := fmt.Sprintf("ffn_out-%d", b)
+		names[n] = T
+		list = append(list, n)
+	}
+	return list, func(name string, data []float32, nCols, nRows int) {
+		if T := names[name]; T != nil {
+			applyMap(data, T, nCols, nRows)
+		}
+	}
 }
 
 // applyMap replaces rows x (nRows of nCols) by x·T in place.

@@ -1,6 +1,7 @@
 package selection
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -154,6 +155,51 @@ var (
 		Loss: KLD, Choose: chooseGreedy(KLD),
 	})
 )
+
+// Healed chooses, greedily, the blocks whose removal heals best: each
+// time the candidate of least calibration KL divergence with the blocks
+// already chosen, all removed and healed (prune --heal's least-squares
+// maps, fitted for that removal and applied at run time). The first step
+// measures every candidate; later steps only the healedShortlist best of
+// the first (a removal that heals badly alone rarely heals well beside
+// others, and each measure is a fit of every run and a pass).
+var Healed = Register(&Method{
+	Name: "heal", Help: "greedy by the KL divergence of the model with the blocks removed and healed (for --heal)",
+	Cost: "about blocks + k × 8 fits (2 passes per removed run) and passes", Loss: KLD, Choose: chooseHealed,
+})
+
+// healedShortlist is how many of the first step's best candidates later
+// steps of Healed measure.
+const healedShortlist = 8
+
+func chooseHealed(ctx context.Context, e *Engine) error {
+	var first map[int]float64
+	return e.TakeEach(func(removed, cands []int) (Step, bool, error) {
+		if first != nil {
+			cands = slices.Clone(cands)
+			slices.SortStableFunc(cands, func(a, b int) int { return cmp.Compare(first[a], first[b]) })
+			cands = cands[:min(len(cands), healedShortlist)]
+		}
+		var best Step
+		losses := map[int]float64{}
+		for i, c := range cands {
+			try := append(slices.Clone(removed), c)
+			slices.Sort(try)
+			l, _, err := e.Measure.HealedLoss(ctx, try, KLD)
+			if err != nil {
+				return Step{}, false, err
+			}
+			losses[c] = l
+			if i == 0 || l < best.Value {
+				best = Step{c, l}
+			}
+		}
+		if first == nil {
+			first = losses
+		}
+		return best, true, nil
+	})
+}
 
 // chooseByLoss ranks every candidate by the loss with it skipped alone.
 func chooseByLoss(kind Loss) func(ctx context.Context, e *Engine) error {

@@ -128,7 +128,7 @@ func TestRegistry(t *testing.T) {
 			t.Fatalf("Parse(%q) = %v, %v", m.Name, got, err)
 		}
 	}
-	if len(seen) != 7 {
+	if len(seen) != 8 {
 		t.Fatalf("%d methods", len(seen))
 	}
 	if _, err := selection.Parse("nope"); err == nil {

@@ -55,8 +55,8 @@ func main() {
 	calibs := flag.String("f", "testdata/text/gutenberg/pg1342.txt,testdata/text/gutenberg/pg2701.txt", "calibration texts, comma-separated")
 	texts := flag.String("eval", "testdata/text/unseen/gutenberg_tails.txt,testdata/text/unseen/tinystories_last50.txt", "evaluation texts, comma-separated")
 	chunks := flag.Int("chunks", 32, "calibration chunks")
-	evalChunks := flag.Int("eval-chunks", 32, "evaluation chunks per text")
-	seeds := flag.Int("seeds", 5, "random choices per level")
+	evalChunks := flag.Int("eval-chunks", 16, "evaluation chunks per text")
+	seeds := flag.Int("seeds", 3, "random choices per level")
 	flag.Parse()
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Fatal(err)
@@ -88,7 +88,9 @@ func main() {
 			path string
 		}
 		var files []file
-		write := func(r Row, gone map[int][]int, blocks []int) {
+		// write writes one file; same says it is another seed of the row
+		// before (random choices), whose figures are averaged.
+		write := func(r Row, gone map[int][]int, blocks []int, same bool) {
 			path := filepath.Join(*out, fmt.Sprintf("%s-%s-%s-%d.gguf", strings.TrimSuffix(filepath.Base(cal), ".txt"), r.Method, r.Level, len(files)))
 			p, err := m.Plan(blocks, surgery.Options{Experts: gone})
 			if err != nil {
@@ -102,7 +104,7 @@ func main() {
 			if r.Bytes == 0 {
 				r.Bytes = st.Size()
 			}
-			if len(files) == 0 || files[len(files)-1].row != len(rows) {
+			if !same {
 				rows = append(rows, r)
 			}
 			files = append(files, file{len(rows) - 1, path})
@@ -115,7 +117,7 @@ func main() {
 				if err != nil {
 					log.Fatal(err)
 				}
-				write(Row{Calibration: filepath.Base(cal), Method: metric.Name, Level: level, Removed: gone}, gone, nil)
+				write(Row{Calibration: filepath.Base(cal), Method: metric.Name, Level: level, Removed: gone}, gone, nil, false)
 				st, _ := os.Stat(files[len(files)-1].path)
 				size = st.Size()
 			}
@@ -127,14 +129,14 @@ func main() {
 					slices.Sort(perm)
 					gone[b] = perm
 				}
-				write(Row{Calibration: filepath.Base(cal), Method: "random", Level: level}, gone, nil)
+				write(Row{Calibration: filepath.Base(cal), Method: "random", Level: level}, gone, nil, seed > 0)
 			}
 			blocks, err := m.Select(rep, prune.Selection{TargetSize: size, Protect: selection.Protect{First: 1, Last: 1}})
 			if err != nil {
 				log.Printf("blocks at %d bytes: %v", size, err)
 				continue
 			}
-			write(Row{Calibration: filepath.Base(cal), Method: "blocks (bi)", Level: level, Blocks: blocks}, nil, blocks)
+			write(Row{Calibration: filepath.Base(cal), Method: "blocks (bi)", Level: level, Blocks: blocks}, nil, blocks, false)
 		}
 		var paths []string
 		for _, f := range files {

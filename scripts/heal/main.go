@@ -1,8 +1,10 @@
 // Command heal measures healing (docs/healing.md): for k = 1 to a quarter
 // of the blocks, the k lowest-BI blocks are removed plainly and with
-// healing, and both models are compared with the original on text the
-// calibration never saw. It prints a Markdown table and writes heal.json
-// and a plot (perplexity against blocks removed, plain and healed).
+// healing (at a fixed ridge and with the ridge chosen on held-out chunks),
+// and the blocks the heal method chooses are removed and healed; every
+// file is compared with the original on texts the calibration never saw.
+// It prints a Markdown table and writes heal.json and a plot (perplexity
+// against blocks removed, one line per variant).
 //
 //	go run ./scripts/heal [-m MODEL] [-f CALIB] [-e EVAL] [-o bin/heal]
 package main
@@ -16,6 +18,8 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -29,24 +33,44 @@ import (
 	"github.com/ggufprune/ggufprune/prune/selection"
 )
 
-// Row is one k.
+// Row is one way of removing k blocks, evaluated on every text.
 type Row struct {
-	Removed     []int   `json:"removed"`
-	Base        float64 `json:"ppl_base"`
-	Plain       float64 `json:"ppl_plain"`
-	Healed      float64 `json:"ppl_healed"`
-	PlainKLD    float64 `json:"kld_plain"`
-	HealedKLD   float64 `json:"kld_healed"`
-	Share       float64 `json:"share_removed"` // of the perplexity increase
-	HealSeconds float64 `json:"heal_seconds"`
+	Variant     string         `json:"variant"`
+	K           int            `json:"k"`
+	Removed     []int          `json:"removed"`
+	Eval        map[string]Fig `json:"eval"` // by text
+	HealSeconds float64        `json:"heal_seconds,omitempty"`
+}
+
+// Fig is a file's figures on one text.
+type Fig struct {
+	Base  float64 `json:"ppl_base"`
+	PPL   float64 `json:"ppl"`
+	KLD   float64 `json:"kld"`
+	Share float64 `json:"share_removed"` // of plain BI's perplexity increase at the same k
+}
+
+// variant is a way of choosing and healing.
+type variant struct {
+	name  string
+	heal  bool
+	ridge float64 // 0: chosen on held-out chunks
+	aware bool    // blocks chosen by the heal method, else lowest BI
+}
+
+var variants = []variant{
+	{name: "bi, plain"},
+	{name: "bi, healed (ridge 1e-10)", heal: true, ridge: heal.DefaultRidge},
+	{name: "bi, healed", heal: true},
+	{name: "heal, healed", heal: true, aware: true},
 }
 
 func main() {
 	model := flag.String("m", "testdata/models/story16-f16.gguf", "model")
 	calib := flag.String("f", "testdata/text/gutenberg/pg1342.txt", "calibration text")
-	evalPath := flag.String("e", "testdata/text/unseen/gutenberg_tails.txt", "evaluation text")
+	evalPaths := flag.String("e", "testdata/text/unseen/gutenberg_tails.txt,testdata/text/unseen/tinystories_last50.txt", "evaluation texts, comma-separated")
 	ctxSize := flag.Int("c", 256, "chunk size")
-	calChunks := flag.Int("chunks", 64, "calibration chunks")
+	calChunks := flag.Int("chunks", 32, "calibration chunks")
 	evalChunks := flag.Int("eval-chunks", 32, "evaluation chunks")
 	out := flag.String("o", "bin/heal", "output folder")
 	flag.Parse()
@@ -63,80 +87,129 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	text, err := runner.TextFile(*evalPath)
-	if err != nil {
-		log.Fatal(err)
-	}
 	o := runner.Options{Ctx: *ctxSize, Chunks: *calChunks}
-	kMax := max(1, m.ScoredBlocks()/4)
+	kMax := max(1, (m.ScoredBlocks()+2)/4)
+	protect := selection.Protect{First: 1, Last: 1}
 	rep, _, err := m.Score(ctx, prune.ScoreOptions{Calibration: cal, Run: o})
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("%s, calibration %s (%d chunks of %d), evaluation %s (%d chunks)\n\n", *model, *calib, *calChunks, *ctxSize, *evalPath, *evalChunks)
-	fmt.Println("| removed | plain PPL | healed PPL | plain KLD | healed KLD | share of the increase removed | healing |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	// The heal method's greedy steps for kMax: its choice for a smaller k
+	// is their prefix.
+	search, err := m.Choose(ctx, selection.Healed, prune.Selection{Count: kMax, Protect: protect}, cal, o)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s, calibration %s (%d chunks of %d), evaluation %d chunks of each text; heal method's search: %d passes, %.0f s\n\n",
+		*model, *calib, *calChunks, *ctxSize, *evalChunks, search.Cost.Passes, search.Cost.Seconds)
 	var rows []Row
+	var paths []string
 	for k := 1; k <= kMax; k++ {
-		removed, err := m.Select(rep, prune.Selection{Count: k, Protect: selection.Protect{First: 1, Last: 1}})
+		bi, err := m.Select(rep, prune.Selection{Count: k, Protect: protect})
 		if err != nil {
 			log.Fatal(err)
 		}
-		plainPath, healedPath := filepath.Join(*out, "plain.gguf"), filepath.Join(*out, "healed.gguf")
-		plan, err := m.Plan(removed, surgery.Options{})
-		if err != nil {
-			log.Fatal(err)
+		var aware []int
+		for _, st := range search.Steps[:k] {
+			aware = append(aware, st.Block)
 		}
-		if _, err := m.Write(ctx, plan, prune.WriteOptions{Output: plainPath, Overwrite: true}); err != nil {
-			log.Fatal(err)
-		}
-		h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{})
-		if err != nil {
-			log.Fatal(err)
-		}
-		for name, data := range h.Tensors() {
-			if err := plan.ReplaceData(name, data); err != nil {
+		slices.Sort(aware)
+		for _, v := range variants {
+			removed := bi
+			if v.aware {
+				removed = aware
+			}
+			plan, err := m.Plan(removed, surgery.Options{})
+			if err != nil {
 				log.Fatal(err)
 			}
+			r := Row{Variant: v.name, K: k, Removed: removed, Eval: map[string]Fig{}}
+			if v.heal {
+				h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{Ridge: v.ridge})
+				if err != nil {
+					log.Fatal(err)
+				}
+				for name, data := range h.Tensors() {
+					if err := plan.ReplaceData(name, data); err != nil {
+						log.Fatal(err)
+					}
+				}
+				r.HealSeconds = h.Cost.Seconds
+			}
+			path := filepath.Join(*out, fmt.Sprintf("k%d-%d.gguf", k, len(paths)))
+			if _, err := m.Write(ctx, plan, prune.WriteOptions{Output: path, Overwrite: true}); err != nil {
+				log.Fatal(err)
+			}
+			rows, paths = append(rows, r), append(paths, path)
 		}
-		if _, err := m.Write(ctx, plan, prune.WriteOptions{Output: healedPath, Overwrite: true}); err != nil {
-			log.Fatal(err)
-		}
-		rs, err := eval.Compare(ctx, eval.Base{Model: *model}, []string{plainPath, healedPath}, text, runner.Options{Ctx: *ctxSize, Chunks: *evalChunks})
+	}
+	var texts []string
+	for _, e := range strings.Split(*evalPaths, ",") {
+		text, err := runner.TextFile(e)
 		if err != nil {
 			log.Fatal(err)
 		}
-		r := Row{Removed: removed, Base: rs[0].PPL, Plain: rs[1].PPL, Healed: rs[2].PPL, PlainKLD: rs[1].KLD.KLD, HealedKLD: rs[2].KLD.KLD, HealSeconds: h.Cost.Seconds}
-		r.Share = (r.Plain - r.Healed) / (r.Plain - r.Base)
-		rows = append(rows, r)
-		fmt.Printf("| %v | %.3f | %.3f | %.4f | %.4f | %.0f%% | %.0f s |\n", removed, r.Plain, r.Healed, r.PlainKLD, r.HealedKLD, 100*r.Share, r.HealSeconds)
-		os.Remove(plainPath)
-		os.Remove(healedPath)
+		name := filepath.Base(e)
+		texts = append(texts, name)
+		rs, err := eval.Compare(ctx, eval.Base{Model: *model}, paths, text, runner.Options{Ctx: *ctxSize, Chunks: *evalChunks})
+		if err != nil {
+			log.Fatal(err)
+		}
+		for i := range rows {
+			rows[i].Eval[name] = Fig{Base: rs[0].PPL, PPL: rs[i+1].PPL, KLD: rs[i+1].KLD.KLD}
+		}
+		// The share of plain BI's increase removed, at the same k.
+		for i := range rows {
+			plain := rows[i-i%len(variants)].Eval[name]
+			f := rows[i].Eval[name]
+			f.Share = (plain.PPL - f.PPL) / (plain.PPL - f.Base)
+			rows[i].Eval[name] = f
+		}
+	}
+	for _, p := range paths {
+		os.Remove(p)
+	}
+	fmt.Print("| k | variant | removed |")
+	for _, t := range texts {
+		fmt.Printf(" %s (%.3f): PPL | KLD | increase removed |", t, rows[0].Eval[t].Base)
+	}
+	fmt.Print("\n|---|---|---|")
+	for range texts {
+		fmt.Print("---|---|---|")
+	}
+	fmt.Println()
+	for _, r := range rows {
+		fmt.Printf("| %d | %s | %v |", r.K, r.Variant, r.Removed)
+		for _, t := range texts {
+			f := r.Eval[t]
+			fmt.Printf(" %.3f | %.4f | %.0f%% |", f.PPL, f.KLD, 100*f.Share)
+		}
+		fmt.Println()
 	}
 	b, _ := json.MarshalIndent(rows, "", "  ")
 	if err := os.WriteFile(filepath.Join(*out, "heal.json"), b, 0o644); err != nil {
 		log.Fatal(err)
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s on %s (unpruned: %.3f)", filepath.Base(*model), filepath.Base(*evalPath), rows[0].Base)
-	p.X.Label.Text = "blocks removed (lowest BI)"
+	p.Title.Text = fmt.Sprintf("%s on %s (unpruned: %.3f)", filepath.Base(*model), texts[0], rows[0].Eval[texts[0]].Base)
+	p.X.Label.Text = "blocks removed"
 	p.Y.Label.Text = "perplexity"
-	for i, ser := range []struct {
-		name string
-		get  func(Row) float64
-	}{{"plain", func(r Row) float64 { return r.Plain }}, {"healed", func(r Row) float64 { return r.Healed }}} {
+	colors := []color.RGBA{{220, 70, 50, 255}, {230, 160, 40, 255}, {70, 110, 180, 255}, {40, 160, 80, 255}}
+	for vi, v := range variants {
 		var pts plotter.XYs
-		for k, r := range rows {
-			pts = append(pts, plotter.XY{X: float64(k + 1), Y: ser.get(r)})
+		for _, r := range rows {
+			if r.Variant == v.name {
+				pts = append(pts, plotter.XY{X: float64(r.K), Y: r.Eval[texts[0]].PPL})
+			}
 		}
 		l, err := plotter.NewLine(pts)
 		if err != nil {
 			log.Fatal(err)
 		}
 		l.Width = vg.Points(1.5)
-		l.Color = []color.RGBA{{220, 70, 50, 255}, {70, 110, 180, 255}}[i]
+		l.Color = colors[vi%len(colors)]
 		p.Add(l)
-		p.Legend.Add(ser.name, l)
+		p.Legend.Add(v.name, l)
 	}
 	p.Legend.Top, p.Legend.Left = true, true
 	png := filepath.Join(*out, "heal-"+filepath.Base(*model)+".png")

@@ -92,6 +92,9 @@ func measure(ctx context.Context, path string, texts []string, calib string, chu
 	sel := prune.Selection{Count: kMax, Protect: selection.Protect{First: 1, Last: 1}}
 	var rows []Row
 	for _, method := range selection.Methods() {
+		if method == selection.Healed {
+			continue // chooses for healed removal: make heal measures it
+		}
 		if method == selection.Angular {
 			for k := 1; k <= kMax; k++ {
 				sel.Count = k
@@ -185,6 +188,9 @@ func plotRows(rows []Row, model, text string, base float64, path string) {
 					}
 				}
 			}
+		}
+		if len(pts) == 0 {
+			continue // a method not measured here (heal)
 		}
 		l, err := plotter.NewLine(pts)
 		if err != nil {
