@@ -137,6 +137,9 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 				choose, _ = selection.Lookup(o.Scores.Metric)
 			}
 		}
+		if choose == selection.Healed && !o.Heal {
+			return nil, fmt.Errorf("method %s chooses the blocks that heal best: give --heal (Options.Heal) with it", choose.Name)
+		}
 		sel := o.Select
 		sel.Sharding = o.Write.sharding()
 		switch {

@@ -193,7 +193,7 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	}
 	// Fold each map into its block's FFN down projection.
 	for _, run := range h.Runs {
-		if run.Block < 0 {
+		if run.Block < 0 || h.maps[run.Block] == nil {
 			continue
 		}
 		for _, name := range run.Tensors {
@@ -359,13 +359,22 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64) (*Healin
 		// one on the others and measures it on the held-out chunks. Without
 		// a ridge given, the ridge is the one of Ridges whose map fitted on
 		// the other chunks leaves the least on the held-out ones.
+		all := train.plus(held)
+		if all.mm == 0 {
+			// Block i adds nothing to the stream on the calibration (its
+			// FFN output is zero, an identity block): there is no output to
+			// map, and the run is removed as it is.
+			run.Note = fmt.Sprintf("block %d's FFN output is zero on the calibration: there is nothing to map; removed without healing", i)
+			run.Tensors, run.Type = nil, ""
+			continue
+		}
 		r := ridge
 		if r == 0 {
 			if r, err = chooseRidge(train, held); err != nil {
 				return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
 			}
 		}
-		T, lambda, residual, err := train.plus(held).solve(r)
+		T, lambda, residual, err := all.solve(r)
 		if err != nil {
 			return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
 		}

@@ -180,7 +180,10 @@ func TestHeal(t *testing.T) {
 	if worst > 1e-4 {
 		t.Fatalf("healed file and run-time map (T in float32) differ by %g relative", worst)
 	}
-	if worst, rounding := fixture.MaxRelDiff(full, file), fixture.MaxRelDiff(full, rounded); worst > 2*rounding+1e-5 {
+	// Folding rounds W_down·T to float32 as well, a second rounding of the
+	// same order as rounding T (3.2× it on one CI machine): a wrong fold
+	// (a transposed or misplaced map) differs by 1e-2 or more.
+	if worst, rounding := fixture.MaxRelDiff(full, file), fixture.MaxRelDiff(full, rounded); worst > 5*rounding+2e-5 {
 		t.Fatalf("healed file and run-time map (T in float64) differ by %g relative, more than rounding T to float32 does (%g)", worst, rounding)
 	}
 
