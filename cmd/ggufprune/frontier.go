@@ -53,7 +53,7 @@ func frontierCommand() *cli.Command {
 			&cli.StringFlag{Name: "experts", Usage: "numbers of experts to remove from each mixture-of-experts block, `N,P%,…` (0: none), lowest --expert-method score first"},
 			&cli.StringFlag{Name: "expert-method", Usage: "how experts are ranked (`METRIC`): " + strings.Join(bi.ExpertMetricNames(), ", ") + " (default " + prune.DefaultExpertMetric + ")"},
 			&cli.BoolFlag{Name: "heal", Usage: "also heal every pruned level (both in the grid)"},
-			&cli.Float64Flag{Name: "ridge", Usage: "healing's ridge `R` (default 1e-10)"},
+			&cli.Float64Flag{Name: "ridge", Usage: "healing's ridge `R`, relative to the mean diagonal of MᵀM (default: per run, the one of 1e-10 … 0.1 that heals held-out calibration chunks best)"},
 			&cli.IntFlag{Name: "keep-first", Value: 1, Usage: "never remove the first `N` blocks"},
 			&cli.IntFlag{Name: "keep-last", Value: 1, Usage: "never remove the last `N` blocks"},
 			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` of the model (default: collected in the scoring pass)"},

@@ -179,9 +179,13 @@ func printExperts(w io.Writer, rep *prune.ScoreReport, removed map[int][]int) {
 	if len(rep.Experts) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "expert scores: REAP (share of tokens routed); * removed")
+	title := "expert scores: REAP (share of tokens routed), a row per block, a column per expert"
+	if len(removed) > 0 {
+		title += "; * removed"
+	}
+	fmt.Fprintln(w, title)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprint(tw, "block\t")
+	fmt.Fprint(tw, "block \\ expert\t")
 	for e := range rep.Experts[0].Experts {
 		fmt.Fprintf(tw, "%d\t", e)
 	}
