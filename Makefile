@@ -83,7 +83,7 @@ experts: third_party
 	mkdir -p bin/experts
 	$(GO) run ./scripts/experts -o bin/experts $(EXPERTS_ARGS) | tee bin/experts/table.md
 
-# Plain against healed removal (docs/healing.md); HEAL_ARGS=-m other.gguf ...
+# Plain, compensated and healed removal (docs/healing.md); HEAL_ARGS=-m other.gguf ...
 heal: third_party
 	$(GO) run ./scripts/heal -o bin/heal $(HEAL_ARGS)
 

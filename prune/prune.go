@@ -54,6 +54,10 @@ type Options struct {
 	// chosen on held-out calibration chunks among heal.Ridges).
 	Heal  bool
 	Ridge float64
+	// Compensate scales the output projections of the kept blocks after
+	// every removed run not healed by the stream's lost magnitude,
+	// measured on the calibration (see heal.Compensate).
+	Compensate bool
 
 	// EvalText, when not nil, is evaluated on the input before writing and
 	// on the output after (perplexity).
@@ -73,8 +77,8 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		if len(o.Write.Plan.Experts) > 0 {
 			return nil, errors.New("prune: experts are given as a list or chosen by score, not both")
 		}
-		if o.Heal {
-			return nil, errors.New("prune: healing does not go with removing experts yet")
+		if o.Heal || o.Compensate {
+			return nil, errors.New("prune: healing and compensation do not go with removing experts yet")
 		}
 		if o.Experts.TargetSize > 0 && !o.Select.empty() {
 			return nil, errors.New("prune: a target size is reached by removing blocks or experts, not both")
@@ -223,6 +227,41 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 			}
 		}
 	}
+	var comp *heal.Compensation
+	if o.Compensate {
+		if len(plan.Removed) == 0 {
+			return nil, errors.New("prune: --compensate needs blocks removed")
+		}
+		healed := map[int]bool{}
+		if healing != nil {
+			for _, r := range healing.Runs {
+				if len(r.Tensors) > 0 {
+					healed[r.First] = true
+				}
+			}
+		}
+		if o.Write.DryRun {
+			cuts, tensors, err := heal.PlanCompensation(m.GGUF, plan.Removed, healed)
+			if err != nil {
+				return nil, err
+			}
+			comp = &heal.Compensation{Cuts: cuts, Tensors: tensors}
+		} else {
+			var data map[string][]byte
+			if healing != nil {
+				data = healing.Tensors()
+			}
+			comp, err = heal.Compensate(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.CompensateOptions{Healed: healed, Data: data, Imatrix: o.Write.Imatrix})
+			if err != nil {
+				return nil, err
+			}
+			for name, d := range comp.Data() {
+				if err := plan.ReplaceData(name, d); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
 	// The evaluation text is checked before anything is written, so that a
 	// text the evaluation refuses (too short, say) fails the run with
 	// nothing written.
@@ -236,6 +275,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		return nil, err
 	}
 	res.Method, res.Scores, res.Search, res.Heal, res.ExpertMethod = method, rep, search, healing, expertMethod
+	res.Compensation = comp
 	if healing != nil {
 		res.Warnings = append(res.Warnings, healing.Warnings...)
 	}

@@ -65,7 +65,9 @@ type Result struct {
 	Scores           *ScoreReport      `json:"scores,omitempty"`
 	Search           *selection.Search `json:"search,omitempty"` // methods other than bi: the choice's steps and cost
 	Heal             *heal.Healing     `json:"heal,omitempty"`   // what healing rewrote
-	Eval             []eval.Result     `json:"eval,omitempty"`
+	// Compensation is what magnitude compensation measured and rewrote.
+	Compensation *heal.Compensation `json:"compensation,omitempty"`
+	Eval         []eval.Result      `json:"eval,omitempty"`
 	// Warnings are what the output does not keep of the original (a forced
 	// removal that changed the kind of kept blocks).
 	Warnings []string `json:"warnings,omitempty"`

@@ -68,3 +68,47 @@ func TestHealChecks(t *testing.T) {
 		t.Fatalf("sound healing: %s", r.stdout)
 	}
 }
+
+// prune --compensate: the JSON reports each cut's α and the scaled blocks,
+// the dry run lists the tensors it would rewrite and writes nothing, with
+// --heal a healed run is left to its map, and removing experts refuses it.
+func TestCompensateCLI(t *testing.T) {
+	in := model(t, "stories260K.gguf")
+	calib := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "c.gguf")
+	r := runCLI(t, "prune", "-m", in, "--layers", "2", "--compensate", "-f", calib, "-c", "128", "--chunks", "4", "-o", out, "--json").ok(t)
+	var res struct {
+		Compensation struct {
+			Cuts []struct {
+				First, Last int
+				Alpha       float64
+			}
+			Scales  map[string]float64
+			Tensors []string
+		}
+	}
+	decode(t, r.stdout, &res)
+	c := res.Compensation
+	if len(c.Cuts) != 1 || !(c.Cuts[0].Alpha > 0) || len(c.Scales) != 2 || c.Scales["3"] != c.Scales["4"] || len(c.Tensors) != 4 {
+		t.Fatalf("%+v", c)
+	}
+	if d := c.Scales["3"]*c.Cuts[0].Alpha - 1; d > 1e-12 || d < -1e-12 {
+		t.Fatalf("scale %v is not 1/alpha (%v)", c.Scales["3"], c.Cuts[0].Alpha)
+	}
+	runCLI(t, "eval", "-m", out, "-f", calib, "-c", "128", "--chunks", "2").ok(t)
+
+	dry := filepath.Join(dir, "dry.gguf")
+	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--compensate", "--dry-run", "-o", dry).ok(t)
+	if !strings.Contains(r.stdout, "would scale") || !strings.Contains(r.stdout, "blk.4.ffn_down.weight") {
+		t.Fatalf("dry run:\n%s", r.stdout)
+	}
+	if _, err := os.Stat(dry); !os.IsNotExist(err) {
+		t.Fatal("a dry run wrote its output")
+	}
+	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--compensate", "--heal", "--dry-run").ok(t)
+	if !strings.Contains(r.stdout, "not compensated") || !strings.Contains(r.stdout, "0 tensors") {
+		t.Fatalf("healed and compensated, dry run:\n%s", r.stdout)
+	}
+	runCLI(t, "prune", "-m", model(t, "moe8-f16.gguf"), "--experts", "2", "--compensate", "-f", calib, "-o", filepath.Join(dir, "e.gguf")).fails(t, 2, "--compensate")
+}

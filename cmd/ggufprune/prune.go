@@ -15,6 +15,7 @@ import (
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/prune"
+	"github.com/ggufprune/ggufprune/prune/heal"
 	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/ggufprune/ggufprune/prune/selection"
 	"github.com/urfave/cli/v2"
@@ -54,6 +55,7 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` of the input model: pruned with it for --quantize and --imatrix-out"},
 			&cli.StringFlag{Name: "imatrix-out", Usage: "write the imatrix of the pruned model (removed blocks dropped, the rest renumbered) to `FILE`"},
 			&cli.BoolFlag{Name: "heal", Usage: "repair each removed run inside the block before it: a linear map fitted on the calibration text (-f, or self-generated) folded into its FFN down projection"},
+			&cli.BoolFlag{Name: "compensate", Usage: "scale the output projections of the kept blocks after each removed run (not healed) so that the residual stream keeps its magnitude, measured on the calibration text (-f, or self-generated)"},
 			&cli.Float64Flag{Name: "ridge", Usage: "healing's ridge `R`, relative to the mean diagonal of MᵀM (default: per run, the one of 1e-10 … 0.1 that heals held-out calibration chunks best)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and write nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "remove blocks even where the architecture derives layer kinds from the block index"},
@@ -100,15 +102,17 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("expert-method") && !expertsByScore {
 		return usagef("prune: --expert-method ranks the experts --experts removes")
 	}
-	heal := c.Bool("heal")
-	if (c.IsSet("expert-list") || expertsByScore) && heal {
-		return usagef("prune: removing experts does not go with --heal yet")
+	heal, compensate := c.Bool("heal"), c.Bool("compensate")
+	if (c.IsSet("expert-list") || expertsByScore) && (heal || compensate) {
+		return usagef("prune: removing experts does not go with --heal or --compensate yet")
 	}
-	if c.IsSet("layers") && !expertsByScore && (c.IsSet("scores") || (c.IsSet("file") && !heal)) {
-		return usagef("prune: --layers needs no scores; -f and --scores go with --remove, --target-size or --experts (and -f with --heal)")
+	// Healing and compensation calibrate on -f even with blocks given.
+	calibrates := heal || compensate
+	if c.IsSet("layers") && !expertsByScore && (c.IsSet("scores") || (c.IsSet("file") && !calibrates)) {
+		return usagef("prune: --layers needs no scores; -f and --scores go with --remove, --target-size or --experts (and -f with --heal or --compensate)")
 	}
-	if c.IsSet("file") && c.IsSet("scores") && !heal {
-		return usagef("prune: give -f or --scores, not both (with --heal, -f is the healing's calibration)")
+	if c.IsSet("file") && c.IsSet("scores") && !calibrates {
+		return usagef("prune: give -f or --scores, not both (with --heal or --compensate, -f is their calibration)")
 	}
 	if r := c.Float64("ridge"); c.IsSet("ridge") && (!heal || !(r > 0) || math.IsInf(r, 0)) {
 		return usagef("prune: --ridge is a positive finite number for --heal")
@@ -153,7 +157,7 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
-	o := prune.Options{Run: run, Method: method, Heal: heal, Ridge: c.Float64("ridge"), Write: prune.WriteOptions{
+	o := prune.Options{Run: run, Method: method, Heal: heal, Compensate: compensate, Ridge: c.Float64("ridge"), Write: prune.WriteOptions{
 		Output: out, Plan: surgery.Options{Force: c.Bool("force")}, DryRun: dryRun,
 		ImatrixOut: c.String("imatrix-out"), Overwrite: c.Bool("overwrite"),
 	}}
@@ -184,7 +188,7 @@ func runPrune(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
-	if heal {
+	if calibrates {
 		if o.Calibration, err = calibrationFrom(c); err != nil {
 			return err
 		}
@@ -216,7 +220,7 @@ func runPrune(c *cli.Context) error {
 				return err
 			}
 			o.ScoresFile = file
-		} else if !heal {
+		} else if !calibrates {
 			if o.Calibration, err = calibrationFrom(c); err != nil {
 				return err
 			}
@@ -350,6 +354,9 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 			fmt.Fprintf(tw, "healing\t%d passes, %d tokens, %.1f s\n", s.Heal.Cost.Passes, s.Heal.Cost.Tokens, s.Heal.Cost.Seconds)
 		}
 	}
+	if s.Compensation != nil {
+		printCompensation(tw, s.Compensation, s.DryRun)
+	}
 	if s.Quantized != "" {
 		fmt.Fprintf(tw, "quantized\t%s\n", s.Quantized)
 	}
@@ -374,4 +381,32 @@ func lossMetrics() []string {
 		}
 	}
 	return out
+}
+
+// printCompensation prints every cut's α and the scales of the blocks
+// after them, or with a dry run the tensors compensation would rewrite.
+func printCompensation(w io.Writer, comp *heal.Compensation, dryRun bool) {
+	for _, cut := range comp.Cuts {
+		switch {
+		case cut.Note != "":
+			fmt.Fprintf(w, "not compensated\tblocks %d-%d: %s\n", cut.First, cut.Last, cut.Note)
+		case !dryRun:
+			fmt.Fprintf(w, "compensated\tblocks %d-%d: the stream loses %.1f%% of its mean norm there (alpha %.4f)\n", cut.First, cut.Last, 100*(1-1/cut.Alpha), cut.Alpha)
+		}
+	}
+	if dryRun {
+		fmt.Fprintf(w, "would scale\t%d tensors: %s\n", len(comp.Tensors), strings.Join(comp.Tensors, ", "))
+		return
+	}
+	var bs []int
+	for b := range comp.Scales {
+		bs = append(bs, b)
+	}
+	slices.Sort(bs)
+	var parts []string
+	for _, b := range bs {
+		parts = append(parts, fmt.Sprintf("%d: %.4f", b, comp.Scales[b]))
+	}
+	fmt.Fprintf(w, "scaled\tattn_output and ffn_down of blocks %s\n", strings.Join(parts, ", "))
+	fmt.Fprintf(w, "compensation\t%d passes, %d tokens, %.1f s\n", comp.Cost.Passes, comp.Cost.Tokens, comp.Cost.Seconds)
 }

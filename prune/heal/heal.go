@@ -1,7 +1,9 @@
 // Package heal repairs the gap a removed run of blocks leaves: a linear map
 // fitted by least squares on calibration text (ReplaceMe) and folded into
-// the FFN down projection of the block before the run. It fits, solves and
-// folds; the pipeline writes the rewritten tensors.
+// the FFN down projection of the block before the run, and magnitude
+// compensation (Prune&Comp) folded into the output projections of the
+// blocks after it. It measures, fits, solves and folds; the pipeline writes
+// the rewritten tensors.
 package heal
 
 import (

@@ -1,7 +1,8 @@
 // Command heal measures healing (docs/healing.md): for k = 1 to a quarter
-// of the blocks, the k lowest-BI blocks are removed plainly and with
-// healing (at a fixed ridge and with the ridge chosen on held-out chunks),
-// and the blocks the heal method chooses are removed and healed; every
+// of the blocks, the k lowest-BI blocks are removed plainly, with magnitude
+// compensation, and with healing (at a fixed ridge and with the ridge
+// chosen on held-out chunks), and the blocks the heal method chooses are
+// removed and healed; every
 // file is compared with the original on texts the calibration never saw.
 // It prints a Markdown table and writes heal.json and a plot (perplexity
 // against blocks removed, one line per variant).
@@ -56,10 +57,14 @@ type variant struct {
 	heal  bool
 	ridge float64 // 0: chosen on held-out chunks
 	aware bool    // blocks chosen by the heal method, else lowest BI
+	// compensate: the output projections after each cut scaled by the
+	// stream's lost magnitude (heal.Compensate)
+	compensate bool
 }
 
 var variants = []variant{
 	{name: "bi, plain"},
+	{name: "bi, compensated", compensate: true},
 	{name: "bi, healed (ridge 1e-10)", heal: true, ridge: heal.DefaultRidge},
 	{name: "bi, healed", heal: true},
 	{name: "heal, healed", heal: true, aware: true},
@@ -136,6 +141,17 @@ func main() {
 				}
 				r.HealSeconds = h.Cost.Seconds
 			}
+			if v.compensate {
+				c, err := heal.Compensate(ctx, m.GGUF, removed, cal, o, heal.CompensateOptions{})
+				if err != nil {
+					log.Fatal(err)
+				}
+				for name, data := range c.Data() {
+					if err := plan.ReplaceData(name, data); err != nil {
+						log.Fatal(err)
+					}
+				}
+			}
 			path := filepath.Join(*out, fmt.Sprintf("k%d-%d.gguf", k, len(paths)))
 			if _, err := m.Write(ctx, plan, prune.WriteOptions{Output: path, Overwrite: true}); err != nil {
 				log.Fatal(err)
@@ -194,7 +210,7 @@ func main() {
 	p.Title.Text = fmt.Sprintf("%s on %s (unpruned: %.3f)", filepath.Base(*model), texts[0], rows[0].Eval[texts[0]].Base)
 	p.X.Label.Text = "blocks removed"
 	p.Y.Label.Text = "perplexity"
-	colors := []color.RGBA{{220, 70, 50, 255}, {230, 160, 40, 255}, {70, 110, 180, 255}, {40, 160, 80, 255}}
+	colors := []color.RGBA{{220, 70, 50, 255}, {150, 80, 170, 255}, {230, 160, 40, 255}, {70, 110, 180, 255}, {40, 160, 80, 255}}
 	for vi, v := range variants {
 		var pts plotter.XYs
 		for _, r := range rows {

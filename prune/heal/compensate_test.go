@@ -1,0 +1,201 @@
+package heal
+
+import (
+	"context"
+	"math"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
+	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/runner"
+)
+
+// Compensation's α is the ratio of the stream's mean norms around the cut,
+// computed here from the hidden states the BI capture hands over (another
+// path through the shim than compensation's watch); the compensated file
+// computes what the model with the run skipped and the later blocks'
+// attention and FFN outputs scaled at run time computes, and differs from
+// plain removal by far more; only output projections after the cut are
+// rewritten (the embeddings, tied to the output head here, are not).
+func TestCompensate(t *testing.T) {
+	ctx := context.Background()
+	src := fixture.Asset(t, "models/stories260K.gguf") // F32: the fold is exact to float rounding
+	m, err := gguf.OpenModel(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := runner.Options{Ctx: 128, Chunks: 8, Threads: 2}
+	removed := []int{1, 2}
+	c, err := Compensate(ctx, m, removed, cal, o, CompensateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Cuts) != 1 || c.Cost.Passes != 1 || c.Cost.Tokens != 8*128 {
+		t.Fatalf("%+v %+v", c.Cuts, c.Cost)
+	}
+	for _, name := range c.Tensors {
+		b, rest, _ := blockSuffix(name)
+		if b < 3 || (rest != "attn_output.weight" && rest != "ffn_down.weight") {
+			t.Fatalf("compensation rewrites %s", name)
+		}
+	}
+	if len(c.Tensors) != 4 || len(c.Data()) != 4 {
+		t.Fatalf("tensors %v", c.Tensors)
+	}
+
+	// α from the hidden states.
+	lm, err := llamacpp.LoadModel(src, llamacpp.ModelParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks, _ := cal.Text.Tokens(lm, 8*128)
+	chunks, _ := lm.Chunks(toks, 128, 8)
+	hc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums := map[int]float64{}
+	count := map[int]int{}
+	hc.CaptureHidden(func(block int, h []float32, nEmbd, nTokens int) {
+		for r := 0; r < nTokens; r++ {
+			var s float64
+			for _, v := range h[r*nEmbd : (r+1)*nEmbd] {
+				s += float64(v) * float64(v)
+			}
+			sums[block] += math.Sqrt(s)
+		}
+		count[block] += nTokens
+	})
+	for _, ch := range chunks {
+		hc.ClearMemory()
+		if err := hc.Decode(ch, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hc.Close()
+	lm.Close()
+	// CaptureHidden's block b is the stream after block b: the cut of
+	// blocks 1-2 goes from the output of block 0 to that of block 2.
+	want := (sums[2] / float64(count[2])) / (sums[0] / float64(count[0]))
+	if got := c.Cuts[0].Alpha; math.Abs(got-want) > 1e-9*want || got <= 1 {
+		t.Fatalf("alpha %v, from the hidden states %v", got, want)
+	}
+	if s := c.Scales[3]; math.Abs(s-1/want) > 1e-9 || c.Scales[0] != 0 {
+		t.Fatalf("scales %v", c.Scales)
+	}
+
+	// The file against the run-time scaling, and against plain removal.
+	write := func(data map[string][]byte) string {
+		plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, d := range data {
+			if err := plan.ReplaceData(name, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		path := filepath.Join(t.TempDir(), "out.gguf")
+		if _, err := plan.Write(path, surgery.OneFile); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	compensated, plain := write(c.Data()), write(nil)
+	logitsOf := func(path string, skip []int, comp *Compensation) [][]float32 {
+		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		lc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lc.Close()
+		lc.SetSkip(skip)
+		if comp != nil {
+			names, fn := comp.Watch()
+			if err := lc.Watch(names, fn); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := lc.Decode(chunks[1], 0, 64); err != nil {
+			t.Fatal(err)
+		}
+		var out [][]float32
+		for i := 64; i < 128; i++ {
+			l, _ := lc.Logits(i)
+			out = append(out, l)
+		}
+		return out
+	}
+	file, runtime, unscaled := logitsOf(compensated, nil, nil), logitsOf(src, removed, c), logitsOf(plain, nil, nil)
+	worst := fixture.MaxRelDiff(runtime, file)
+	apart := fixture.MaxRelDiff(unscaled, file)
+	t.Logf("alpha %.5f; compensated file against run-time scaling %.3g, against plain removal %.3g", c.Cuts[0].Alpha, worst, apart)
+	// The file holds W/α rounded to float32 where the run-time scaling
+	// rounds W·x/α: 1.7e-5 here, the bound the healing fold has (1e-4).
+	if worst > 1e-4 {
+		t.Fatalf("compensated file and run-time scaling differ by %g relative", worst)
+	}
+	if apart < 100*worst || apart < 1e-2 {
+		t.Fatalf("compensation changes the logits by only %g relative", apart)
+	}
+
+	// A healed run is not compensated; a removal of block 0 is measured
+	// from the embeddings.
+	cuts, tensors, err := PlanCompensation(m, []int{2}, map[int]bool{2: true})
+	if err != nil || len(tensors) != 0 || cuts[0].Alpha != 1 || cuts[0].Note == "" {
+		t.Fatalf("healed run: %+v %v %v", cuts, tensors, err)
+	}
+	c0, err := Compensate(ctx, m, []int{0}, cal, o, CompensateOptions{})
+	if err != nil || !(c0.Cuts[0].Alpha > 0) || len(c0.Scales) != 4 {
+		t.Fatalf("block 0: %+v %v", c0, err)
+	}
+}
+
+// Compensation refuses blocks with a tensor it does not know (an FFN
+// output norm: scaling ffn_down would not scale what the block adds), and
+// says so before running anything.
+func TestCompensatePlan(t *testing.T) {
+	post := filepath.Join(t.TempDir(), "post.gguf")
+	err := fixture.Rewrite(fixture.Asset(t, "models/stories260K.gguf"), post, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		for _, w := range ts {
+			if w.Info.Name == "blk.3.ffn_norm.weight" {
+				w.Info.Name = "blk.3.post_ffw_norm.weight"
+				return kvs, append(ts, w)
+			}
+		}
+		return kvs, ts
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm, err := gguf.OpenModel(post)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	if _, _, err := PlanCompensation(pm, []int{1}, nil); err == nil || !strings.Contains(err.Error(), "blk.3.post_ffw_norm.weight") {
+		t.Fatalf("post-FFN norm after the cut: %v", err)
+	}
+	// Before the cut it does not matter.
+	_, tensors, err := PlanCompensation(pm, []int{3}, nil)
+	if err != nil || !slices.Contains(tensors, "blk.4.ffn_down.weight") || len(tensors) != 2 {
+		t.Fatalf("post-FFN norm before the cut: %v %v", tensors, err)
+	}
+	if _, _, err := PlanCompensation(pm, nil, nil); err == nil {
+		t.Fatal("nothing removed: no error")
+	}
+}
