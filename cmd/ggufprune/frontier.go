@@ -474,16 +474,22 @@ func plotFrontier(path string, r *frontier.Result) error {
 		}
 		col := palette[i%len(palette)]
 		line.Color, scatter.Color = col, col
-		if l.Healed {
+		switch {
+		case l.Healed:
 			line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		case l.Experts > 0:
+			line.Dashes = []vg.Length{vg.Points(1), vg.Points(2)}
 		}
 		p.Add(line, scatter)
 		name := fmt.Sprintf("%d blocks removed", l.Blocks)
+		if l.Blocks == 1 {
+			name = "1 block removed"
+		}
 		if l.Healed {
 			name += ", healed"
 		}
 		if l.Experts > 0 {
-			name += fmt.Sprintf(", %d experts", l.Experts)
+			name += fmt.Sprintf(", %d experts per block", l.Experts)
 		}
 		p.Legend.Add(name, line, scatter)
 	}
