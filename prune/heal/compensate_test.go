@@ -21,7 +21,7 @@ import (
 // computes what the model with the run skipped and the later blocks'
 // attention and FFN outputs scaled at run time computes, and differs from
 // plain removal by far more; only output projections after the cut are
-// rewritten (the embeddings, tied to the output head here, are not).
+// rewritten, never the embeddings (TestCompensateTied).
 func TestCompensate(t *testing.T) {
 	ctx := context.Background()
 	src := fixture.Asset(t, "models/stories260K.gguf") // F32: the fold is exact to float rounding
@@ -197,5 +197,104 @@ func TestCompensatePlan(t *testing.T) {
 	}
 	if _, _, err := PlanCompensation(pm, nil, nil); err == nil {
 		t.Fatal("nothing removed: no error")
+	}
+}
+
+// With the output head tied to the token embeddings (no output.weight),
+// compensation leaves the embeddings' bytes as they are, and the file still
+// computes the run-time scaling.
+func TestCompensateTied(t *testing.T) {
+	ctx := context.Background()
+	tied := filepath.Join(t.TempDir(), "tied.gguf")
+	err := fixture.Rewrite(fixture.Asset(t, "models/stories260K.gguf"), tied, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		return kvs, slices.DeleteFunc(ts, func(w gguf.WriterTensor) bool { return w.Info.Name == "output.weight" })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := gguf.OpenModel(tied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, ok := m.Tensor("output.weight"); ok {
+		t.Fatal("the fixture has an output head of its own")
+	}
+	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := []int{2}
+	c, err := Compensate(ctx, m, removed, cal, runner.Options{Ctx: 128, Chunks: 4, Threads: 2}, CompensateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Data()["token_embd.weight"]; ok || len(c.Data()) != 4 {
+		t.Fatalf("rewritten: %v", c.Tensors)
+	}
+	plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range c.Data() {
+		if err := plan.ReplaceData(name, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out.gguf")
+	if _, err := plan.Write(out, surgery.OneFile); err != nil {
+		t.Fatal(err)
+	}
+	om, err := gguf.OpenModel(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer om.Close()
+	read := func(m *gguf.Model, name string) []byte {
+		tt, ok := m.Tensor(name)
+		if !ok {
+			t.Fatalf("%s: no %s", m.Name(), name)
+		}
+		b := make([]byte, tt.Size)
+		if _, err := m.TensorData(tt).ReadAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if !slices.Equal(read(m, "token_embd.weight"), read(om, "token_embd.weight")) {
+		t.Fatal("the tied embeddings changed")
+	}
+	logits := func(path string, skip []int, comp *Compensation) [][]float32 {
+		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		lc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 64, Threads: 2, Capture: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lc.Close()
+		lc.SetSkip(skip)
+		if comp != nil {
+			names, fn := comp.Watch()
+			lc.Watch(names, fn)
+		}
+		toks := make([]int32, 64)
+		for i := range toks {
+			toks[i] = int32(1 + (i*37)%400)
+		}
+		if err := lc.Decode(toks, 0, 32); err != nil {
+			t.Fatal(err)
+		}
+		var rows [][]float32
+		for i := 32; i < 64; i++ {
+			l, _ := lc.Logits(i)
+			rows = append(rows, l)
+		}
+		return rows
+	}
+	if d := fixture.MaxRelDiff(logits(tied, removed, c), logits(out, nil, nil)); d > 1e-4 {
+		t.Fatalf("tied: compensated file and run-time scaling differ by %g relative", d)
 	}
 }
