@@ -153,14 +153,14 @@ func TestCompensate(t *testing.T) {
 		t.Fatalf("compensation changes the logits by only %g relative", apart)
 	}
 
-	// A healed run is not compensated; a removal of block 0 is measured
-	// from the embeddings.
+	// A healed run is not compensated, nor one starting at block 0; a later
+	// run is, from its own cut.
 	cuts, tensors, err := PlanCompensation(m, []int{2}, map[int]bool{2: true})
 	if err != nil || len(tensors) != 0 || cuts[0].Alpha != 1 || cuts[0].Note == "" {
 		t.Fatalf("healed run: %+v %v %v", cuts, tensors, err)
 	}
-	c0, err := Compensate(ctx, m, []int{0}, cal, o, CompensateOptions{})
-	if err != nil || !(c0.Cuts[0].Alpha > 0) || len(c0.Scales) != 4 {
+	c0, err := Compensate(ctx, m, []int{0, 3}, cal, o, CompensateOptions{})
+	if err != nil || c0.Cuts[0].Alpha != 1 || c0.Cuts[0].Note == "" || !(c0.Cuts[1].Alpha > 0) || len(c0.Scales) != 1 || len(c0.Data()) != 2 {
 		t.Fatalf("block 0: %+v %v", c0, err)
 	}
 }

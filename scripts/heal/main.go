@@ -78,7 +78,12 @@ func main() {
 	calChunks := flag.Int("chunks", 32, "calibration chunks")
 	evalChunks := flag.Int("eval-chunks", 32, "evaluation chunks")
 	out := flag.String("o", "bin/heal", "output folder")
+	withAware := flag.Bool("heal-method", true, "also remove and heal the blocks the heal method chooses (its search is the slow part)")
 	flag.Parse()
+	variants := variants
+	if !*withAware {
+		variants = slices.DeleteFunc(slices.Clone(variants), func(v variant) bool { return v.aware })
+	}
 	ctx := context.Background()
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Fatal(err)
@@ -101,11 +106,13 @@ func main() {
 	}
 	// The heal method's greedy steps for kMax: its choice for a smaller k
 	// is their prefix.
-	search, err := m.Choose(ctx, selection.Healed, prune.Selection{Count: kMax, Protect: protect}, cal, o)
-	if err != nil {
-		log.Fatal(err)
+	search := &selection.Search{}
+	if *withAware {
+		if search, err = m.Choose(ctx, selection.Healed, prune.Selection{Count: kMax, Protect: protect}, cal, o); err != nil {
+			log.Fatal(err)
+		}
 	}
-	fmt.Printf("%s, calibration %s (%d chunks of %d), evaluation %d chunks of each text; heal method's search: %d passes, %.0f s\n\n",
+	fmt.Printf("%s, calibration %s (%d chunks of %d; 0: all), evaluation %d chunks of each text; heal method's search: %d passes, %.0f s\n\n",
 		*model, *calib, *calChunks, *ctxSize, *evalChunks, search.Cost.Passes, search.Cost.Seconds)
 	var rows []Row
 	var paths []string
@@ -115,7 +122,7 @@ func main() {
 			log.Fatal(err)
 		}
 		var aware []int
-		for _, st := range search.Steps[:k] {
+		for _, st := range search.Steps[:min(k, len(search.Steps))] {
 			aware = append(aware, st.Block)
 		}
 		slices.Sort(aware)
