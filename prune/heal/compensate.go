@@ -47,7 +47,6 @@ var compensationReaders = map[string]bool{
 	"ffn_norm": true, "ffn_gate": true, "ffn_up": true,
 }
 
-
 // Cut is one removed run and its compensation.
 type Cut struct {
 	First int `json:"first"` // the run's blocks, in the input's numbering
