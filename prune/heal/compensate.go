@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
@@ -27,8 +28,8 @@ import (
 // output head read the stream through a norm (RMSNorm or LayerNorm), which
 // does not see a common scale, so scaling the stream at the cut by α
 // computes what scaling the output projections of every kept block after
-// it (attn_output and ffn_down, their biases) by 1/α computes, up to the
-// norms' ε: that is the fold, and the token embeddings (perhaps tied to the
+// it (attn_output and ffn_down, their biases; the experts' ffn_down_exps
+// and ffn_down_shexp) by 1/α computes, up to the norms' ε: that is the fold, and the token embeddings (perhaps tied to the
 // output head) are never touched. Cuts compound: a block after several
 // cuts is scaled by 1/Π α. A run that healing maps is not compensated: its
 // least-squares map already restores the stream's magnitude (α within 2 %
@@ -45,6 +46,18 @@ var compensationReaders = map[string]bool{
 	"attn_norm": true, "attn_q": true, "attn_k": true, "attn_v": true, "attn_qkv": true,
 	"attn_q_norm": true, "attn_k_norm": true, "attn_rot_embd": true, "rope_freqs": true,
 	"ffn_norm": true, "ffn_gate": true, "ffn_up": true,
+	// Experts: the router and the experts' inputs read the normalised
+	// stream; only their down projections write to it.
+	"ffn_gate_inp": true, "exp_probs_b": true, "ffn_gate_exps": true, "ffn_up_exps": true,
+	"ffn_gate_up_exps": true, "ffn_gate_shexp": true, "ffn_up_shexp": true, "ffn_gate_inp_shexp": true,
+}
+
+// compensationWriters are the output projections compensation scales: what
+// a block adds to the stream is linear in each (the experts' outputs are
+// summed with gate weights computed from the normalised stream).
+var compensationWriters = map[string]bool{
+	"attn_output.weight": true, "attn_output.bias": true, arch.FFNDown: true, arch.FFNDownBias: true,
+	arch.FFNDownExpert: true, "ffn_down_shexp.weight": true,
 }
 
 // Cut is one removed run and its compensation.
@@ -66,7 +79,8 @@ type Compensation struct {
 	Tensors []string        `json:"tensors"` // tensors rewritten (input names)
 	Cost    runner.Cost     `json:"cost"`
 
-	data map[string][]byte
+	data        map[string][]byte
+	blockOutput string // the graph's name of a block's output (arch.Boundaries)
 }
 
 // Data are the new data of the rewritten tensors, by input name.
@@ -138,13 +152,7 @@ func PlanCompensation(m *gguf.Model, removed []int, healed map[int]bool) ([]Cut,
 		base, _, _ := strings.Cut(rest, ".")
 		switch {
 		case compensationReaders[base]:
-		case base == "attn_output" || base == "ffn_down":
-			if rest != "attn_output.weight" && rest != "attn_output.bias" && rest != arch.FFNDown && rest != arch.FFNDownBias {
-				return nil, nil, fmt.Errorf("%s: block %d's %s is not a plain output projection: compensation cannot scale it", m.Name(), b, t.Name)
-			}
-			if strings.HasSuffix(rest, ".weight") && len(t.Dims) != 2 {
-				return nil, nil, fmt.Errorf("%s: %s is not 2-D", m.Name(), t.Name)
-			}
+		case compensationWriters[rest]:
 			tensors = append(tensors, t.Name)
 		default:
 			return nil, nil, fmt.Errorf("%s: block %d has %s, which compensation does not know (it may add to the residual stream, or normalise an output before it does): prune without --compensate", m.Name(), b, t.Name)
@@ -155,10 +163,11 @@ func PlanCompensation(m *gguf.Model, removed []int, healed map[int]bool) ([]Cut,
 		if isRemoved[b] {
 			continue
 		}
-		for _, w := range []string{"attn_output.weight", arch.FFNDown} {
-			if _, ok := m.Tensor(fmt.Sprintf("blk.%d.%s", b, w)); !ok {
-				return nil, nil, fmt.Errorf("%s: block %d has no %s: compensation scales the attention and FFN output projections of every block after a cut", m.Name(), b, w)
-			}
+		_, attn := m.Tensor(fmt.Sprintf("blk.%d.attn_output.weight", b))
+		_, dense := m.Tensor(blocks.Name(b, arch.FFNDown))
+		_, experts := m.Tensor(blocks.Name(b, arch.FFNDownExpert))
+		if !attn || !(dense || experts) {
+			return nil, nil, fmt.Errorf("%s: block %d has no attn_output.weight or no FFN down projection: compensation scales the attention and FFN output projections of every block after a cut", m.Name(), b)
 		}
 	}
 	return cuts, tensors, nil
@@ -192,6 +201,8 @@ func Compensate(ctx context.Context, m *gguf.Model, removed []int, cal runner.Ca
 	if err != nil {
 		return nil, err
 	}
+	archName, _ := m.Architecture() // streamNorms read it
+	c.blockOutput = arch.Boundaries(archName).BlockOutput
 	c.Cost.Passes, c.Cost.Tokens = 1, tokens
 	isRemoved := map[int]bool{}
 	for _, b := range removed {
@@ -343,23 +354,27 @@ func scaleTensor(m *gguf.Model, name string, raw []byte, s float64, im *imatrix.
 	return llamacpp.QuantizeRows(t.Type, w, cols, weights)
 }
 
-// Watch is what applies the compensation at run time, on a capturing
-// context that skips the removed blocks: the graph tensors of the scaled
-// blocks' attention and FFN outputs and the function that scales them.
-// A block that also absorbs a healing map needs both: apply the map first.
+// Watch is what the compensation computes, done at run time the other way
+// round, on a capturing context that skips the removed blocks: the stream
+// after the last kept block before each compensated cut is multiplied by
+// the cut's α (the graph tensors to watch, and the function). It equals
+// the folded file up to the norms' ε, which makes it an independent check
+// of the fold.
 func (c *Compensation) Watch() ([]string, llamacpp.WatchFunc) {
-	scales := map[string]float32{}
+	alphas := map[string]float32{}
 	var names []string
-	for b, s := range c.Scales {
-		for _, n := range []string{fmt.Sprintf("attn_out-%d", b), fmt.Sprintf("ffn_out-%d", b)} {
-			scales[n] = float32(s)
-			names = append(names, n)
+	for _, cut := range c.Cuts {
+		if cut.Note != "" || cut.First == 0 {
+			continue
 		}
+		n := fmt.Sprintf("%s-%d", c.blockOutput, cut.First-1)
+		alphas[n] = float32(cut.Alpha)
+		names = append(names, n)
 	}
 	return names, func(name string, data []float32, _, _ int) {
-		if s, ok := scales[name]; ok {
+		if a, ok := alphas[name]; ok {
 			for i := range data {
-				data[i] *= s
+				data[i] *= a
 			}
 		}
 	}

@@ -15,16 +15,29 @@ import (
 	"github.com/ggufprune/ggufprune/prune/runner"
 )
 
+// noEpsilon writes a copy of the model whose RMS norms have an ε of 1e-12:
+// scaling the stream then changes nothing a norm reads, and the folded
+// compensation equals the stream scaled at the cut to float rounding.
+func noEpsilon(t *testing.T, src, archName string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "eps.gguf")
+	if err := fixture.Rewrite(src, dst, fixture.EditKV(archName+".attention.layer_norm_rms_epsilon", gguf.Float32(1e-12))); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
 // Compensation's α is the ratio of the stream's mean norms around the cut,
 // computed here from the hidden states the BI capture hands over (another
 // path through the shim than compensation's watch); the compensated file
-// computes what the model with the run skipped and the later blocks'
-// attention and FFN outputs scaled at run time computes, and differs from
-// plain removal by far more; only output projections after the cut are
-// rewritten, never the embeddings (TestCompensateTied).
+// computes what the model with the run skipped and its stream multiplied by
+// α at the cut computes (the theory of the fold, done the other way round),
+// and differs from plain removal by far more; only output projections after
+// the cut are rewritten, never the embeddings (TestCompensateTied).
 func TestCompensate(t *testing.T) {
 	ctx := context.Background()
-	src := fixture.Asset(t, "models/stories260K.gguf") // F32: the fold is exact to float rounding
+	// F32: the fold is exact to float rounding; ε ≈ 0: the norms see no scale.
+	src := noEpsilon(t, fixture.Asset(t, "models/stories260K.gguf"), "llama")
 	m, err := gguf.OpenModel(src)
 	if err != nil {
 		t.Fatal(err)
@@ -144,10 +157,19 @@ func TestCompensate(t *testing.T) {
 	worst := fixture.MaxRelDiff(runtime, file)
 	apart := fixture.MaxRelDiff(unscaled, file)
 	t.Logf("alpha %.5f; compensated file against run-time scaling %.3g, against plain removal %.3g", c.Cuts[0].Alpha, worst, apart)
-	// The file holds W/α rounded to float32 where the run-time scaling
-	// rounds W·x/α: 1.7e-5 here, the bound the healing fold has (1e-4).
-	if worst > 1e-4 {
+	// Float rounding (the file holds W/α in float32, the run scales the
+	// stream) and what is left of ε: 1.0e-4 measured (1.1e-3 with the
+	// model's own ε of 1e-5). An α off by 1 % is told apart.
+	if worst > 5e-4 {
 		t.Fatalf("compensated file and run-time scaling differ by %g relative", worst)
+	}
+	off := *c
+	off.Cuts = slices.Clone(c.Cuts)
+	off.Cuts[0].Alpha *= 1.01
+	if d := fixture.MaxRelDiff(logitsOf(src, removed, &off), file); d < 4*5e-4 {
+		t.Fatalf("an alpha off by 1%% differs from the file by only %g", d)
+	} else {
+		t.Logf("alpha off by 1%%: %.3g", d)
 	}
 	if apart < 100*worst || apart < 1e-2 {
 		t.Fatalf("compensation changes the logits by only %g relative", apart)
@@ -206,7 +228,7 @@ func TestCompensatePlan(t *testing.T) {
 func TestCompensateTied(t *testing.T) {
 	ctx := context.Background()
 	tied := filepath.Join(t.TempDir(), "tied.gguf")
-	err := fixture.Rewrite(fixture.Asset(t, "models/stories260K.gguf"), tied, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+	err := fixture.Rewrite(noEpsilon(t, fixture.Asset(t, "models/stories260K.gguf"), "llama"), tied, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
 		return kvs, slices.DeleteFunc(ts, func(w gguf.WriterTensor) bool { return w.Info.Name == "output.weight" })
 	})
 	if err != nil {
@@ -296,5 +318,84 @@ func TestCompensateTied(t *testing.T) {
 	}
 	if d := fixture.MaxRelDiff(logits(tied, removed, c), logits(out, nil, nil)); d > 1e-4 {
 		t.Fatalf("tied: compensated file and run-time scaling differ by %g relative", d)
+	}
+}
+
+// A mixture of experts (a generated qwen3moe: 4 experts, 2 used) is
+// compensated through its experts' down projections, and its file computes
+// the stream scaled at the cut; the router is not touched.
+func TestCompensateExperts(t *testing.T) {
+	ctx := context.Background()
+	gen := filepath.Join(t.TempDir(), "qwen3moe.gguf")
+	spec := fixture.ModelSpec{Arch: "qwen3moe", Blocks: 5, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256}
+	if err := fixture.RandomModel(gen, fixture.Asset(t, "models/stories260K.gguf"), spec); err != nil {
+		t.Fatal(err)
+	}
+	src := noEpsilon(t, gen, "qwen3moe")
+	m, err := gguf.OpenModel(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := []int{2}
+	c, err := Compensate(ctx, m, removed, cal, runner.Options{Ctx: 64, Chunks: 4, Threads: 2}, CompensateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(c.Tensors, "blk.3.ffn_down_exps.weight") || !slices.Contains(c.Tensors, "blk.4.attn_output.weight") || slices.ContainsFunc(c.Tensors, func(n string) bool { return strings.Contains(n, "gate_inp") }) {
+		t.Fatalf("rewritten: %v", c.Tensors)
+	}
+	plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range c.Data() {
+		if err := plan.ReplaceData(name, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out.gguf")
+	if _, err := plan.Write(out, surgery.OneFile); err != nil {
+		t.Fatal(err)
+	}
+	logits := func(path string, skip []int, comp *Compensation) [][]float32 {
+		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		lc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 64, Threads: 2, Capture: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lc.Close()
+		lc.SetSkip(skip)
+		if comp != nil {
+			names, fn := comp.Watch()
+			lc.Watch(names, fn)
+		}
+		toks := make([]int32, 64)
+		for i := range toks {
+			toks[i] = int32(1 + (i*37)%400)
+		}
+		if err := lc.Decode(toks, 0, 32); err != nil {
+			t.Fatal(err)
+		}
+		var rows [][]float32
+		for i := 32; i < 64; i++ {
+			l, _ := lc.Logits(i)
+			rows = append(rows, l)
+		}
+		return rows
+	}
+	file := logits(out, nil, nil)
+	d, apart := fixture.MaxRelDiff(logits(src, removed, c), file), fixture.MaxRelDiff(logits(src, removed, nil), file)
+	t.Logf("alpha %.4f; file against the stream scaled at run time %.3g, against plain removal %.3g", c.Cuts[0].Alpha, d, apart)
+	if d > 5e-4 || apart < 100*d {
+		t.Fatalf("compensated file and run-time scaling differ by %g relative (plain removal %g)", d, apart)
 	}
 }
