@@ -93,6 +93,12 @@ func main() {
 		log.Fatal(err)
 	}
 	defer m.Close()
+	if m.MoE != nil {
+		// Healing folds into dense FFN down projections only: a mixture
+		// of experts is measured plain and compensated.
+		variants = slices.DeleteFunc(slices.Clone(variants), func(v variant) bool { return v.heal })
+		*withAware = false
+	}
 	cal, err := runner.CalibrationFile(*calib)
 	if err != nil {
 		log.Fatal(err)
