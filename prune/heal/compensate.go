@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"strconv"
 	"strings"
 	"time"
 
@@ -65,7 +64,7 @@ type Cut struct {
 	First int `json:"first"` // the run's blocks, in the input's numbering
 	Last  int `json:"last"`
 	// Alpha is N(Last)/N(First-1), the stream's magnitude the run added
-	// (1 when the run is healed).
+	// (1, with a Note, for a run left as it is).
 	Alpha float64 `json:"alpha"`
 	Note  string  `json:"note,omitempty"`
 }
@@ -85,20 +84,6 @@ type Compensation struct {
 
 // Data are the new data of the rewritten tensors, by input name.
 func (c *Compensation) Data() map[string][]byte { return c.data }
-
-// blockSuffix splits "blk.N.rest" into N and rest.
-func blockSuffix(name string) (int, string, bool) {
-	rest, ok := strings.CutPrefix(name, "blk.")
-	if !ok {
-		return 0, "", false
-	}
-	num, rest, ok := strings.Cut(rest, ".")
-	if !ok {
-		return 0, "", false
-	}
-	n, err := strconv.Atoi(num)
-	return n, rest, err == nil
-}
 
 // PlanCompensation says, without running anything, which tensors
 // compensating the removal of these blocks rewrites (blocks after the first
@@ -145,7 +130,7 @@ func PlanCompensation(m *gguf.Model, removed []int, healed map[int]bool) ([]Cut,
 	}
 	var tensors []string
 	for _, t := range m.AllTensors() {
-		b, rest, ok := blockSuffix(t.Name)
+		b, rest, ok, _ := blocks.Split(t.Name) // names the model's checks accepted
 		if !ok || b <= first || isRemoved[b] {
 			continue
 		}
@@ -163,7 +148,7 @@ func PlanCompensation(m *gguf.Model, removed []int, healed map[int]bool) ([]Cut,
 		if isRemoved[b] {
 			continue
 		}
-		_, attn := m.Tensor(fmt.Sprintf("blk.%d.attn_output.weight", b))
+		_, attn := m.Tensor(blocks.Name(b, "attn_output.weight"))
 		_, dense := m.Tensor(blocks.Name(b, arch.FFNDown))
 		_, experts := m.Tensor(blocks.Name(b, arch.FFNDownExpert))
 		if !attn || !(dense || experts) {
@@ -232,8 +217,7 @@ func Compensate(ctx context.Context, m *gguf.Model, removed []int, cal runner.Ca
 		}
 	}
 	for _, name := range tensors {
-		b, _, _ := blockSuffix(name)
-		s, ok := c.Scales[b]
+		s, ok := c.Scales[blocks.Of(name)]
 		if !ok {
 			continue
 		}
@@ -324,34 +308,11 @@ func streamNorms(ctx context.Context, m *gguf.Model, cal runner.Calibration, o r
 // scaleTensor returns tensor name's data (raw, or the model's when raw is
 // nil) multiplied by s, in the tensor's type.
 func scaleTensor(m *gguf.Model, name string, raw []byte, s float64, im *imatrix.Matrix) ([]byte, error) {
-	t, _ := m.Tensor(name) // a name from PlanCompensation
-	if raw == nil {
-		raw = make([]byte, t.Size)
-		if _, err := m.TensorData(t).ReadAt(raw, 0); err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
+	return rewriteTensor(m, name, raw, im, func(w []float32) {
+		for i, v := range w {
+			w[i] = float32(float64(v) * s)
 		}
-	}
-	n := int(t.Elements())
-	w, err := llamacpp.Dequantize(t.Type, raw, n)
-	if err != nil {
-		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
-	}
-	for i, v := range w {
-		w[i] = float32(float64(v) * s)
-	}
-	cols := n
-	if len(t.Dims) > 1 {
-		cols = int(t.Dims[0])
-	}
-	var weights []float32
-	if im != nil {
-		for _, e := range im.Entries {
-			if e.Name == name && e.NMat() == 1 && e.NIn == cols {
-				weights = e.Means()
-			}
-		}
-	}
-	return llamacpp.QuantizeRows(t.Type, w, cols, weights)
+	})
 }
 
 // Watch is what the compensation computes, done at run time the other way
@@ -364,7 +325,7 @@ func (c *Compensation) Watch() ([]string, llamacpp.WatchFunc) {
 	alphas := map[string]float32{}
 	var names []string
 	for _, cut := range c.Cuts {
-		if cut.Note != "" || cut.First == 0 {
+		if cut.Note != "" {
 			continue
 		}
 		n := fmt.Sprintf("%s-%d", c.blockOutput, cut.First-1)

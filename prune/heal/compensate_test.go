@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/ggufprune/ggufprune/gguf"
-	"github.com/ggufprune/ggufprune/gguf/surgery"
+	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/internal/fixture"
 	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/prune/runner"
@@ -25,6 +25,19 @@ func noEpsilon(t *testing.T, src, archName string) string {
 		t.Fatal(err)
 	}
 	return dst
+}
+
+// compensatedLogits are secondHalfLogits of tokens on the model at path with
+// the blocks skipped and, when comp is not nil, its stream scaled at each
+// cut (Compensation.Watch).
+func compensatedLogits(t *testing.T, path string, skip []int, comp *Compensation, tokens []int32) [][]float32 {
+	t.Helper()
+	var names []string
+	var fn llamacpp.WatchFunc
+	if comp != nil {
+		names, fn = comp.Watch()
+	}
+	return secondHalfLogits(t, path, skip, names, fn, tokens)
 }
 
 // Compensation's α is the ratio of the stream's mean norms around the cut,
@@ -43,10 +56,7 @@ func TestCompensate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cal := tinyStories(t)
 	o := runner.Options{Ctx: 128, Chunks: 8, Threads: 2}
 	removed := []int{1, 2}
 	c, err := Compensate(ctx, m, removed, cal, o, CompensateOptions{})
@@ -57,7 +67,7 @@ func TestCompensate(t *testing.T) {
 		t.Fatalf("%+v %+v", c.Cuts, c.Cost)
 	}
 	for _, name := range c.Tensors {
-		b, rest, _ := blockSuffix(name)
+		b, rest, _, _ := blocks.Split(name)
 		if b < 3 || (rest != "attn_output.weight" && rest != "ffn_down.weight") {
 			t.Fatalf("compensation rewrites %s", name)
 		}
@@ -108,50 +118,9 @@ func TestCompensate(t *testing.T) {
 	}
 
 	// The file against the run-time scaling, and against plain removal.
-	write := func(data map[string][]byte) string {
-		plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, d := range data {
-			if err := plan.ReplaceData(name, d); err != nil {
-				t.Fatal(err)
-			}
-		}
-		path := filepath.Join(t.TempDir(), "out.gguf")
-		if _, err := plan.Write(path, surgery.OneFile); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	compensated, plain := write(c.Data()), write(nil)
+	compensated, plain := writeRemoval(t, m, removed, c.Data()), writeRemoval(t, m, removed, nil)
 	logitsOf := func(path string, skip []int, comp *Compensation) [][]float32 {
-		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lm.Close()
-		lc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lc.Close()
-		lc.SetSkip(skip)
-		if comp != nil {
-			names, fn := comp.Watch()
-			if err := lc.Watch(names, fn); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := lc.Decode(chunks[1], 0, 64); err != nil {
-			t.Fatal(err)
-		}
-		var out [][]float32
-		for i := 64; i < 128; i++ {
-			l, _ := lc.Logits(i)
-			out = append(out, l)
-		}
-		return out
+		return compensatedLogits(t, path, skip, comp, chunks[1])
 	}
 	file, runtime, unscaled := logitsOf(compensated, nil, nil), logitsOf(src, removed, c), logitsOf(plain, nil, nil)
 	worst := fixture.MaxRelDiff(runtime, file)
@@ -191,19 +160,7 @@ func TestCompensate(t *testing.T) {
 // output norm: scaling ffn_down would not scale what the block adds), and
 // says so before running anything.
 func TestCompensatePlan(t *testing.T) {
-	post := filepath.Join(t.TempDir(), "post.gguf")
-	err := fixture.Rewrite(fixture.Asset(t, "models/stories260K.gguf"), post, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
-		for _, w := range ts {
-			if w.Info.Name == "blk.3.ffn_norm.weight" {
-				w.Info.Name = "blk.3.post_ffw_norm.weight"
-				return kvs, append(ts, w)
-			}
-		}
-		return kvs, ts
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	post := withPostNorm(t, 3)
 	pm, err := gguf.OpenModel(post)
 	if err != nil {
 		t.Fatal(err)
@@ -242,10 +199,7 @@ func TestCompensateTied(t *testing.T) {
 	if _, ok := m.Tensor("output.weight"); ok {
 		t.Fatal("the fixture has an output head of its own")
 	}
-	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cal := tinyStories(t)
 	removed := []int{2}
 	c, err := Compensate(ctx, m, removed, cal, runner.Options{Ctx: 128, Chunks: 4, Threads: 2}, CompensateOptions{})
 	if err != nil {
@@ -254,19 +208,7 @@ func TestCompensateTied(t *testing.T) {
 	if _, ok := c.Data()["token_embd.weight"]; ok || len(c.Data()) != 4 {
 		t.Fatalf("rewritten: %v", c.Tensors)
 	}
-	plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, d := range c.Data() {
-		if err := plan.ReplaceData(name, d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "out.gguf")
-	if _, err := plan.Write(out, surgery.OneFile); err != nil {
-		t.Fatal(err)
-	}
+	out := writeRemoval(t, m, removed, c.Data())
 	om, err := gguf.OpenModel(out)
 	if err != nil {
 		t.Fatal(err)
@@ -277,44 +219,13 @@ func TestCompensateTied(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: no %s", m.Name(), name)
 		}
-		b := make([]byte, tt.Size)
-		if _, err := m.TensorData(tt).ReadAt(b, 0); err != nil {
-			t.Fatal(err)
-		}
-		return b
+		return fixture.TensorBytes(t, m, tt)
 	}
 	if !slices.Equal(read(m, "token_embd.weight"), read(om, "token_embd.weight")) {
 		t.Fatal("the tied embeddings changed")
 	}
 	logits := func(path string, skip []int, comp *Compensation) [][]float32 {
-		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lm.Close()
-		lc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 64, Threads: 2, Capture: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lc.Close()
-		lc.SetSkip(skip)
-		if comp != nil {
-			names, fn := comp.Watch()
-			lc.Watch(names, fn)
-		}
-		toks := make([]int32, 64)
-		for i := range toks {
-			toks[i] = int32(1 + (i*37)%400)
-		}
-		if err := lc.Decode(toks, 0, 32); err != nil {
-			t.Fatal(err)
-		}
-		var rows [][]float32
-		for i := 32; i < 64; i++ {
-			l, _ := lc.Logits(i)
-			rows = append(rows, l)
-		}
-		return rows
+		return compensatedLogits(t, path, skip, comp, syntheticTokens(64))
 	}
 	if d := fixture.MaxRelDiff(logits(tied, removed, c), logits(out, nil, nil)); d > 1e-4 {
 		t.Fatalf("tied: compensated file and run-time scaling differ by %g relative", d)
@@ -337,10 +248,7 @@ func TestCompensateExperts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cal := tinyStories(t)
 	removed := []int{2}
 	c, err := Compensate(ctx, m, removed, cal, runner.Options{Ctx: 64, Chunks: 4, Threads: 2}, CompensateOptions{})
 	if err != nil {
@@ -349,48 +257,9 @@ func TestCompensateExperts(t *testing.T) {
 	if !slices.Contains(c.Tensors, "blk.3.ffn_down_exps.weight") || !slices.Contains(c.Tensors, "blk.4.attn_output.weight") || slices.ContainsFunc(c.Tensors, func(n string) bool { return strings.Contains(n, "gate_inp") }) {
 		t.Fatalf("rewritten: %v", c.Tensors)
 	}
-	plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, d := range c.Data() {
-		if err := plan.ReplaceData(name, d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "out.gguf")
-	if _, err := plan.Write(out, surgery.OneFile); err != nil {
-		t.Fatal(err)
-	}
+	out := writeRemoval(t, m, removed, c.Data())
 	logits := func(path string, skip []int, comp *Compensation) [][]float32 {
-		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lm.Close()
-		lc, err := lm.NewContext(llamacpp.ContextParams{NCtx: 64, Threads: 2, Capture: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lc.Close()
-		lc.SetSkip(skip)
-		if comp != nil {
-			names, fn := comp.Watch()
-			lc.Watch(names, fn)
-		}
-		toks := make([]int32, 64)
-		for i := range toks {
-			toks[i] = int32(1 + (i*37)%400)
-		}
-		if err := lc.Decode(toks, 0, 32); err != nil {
-			t.Fatal(err)
-		}
-		var rows [][]float32
-		for i := 32; i < 64; i++ {
-			l, _ := lc.Logits(i)
-			rows = append(rows, l)
-		}
-		return rows
+		return compensatedLogits(t, path, skip, comp, syntheticTokens(64))
 	}
 	file := logits(out, nil, nil)
 	d, apart := fixture.MaxRelDiff(logits(src, removed, c), file), fixture.MaxRelDiff(logits(src, removed, nil), file)

@@ -418,12 +418,8 @@ func (h *Healing) Watch() ([]string, llamacpp.WatchFunc) {
 
 // applyMap replaces rows x (nRows of nCols) by x·T in place.
 func applyMap(data []float32, T *mat.Dense, nCols, nRows int) {
-	x := make([]float64, len(data))
-	for i, v := range data {
-		x[i] = float64(v)
-	}
 	var out mat.Dense
-	out.Mul(mat.NewDense(nRows, nCols, x), T)
+	out.Mul(mat.NewDense(nRows, nCols, float32s64(data)), T)
 	for i, v := range out.RawMatrix().Data {
 		data[i] = float32(v)
 	}
@@ -431,41 +427,54 @@ func applyMap(data []float32, T *mat.Dense, nCols, nRows int) {
 
 // foldMap returns the data of tensor name (W: rows of the embedding size,
 // or a bias vector) with the map folded in: W' = Tᵀ·W, in W's type.
-func foldMap(m *gguf.Model, name string, T *mat.Dense, imatrix *imatrix.Matrix) ([]byte, error) {
-	t, _ := m.Tensor(name) // a name from Plan
-	raw := make([]byte, t.Size)
-	if _, err := m.TensorData(t).ReadAt(raw, 0); err != nil {
-		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
+func foldMap(m *gguf.Model, name string, T *mat.Dense, im *imatrix.Matrix) ([]byte, error) {
+	return rewriteTensor(m, name, nil, im, func(w []float32) {
+		d, _ := T.Dims()
+		cols := len(w) / d // n_ff for the weight, 1 for a bias
+		var W2 mat.Dense
+		W2.Mul(T.T(), mat.NewDense(d, cols, float32s64(w)))
+		for i, v := range W2.RawMatrix().Data {
+			w[i] = float32(v)
+		}
+	})
+}
+
+// rewriteTensor returns tensor name's data (raw, or the model's when raw
+// is nil) dequantized, changed by edit, and quantized again in the tensor's
+// own type, weighted by the importance matrix's entry for it when there is
+// one.
+func rewriteTensor(m *gguf.Model, name string, raw []byte, im *imatrix.Matrix, edit func(w []float32)) ([]byte, error) {
+	t, _ := m.Tensor(name) // a name from Plan or PlanCompensation
+	if raw == nil {
+		raw = make([]byte, t.Size)
+		if _, err := m.TensorData(t).ReadAt(raw, 0); err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
+		}
 	}
-	n := int(t.Elements())
-	w, err := llamacpp.Dequantize(t.Type, raw, n)
+	w, err := llamacpp.Dequantize(t.Type, raw, int(t.Elements()))
 	if err != nil {
 		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
 	}
-	d, _ := T.Dims()
-	cols := n / d // n_ff for the weight, 1 for a bias
-	W := mat.NewDense(d, cols, nil)
-	for r := 0; r < d; r++ {
-		for c := 0; c < cols; c++ {
-			W.Set(r, c, float64(w[r*cols+c]))
-		}
-	}
-	var W2 mat.Dense
-	W2.Mul(T.T(), W)
-	for r := 0; r < d; r++ {
-		for c := 0; c < cols; c++ {
-			w[r*cols+c] = float32(W2.At(r, c))
-		}
-	}
-	var im []float32
-	if imatrix != nil {
-		for _, e := range imatrix.Entries {
+	edit(w)
+	cols := int(t.Dims[0]) // ggml's rows are along the first dimension
+	var weights []float32
+	if im != nil {
+		for _, e := range im.Entries {
 			if e.Name == name && e.NMat() == 1 && e.NIn == cols {
-				im = e.Means()
+				weights = e.Means()
 			}
 		}
 	}
-	return llamacpp.QuantizeRows(t.Type, w, cols, im)
+	return llamacpp.QuantizeRows(t.Type, w, cols, weights)
+}
+
+// float32s64 converts to float64.
+func float32s64(x []float32) []float64 {
+	y := make([]float64, len(x))
+	for i, v := range x {
+		y[i] = float64(v)
+	}
+	return y
 }
 
 // heldOut says whether chunk ci of n is held out of the fit that checks

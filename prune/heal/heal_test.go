@@ -75,10 +75,7 @@ func TestHeal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cal := tinyStories(t)
 	// 64 chunks: with a few, a 64 × 64 map overfits the calibration.
 	o := runner.Options{Ctx: 128, Chunks: 64, Threads: 2}
 	h, err := Heal(ctx, m, []int{2}, cal, o, Options{})
@@ -117,51 +114,25 @@ func TestHeal(t *testing.T) {
 	}
 
 	// The healed file against the map applied at run time.
-	plan, err := surgery.PlanRemoval(m, []int{2}, surgery.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, data := range h.Tensors() {
-		if err := plan.ReplaceData(name, data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	healed := filepath.Join(t.TempDir(), "healed.gguf")
-	if _, err := plan.Write(healed, surgery.OneFile); err != nil {
-		t.Fatal(err)
-	}
+	healed := writeRemoval(t, m, []int{2}, h.Tensors())
 	logitsOf := func(path string, skip []int, T *mat.Dense) [][]float32 {
-		lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
-		if err != nil {
-			t.Fatal(err)
+		if T == nil {
+			return secondHalfLogits(t, path, skip, nil, nil, chunks[0])
 		}
-		defer lm.Close()
-		c, _ := lm.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
-		defer c.Close()
-		c.SetSkip(skip)
-		if T != nil {
-			c.Watch([]string{"ffn_out-1"}, func(_ string, x []float32, cols, rows int) {
-				for r := 0; r < rows; r++ {
-					row := x[r*cols : (r+1)*cols]
-					out := make([]float32, cols)
-					for j := 0; j < cols; j++ {
-						var s float64
-						for k := 0; k < cols; k++ {
-							s += float64(row[k]) * T.At(k, j)
-						}
-						out[j] = float32(s)
+		return secondHalfLogits(t, path, skip, []string{"ffn_out-1"}, func(_ string, x []float32, cols, rows int) {
+			for r := 0; r < rows; r++ {
+				row := x[r*cols : (r+1)*cols]
+				out := make([]float32, cols)
+				for j := 0; j < cols; j++ {
+					var s float64
+					for k := 0; k < cols; k++ {
+						s += float64(row[k]) * T.At(k, j)
 					}
-					copy(row, out)
+					out[j] = float32(s)
 				}
-			})
-		}
-		c.Decode(chunks[0], 0, 64)
-		var out [][]float32
-		for i := 64; i < 128; i++ {
-			l, _ := c.Logits(i)
-			out = append(out, l)
-		}
-		return out
+				copy(row, out)
+			}
+		}, chunks[0])
 	}
 	// An F32 file holds the map rounded to float32: the healed file must
 	// compute what the run-time map computes with T so rounded (1e-4
@@ -188,9 +159,7 @@ func TestHeal(t *testing.T) {
 	}
 
 	// Healing helps on text the calibration did not see.
-	plain := filepath.Join(t.TempDir(), "plain.gguf")
-	plan2, _ := surgery.PlanRemoval(m, []int{2}, surgery.Options{})
-	plan2.Write(plain, surgery.OneFile)
+	plain := writeRemoval(t, m, []int{2}, nil)
 	text, _ := runner.TextFile(fixture.Asset(t, "text/unseen/tinystories_last50.txt"))
 	rs, err := eval.Evaluate(ctx, []string{src, plain, healed}, text, runner.Options{Ctx: 128, Chunks: 32})
 	if err != nil {
@@ -213,20 +182,7 @@ func TestHealPlan(t *testing.T) {
 	if err != nil || len(runs) != 2 || runs[0].Note == "" || runs[1].Block != 2 || runs[1].Type != "F32" {
 		t.Fatalf("%+v %v", runs, err)
 	}
-	dir := t.TempDir()
-	post := filepath.Join(dir, "post.gguf")
-	err = fixture.Rewrite(fixture.Asset(t, "models/stories260K.gguf"), post, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
-		for _, w := range ts {
-			if w.Info.Name == "blk.2.ffn_norm.weight" {
-				w.Info.Name = "blk.2.post_ffw_norm.weight"
-				return kvs, append(ts, w)
-			}
-		}
-		return kvs, ts
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	post := withPostNorm(t, 2)
 	pm, err := gguf.OpenModel(post)
 	if err != nil {
 		t.Fatal(err)
@@ -247,10 +203,7 @@ func TestHealQuantized(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cal := tinyStories(t)
 	h, err := Heal(ctx, m, []int{1}, cal, runner.Options{Ctx: 128, Chunks: 16, Threads: 2}, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,112 @@
+package heal
+
+import (
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/ggufprune/ggufprune/gguf"
+	"github.com/ggufprune/ggufprune/gguf/surgery"
+	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/llamacpp"
+	"github.com/ggufprune/ggufprune/prune/runner"
+)
+
+// tinyStories is the shipped TinyStories calibration text.
+func tinyStories(t *testing.T) runner.Calibration {
+	t.Helper()
+	cal, err := runner.CalibrationFile(fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cal
+}
+
+// writeRemoval writes m without the blocks, with the tensors of data
+// replaced, and returns the file's path.
+func writeRemoval(t *testing.T, m *gguf.Model, removed []int, data map[string][]byte) string {
+	t.Helper()
+	plan, err := surgery.PlanRemoval(m, removed, surgery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range data {
+		if err := plan.ReplaceData(name, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "out.gguf")
+	if _, err := plan.Write(path, surgery.OneFile); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// secondHalfLogits decodes tokens in one chunk on the model at path with
+// the blocks skipped and the watch applied (none without names), and
+// returns the logits of the second half of the tokens.
+func secondHalfLogits(t *testing.T, path string, skip []int, names []string, fn llamacpp.WatchFunc, tokens []int32) [][]float32 {
+	t.Helper()
+	lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: len(tokens), Threads: 2, Capture: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetSkip(skip); err != nil {
+		t.Fatal(err)
+	}
+	if len(names) > 0 {
+		if err := c.Watch(names, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	half := len(tokens) / 2
+	if err := c.Decode(tokens, 0, half); err != nil {
+		t.Fatal(err)
+	}
+	var out [][]float32
+	for i := half; i < len(tokens); i++ {
+		l, err := c.Logits(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// syntheticTokens are n token ids below 400 (inside stories260K's
+// vocabulary), with no text behind them.
+func syntheticTokens(n int) []int32 {
+	toks := make([]int32, n)
+	for i := range toks {
+		toks[i] = int32(1 + (i*37)%400)
+	}
+	return toks
+}
+
+// withPostNorm writes a copy of stories260K whose block b also has an FFN
+// output norm (post_ffw_norm, a copy of its ffn_norm), and returns its path.
+func withPostNorm(t *testing.T, b int) string {
+	t.Helper()
+	post := filepath.Join(t.TempDir(), "post.gguf")
+	from := "blk." + strconv.Itoa(b) + ".ffn_norm.weight"
+	err := fixture.Rewrite(fixture.Asset(t, "models/stories260K.gguf"), post, func(kvs []gguf.KV, ts []gguf.WriterTensor) ([]gguf.KV, []gguf.WriterTensor) {
+		for _, w := range ts {
+			if w.Info.Name == from {
+				w.Info.Name = "blk." + strconv.Itoa(b) + ".post_ffw_norm.weight"
+				return kvs, append(ts, w)
+			}
+		}
+		return kvs, ts
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return post
+}
