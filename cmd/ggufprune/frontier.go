@@ -3,11 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"image/color"
 	"io"
 	"maps"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,17 +16,13 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
-	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/internal/plots"
 	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/ggufprune/ggufprune/prune/frontier"
 	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/ggufprune/ggufprune/prune/selection"
 	"github.com/urfave/cli/v2"
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 )
 
 func frontierCommand() *cli.Command {
@@ -83,7 +77,7 @@ func runFrontier(c *cli.Context) error {
 	if r := c.Float64("ridge"); c.IsSet("ridge") && (!c.Bool("heal") || !(r > 0) || math.IsInf(r, 0)) {
 		return usagef("frontier: --ridge is a positive finite number for --heal")
 	}
-	if p := c.String("plot"); p != "" && !validPlotName(p) {
+	if p := c.String("plot"); p != "" && !plots.ValidName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
 	if n := c.Int("per-pass"); n < 0 {
@@ -168,7 +162,7 @@ func runFrontier(c *cli.Context) error {
 		return frontierError(c, err)
 	}
 	if p := c.String("plot"); p != "" {
-		if err := plotFrontier(p, res); err != nil {
+		if err := plots.Frontier(p, res); err != nil {
 			return err
 		}
 	}
@@ -411,107 +405,4 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// plotFrontier draws size against mean KL divergence (log scale), one line
-// per pruning level, the Pareto front highlighted, atomically.
-func plotFrontier(path string, r *frontier.Result) error {
-	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s: size against KL divergence from the original\nevaluation: %s (%d tokens, ctx %d)", filepath.Base(r.Model), filepath.Base(r.EvalText), r.Tokens, r.Ctx)
-	p.X.Label.Text = "file size (MiB)"
-	p.Y.Label.Text = "mean KL divergence (log scale)"
-	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	// A log scale has no 0: a candidate identical to the original is drawn
-	// a decade below the smallest divergence measured.
-	floor := math.Inf(1)
-	for _, c := range r.Candidates {
-		if c.KLD > 0 {
-			floor = min(floor, c.KLD)
-		}
-	}
-	if math.IsInf(floor, 1) {
-		floor = 1e-6
-	}
-	floor /= 10
-	xy := func(c frontier.Candidate) plotter.XY {
-		return plotter.XY{X: float64(c.Bytes) / (1 << 20), Y: max(c.KLD, floor)}
-	}
-	var levels []frontier.Level
-	byLevel := map[frontier.Level]plotter.XYs{}
-	var front plotter.XYs
-	for _, c := range r.Candidates {
-		if _, ok := byLevel[c.Level]; !ok {
-			levels = append(levels, c.Level)
-		}
-		byLevel[c.Level] = append(byLevel[c.Level], xy(c))
-		if c.Pareto {
-			front = append(front, xy(c))
-		}
-	}
-	slices.SortFunc(levels, func(a, b frontier.Level) int {
-		if a.Blocks != b.Blocks {
-			return a.Blocks - b.Blocks
-		}
-		if a.Experts != b.Experts {
-			return a.Experts - b.Experts
-		}
-		if a.Healed == b.Healed {
-			return 0
-		}
-		if a.Healed {
-			return 1
-		}
-		return -1
-	})
-	palette := []color.RGBA{{70, 110, 180, 255}, {90, 160, 90, 255}, {200, 140, 40, 255}, {150, 90, 170, 255}, {60, 160, 170, 255}, {140, 110, 80, 255}, {110, 110, 110, 255}}
-	for i, l := range levels {
-		pts := byLevel[l]
-		slices.SortFunc(pts, func(a, b plotter.XY) int { return int(math.Copysign(1, a.X-b.X)) })
-		line, scatter, err := plotter.NewLinePoints(pts)
-		if err != nil {
-			return err
-		}
-		col := palette[i%len(palette)]
-		line.Color, scatter.Color = col, col
-		switch {
-		case l.Healed:
-			line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-		case l.Experts > 0:
-			line.Dashes = []vg.Length{vg.Points(1), vg.Points(2)}
-		}
-		p.Add(line, scatter)
-		name := fmt.Sprintf("%d blocks removed", l.Blocks)
-		if l.Blocks == 1 {
-			name = "1 block removed"
-		}
-		if l.Healed {
-			name += ", healed"
-		}
-		if l.Experts > 0 {
-			name += fmt.Sprintf(", %d experts per block", l.Experts)
-		}
-		p.Legend.Add(name, line, scatter)
-	}
-	if len(front) > 0 {
-		slices.SortFunc(front, func(a, b plotter.XY) int { return int(math.Copysign(1, a.X-b.X)) })
-		line, scatter, err := plotter.NewLinePoints(front)
-		if err != nil {
-			return err
-		}
-		red := color.RGBA{R: 220, G: 50, B: 40, A: 255}
-		line.Color, line.Width = red, vg.Points(2.5)
-		scatter.Color, scatter.Shape, scatter.Radius = red, draw.RingGlyph{}, vg.Points(5)
-		p.Add(line, scatter)
-		p.Legend.Add("Pareto front", line, scatter)
-	}
-	p.Legend.Top = true
-	wt, err := p.WriterTo(8*vg.Inch, 5*vg.Inch, strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), "."))
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return atomicfile.Write(path, func(f *os.File) error {
-		_, err := wt.WriteTo(f)
-		return err
-	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/ggufprune/ggufprune/gguf/blocks"
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
+	"github.com/ggufprune/ggufprune/internal/plots"
 	"github.com/ggufprune/ggufprune/internal/units"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/ggufprune/ggufprune/prune/heal"
@@ -142,7 +143,7 @@ func runPrune(c *cli.Context) error {
 			return usagef("prune: --plot draws per-block scores; --method %s has none (score --metric %s, then --scores, has)", method, strings.Join(lossMetrics(), " or "))
 		}
 	}
-	if p := c.String("plot"); p != "" && !validPlotName(p) {
+	if p := c.String("plot"); p != "" && !plots.ValidName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
 	run, err := runOptionsFrom(c)
@@ -234,9 +235,11 @@ func runPrune(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "ggufprune: warning: %s: %s\n", res.Model, w)
 	}
 	if p := c.String("plot"); p != "" && res.Scores != nil {
-		draw := plotScores
+		draw := plots.Scores
 		if res.ExpertMethod != "" && len(res.Removed) == 0 {
-			draw = func(p string, rep *prune.ScoreReport, _ []int) error { return plotExperts(p, rep, res.ExpertsRemoved) }
+			draw = func(p string, rep *prune.ScoreReport, _ []int) error {
+				return plots.Experts(p, rep, res.ExpertsRemoved)
+			}
 		}
 		if err := draw(p, res.Scores, res.Removed); err != nil {
 			return err

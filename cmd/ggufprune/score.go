@@ -11,6 +11,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf/imatrix"
 	"github.com/ggufprune/ggufprune/internal/atomicfile"
+	"github.com/ggufprune/ggufprune/internal/plots"
 	"github.com/ggufprune/ggufprune/prune"
 	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/ggufprune/ggufprune/prune/selection"
@@ -49,7 +50,7 @@ func runScore(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if p := c.String("plot"); p != "" && !validPlotName(p) {
+	if p := c.String("plot"); p != "" && !plots.ValidName(p) {
 		return usagef("--plot %s: the file must end in .svg or .png", p)
 	}
 	if err := checkOutputs(c, "output", "plot", "imatrix-out"); err != nil {
@@ -98,9 +99,9 @@ func runScore(c *cli.Context) error {
 	if plot := c.String("plot"); plot != "" {
 		var err error
 		if rep.HasExperts() {
-			err = plotExperts(plot, rep, nil)
+			err = plots.Experts(plot, rep, nil)
 		} else {
-			err = plotScores(plot, rep, nil)
+			err = plots.Scores(plot, rep, nil)
 		}
 		if err != nil {
 			return err
