@@ -166,7 +166,11 @@ func LoadModel(path string, p ModelParams) (*Model, error) {
 		return nil, err
 	}
 	if why := arch.Unknown(archName); why != "" {
-		return nil, &Error{"loading model", path, why + " (blocks can still be removed by list: prune --layers … --force)", ErrLoad}
+		how := " (blocks can still be removed by list: prune --layers … --force)"
+		if arch.UncheckedRules(archName) == "" {
+			how = " (blocks can still be removed by list: prune --layers …)"
+		}
+		return nil, &Error{"loading model", path, why + how, ErrLoad}
 	}
 	// Refuse what llama.cpp would abort on, before it sees the file.
 	if err := arch.CheckModel(gm, arch.Run); err != nil {

@@ -113,8 +113,9 @@ func TestPruneChecksItsInput(t *testing.T) {
 }
 
 // An architecture the linked llama.cpp does not know: inspect says so,
-// running it says so before llama.cpp sees it, and prune removes blocks
-// only when forced, with a warning.
+// running it says so before llama.cpp sees it; prune removes blocks of one
+// whose layer rules were read from the newer llama.cpp (qwen35) as of a
+// known one, and of any other only when forced, with a warning.
 func TestUnknownArchitecture(t *testing.T) {
 	_, path := fixture.Synthetic(t, fixture.Spec{Arch: "qwen35", Blocks: 8})
 	r := runCLI(t, "inspect", "--json", path).ok(t)
@@ -122,17 +123,26 @@ func TestUnknownArchitecture(t *testing.T) {
 		Unknown string `json:"unknown_architecture"`
 	}
 	decode(t, r.stdout, &rep)
-	if !strings.Contains(rep.Unknown, "known to newer llama.cpp versions") {
+	if !strings.Contains(rep.Unknown, "known to newer llama.cpp versions") || !strings.Contains(rep.Unknown, "read from the newer llama.cpp's source and checked") {
 		t.Fatalf("inspect: %s", r.stdout)
 	}
 	text := fixture.Asset(t, "text/tinystories/tinystories_val_first100.txt")
 	runCLI(t, "score", "-m", path, "-f", text).fails(t, 1, "cannot run it")
 	out := filepath.Join(t.TempDir(), "out.gguf")
-	runCLI(t, "prune", "-m", path, "--layers", "0-3", "-o", out).fails(t, 1, "--force removes them anyway")
-	r = runCLI(t, "prune", "-m", path, "--layers", "0-3", "-o", out, "--force", "--json").ok(t)
+	runCLI(t, "prune", "-m", path, "--layers", "1", "-o", out).fails(t, 1, "full_attention_interval")
+	r = runCLI(t, "prune", "-m", path, "--layers", "0-3", "-o", out, "--json").ok(t)
 	var res struct{ Warnings []string }
 	decode(t, r.stdout, &res)
-	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "qwen35") {
+	if len(res.Warnings) != 0 {
+		t.Fatalf("warnings: %s", r.stdout)
+	}
+
+	_, newer := fixture.Synthetic(t, fixture.Spec{Arch: "hy_v3", Blocks: 4})
+	runCLI(t, "prune", "-m", newer, "--layers", "1", "-o", out).fails(t, 1, "--force removes them anyway")
+	r = runCLI(t, "prune", "-m", newer, "--layers", "1", "-o", out, "--force", "--json").ok(t)
+	res.Warnings = nil
+	decode(t, r.stdout, &res)
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "hy_v3") || !strings.Contains(res.Warnings[0], "not checked") {
 		t.Fatalf("forced: %s", r.stdout)
 	}
 	_, other := fixture.Synthetic(t, fixture.Spec{Arch: "nosucharch", Blocks: 4})

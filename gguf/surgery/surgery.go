@@ -209,7 +209,7 @@ func PlanRemoval(m *gguf.Model, remove []int, o Options) (*Plan, error) {
 			}
 		}
 	}
-	if why := arch.Unknown(name); why != "" {
+	if why := arch.UncheckedRules(name); why != "" {
 		if !o.Force {
 			return nil, fmt.Errorf("%s: %s; removing blocks could change what kept blocks compute or make the file not load (--force removes them anyway)", m.Name(), why)
 		}

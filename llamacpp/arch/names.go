@@ -24,6 +24,15 @@ var newerArchitectures = setOf("cohere2moe", "deepseek2-ocr", "deepseek32", "dee
 	"llama-embed", "maincoder", "mellum", "mimo2", "mistral4", "modern-bert", "paddleocr", "plamo3", "qwen35", "qwen35moe",
 	"step35", "talkie")
 
+// newerRules are the architectures of newerArchitectures whose layer rules
+// were read from the newest llama.cpp's source (models/<arch>.cpp:
+// load_arch_hparams, load_arch_tensors and the graph; the versions are in
+// docs/llama-rules.md): removals are checked as for the pinned ones, though
+// the linked llama.cpp cannot run them.
+var newerRules = setOf("cohere2moe", "deepseek32", "eurobert", "exaone-moe", "gemma4", "gemma4-assistant", "glm-dsa", "jais2",
+	"kimi-linear", "llama-embed", "maincoder", "mellum", "mimo2", "mistral4", "modern-bert", "plamo3", "qwen35", "qwen35moe",
+	"step35")
+
 // Known reports whether the pinned llama.cpp knows the architecture: it can
 // run it, and this package's rules cover it.
 func Known(arch string) bool { return pinnedArchitectures[arch] }
@@ -34,10 +43,20 @@ func Unknown(arch string) string {
 	switch {
 	case Known(arch):
 		return ""
-	case newerArchitectures[arch] && indexPatterns[arch].period != nil:
-		return "architecture " + arch + " is known to newer llama.cpp versions but not to the one ggufprune links (ollama v0.17.4), which cannot run it; of its rules only the layer pattern read from the newer source is checked"
+	case newerRules[arch]:
+		return "architecture " + arch + " is known to newer llama.cpp versions but not to the one ggufprune links (ollama v0.17.4), which cannot run it; its layer rules are read from the newer llama.cpp's source and checked"
 	case newerArchitectures[arch]:
 		return "architecture " + arch + " is known to newer llama.cpp versions but not to the one ggufprune links (ollama v0.17.4), which cannot run it; its layer rules (what llama.cpp derives from each block's index or the block count) are not checked"
 	}
 	return "architecture " + arch + " is not known to the llama.cpp ggufprune links (ollama v0.17.4) nor to the newer ones it knows of: it cannot run it, and its layer rules are not checked"
+}
+
+// UncheckedRules says why removals from a file of this architecture cannot
+// be checked ("" when its layer rules are known, from the pinned llama.cpp
+// or the newer one's source).
+func UncheckedRules(arch string) string {
+	if Known(arch) || newerRules[arch] {
+		return ""
+	}
+	return Unknown(arch)
 }

@@ -113,6 +113,13 @@ var indexPatterns = map[string]indexPattern{
 	// full_attention_interval-th block (default 4) has full attention.
 	"qwen35":    {what: "linear vs full attention (every full_attention_interval-th block is full)", period: recurrentPeriod("qwen35")},
 	"qwen35moe": {what: "linear vs full attention (every full_attention_interval-th block is full)", period: recurrentPeriod("qwen35moe")},
+	// Known only to newer llama.cpp: a sliding-window period read as a
+	// scalar (see newerSWAs).
+	"cohere2moe":  newerSWAPattern("cohere2moe"),
+	"exaone-moe":  newerSWAPattern("exaone-moe"),
+	"plamo3":      newerSWAPattern("plamo3"),
+	"modern-bert": newerSWAPattern("modern-bert"),
+	"mellum":      newerSWAPattern("mellum"),
 	// OLMo 3: set_swa_pattern(4) when sliding_window > 0.
 	"olmo2": {what: "sliding-window vs global attention (every 4th block is global)", period: swa("olmo2")},
 	// NoPE every 4th block (n_no_rope_layer_step keeps its default 4).
@@ -134,6 +141,81 @@ var indexPatterns = map[string]indexPattern{
 	"minicpm3": {what: "the residual scale of every block (1.4/√block count)", period: fixedPeriod(1),
 		kind:  func(_ *gguf.Model, _, n int) string { return fmt.Sprint(n) },
 		valid: fixedValid("no removal: minicpm3 scales every block's residual by 1.4/√(block count), with no key to keep it")},
+}
+
+// newerSWA is a sliding-window layout that newer llama.cpp versions read
+// as a period from {arch}.attention.sliding_window_pattern
+// (models/<arch>.cpp load_arch_hparams: get_key_or_arr(…, swa_period,
+// false), then set_swa_pattern).
+type newerSWA struct {
+	def    int  // the period when the key is absent (0: such a file does not load)
+	first  bool // the first block of each period has full attention (set_swa_pattern(p, true)); else the last
+	window bool // only with {arch}.attention.sliding_window above 0
+	// array: an array in the key is read as the blocks' kinds (and cut
+	// with them, so that removals keep every kind); else an array is
+	// ignored and def applies, so no array can restore moved kinds.
+	array bool
+}
+
+var newerSWAs = map[string]newerSWA{
+	// Full attention (and no RoPE past the leading dense blocks) where
+	// il % P == 0; an array of the main stack's kinds is read instead.
+	"cohere2moe": {first: true, array: true},
+	// [SWA with RoPE ×3, full without RoPE], period 4 unless a scalar says.
+	"exaone-moe": {def: 4},
+	// set_swa_pattern(P), P = 8 unless a scalar says, with a window only.
+	"plamo3": {def: 8, window: true},
+	// set_swa_pattern(P, true), P = 3 unless a scalar says (symmetric
+	// windows of an encoder).
+	"modern-bert": {def: 3, first: true, window: true},
+	// A scalar period or an array of the main stack's kinds, with a window.
+	"mellum": {window: true, array: true},
+}
+
+// newerSWAPattern is the index pattern of such a layout: each block's kind
+// (full attention or not) at its index; multi-token-prediction blocks
+// never slide.
+func newerSWAPattern(arch string) indexPattern {
+	l := newerSWAs[arch]
+	period := func(m *gguf.Model) int {
+		if l.window && archInt(m, gguf.KeySlidingWindow, 0) <= 0 {
+			return 0
+		}
+		v, found := m.Get(arch + "." + KeySlidingWindowPattern)
+		if !found {
+			return l.def
+		}
+		if _, isArray := v.Array(); isArray {
+			if l.array {
+				return 0 // the kinds, cut with the blocks
+			}
+			return l.def
+		}
+		p, _ := v.Int()
+		return int(p)
+	}
+	kind := func(m *gguf.Model, i, n int) string {
+		p := period(m)
+		switch {
+		case i >= n-archInt(m, gguf.KeyNextNPredictLayers, 0):
+			return "multi-token prediction"
+		case p <= 1:
+			return "full"
+		case l.first && i%p == 0, !l.first && i%p == p-1:
+			return "full"
+		}
+		return "sliding window"
+	}
+	which := "last"
+	if l.first {
+		which = "first"
+	}
+	valid := "whole runs of the period (a multiple of it before every kept block)"
+	if !l.array {
+		valid += "; llama.cpp ignores an array in " + KeySlidingWindowPattern + " for " + arch + ", so no forced removal keeps the kinds"
+	}
+	return indexPattern{what: "sliding-window vs full attention (the " + which + " block of every attention.sliding_window_pattern blocks is full)",
+		period: period, kind: kind, valid: fixedValid(valid)}
 }
 
 func fixedPeriod(p int) func(*gguf.Model) int { return func(*gguf.Model) int { return p } }
@@ -376,6 +458,7 @@ var pinnedDefaults = map[string]map[string]func(m *gguf.Model, n int) pinned{
 		return pinned{value: gguf.Float32(float32(1.4 / math.Sqrt(float64(n))))}
 	}},
 	"deepseek2": {"expert_gating_func": deepseekGating},
+	"mistral4":  {"expert_gating_func": deepseekGating},
 }
 
 // Expert gating functions (llama-hparams.h llama_expert_gating_func_type).
@@ -393,7 +476,11 @@ const (
 // computes the original with, and warns where the pinned one differs.
 func deepseekGating(m *gguf.Model, n int) pinned {
 	main := n - archInt(m, gguf.KeyNextNPredictLayers, 0)
-	if (main == 47 || main == 48) && vocabSize(m) == 154880 {
+	sigmoid := (main == 47 || main == 48) && vocabSize(m) == 154880
+	if sigmoid && mustArch(m) != "deepseek2" {
+		return pinned{value: gguf.Uint32(gatingSigmoid)} // only the newer llama.cpp runs it
+	}
+	if sigmoid {
 		return pinned{gguf.Uint32(gatingSigmoid), fmt.Sprintf("%s names no deepseek2.expert_gating_func: llama.cpp since its models/ split gates a %d-block model with a 154,880-token vocabulary by sigmoid, the pinned one (ollama v0.17.4) by softmax; the pruned file says sigmoid, as the newer llama.cpp computes the original, so the pinned one computes it differently from the original", m.Name(), main)}
 	}
 	return pinned{value: gguf.Uint32(gatingSoftmax)}
@@ -445,21 +532,13 @@ func CheckRemoval(m *gguf.Model, bm *blocks.Map) error {
 var removalChecks = map[string]func(m *gguf.Model, bm *blocks.Map) error{
 	// load_hparams: is_lite = n_layer 26 or 27 decides which query tensors
 	// and keys are read.
-	"deepseek2": func(m *gguf.Model, bm *blocks.Map) error {
-		lite := func(n int) bool { return n == 26 || n == 27 }
-		if lite(bm.Before()) != lite(bm.After()) {
-			return fmt.Errorf("deepseek2 with 26 or 27 blocks is the Lite model, whose attention has other tensors (llama-model.cpp: is_lite); %d blocks would make llama.cpp look for the tensors of the other kind", bm.After())
-		}
-		// The newer llama.cpp (models/deepseek2.cpp load_arch_hparams) also
-		// takes 48 blocks, not counting multi-token prediction, with a
-		// 128,256-token vocabulary for the Lite model.
-		mtp, vocab := archInt(m, gguf.KeyNextNPredictLayers, 0), vocabSize(m)
-		newer := func(n int) bool { main := n - mtp; return lite(main) || (main == 48 && vocab == 128256) }
-		if newer(bm.Before()) != newer(bm.After()) {
-			return fmt.Errorf("the newer llama.cpp (models/deepseek2.cpp: is_lite) takes deepseek2 with 48 blocks and a 128,256-token vocabulary for the Lite model, whose attention has other tensors; going from %d to %d blocks would make it look for the tensors of the other kind", bm.Before(), bm.After())
-		}
-		return nil
-	},
+	"deepseek2": deepseekLite,
+	// mistral4 is deepseek2 to the newer llama.cpp (models.h:
+	// llama_model_mistral4 reuses llama_model_deepseek2's loader and graph).
+	"mistral4": deepseekLite,
+	// models/gemma4.cpp and llama-model.cpp create_memory.
+	"gemma4":  gemma4Removal,
+	"glm-dsa": glmIndexer,
 	// command-r with 64 blocks or more has query and key norms
 	// (llama-model.cpp load_tensors: n_layer >= 64): across 64 the loader
 	// would ask for tensors the file lacks, or find tensors it does not want.
@@ -487,6 +566,109 @@ var removalChecks = map[string]func(m *gguf.Model, bm *blocks.Map) error{
 	"solar": solarSkips,
 }
 
+// deepseekLite: the loader takes deepseek2 with 26 or 27 blocks for the
+// Lite model (pinned llama-model.cpp load_hparams: is_lite), whose
+// attention has other tensors and keys.
+func deepseekLite(m *gguf.Model, bm *blocks.Map) error {
+	name := mustArch(m)
+	lite := func(n int) bool { return n == 26 || n == 27 }
+	if lite(bm.Before()) != lite(bm.After()) {
+		return fmt.Errorf("%s with 26 or 27 blocks is the Lite model, whose attention has other tensors (llama-model.cpp: is_lite); %d blocks would make llama.cpp look for the tensors of the other kind", name, bm.After())
+	}
+	// The newer llama.cpp (models/deepseek2.cpp load_arch_hparams) also
+	// takes 48 blocks, not counting multi-token prediction, with a
+	// 128,256-token vocabulary for the Lite model.
+	mtp, vocab := archInt(m, gguf.KeyNextNPredictLayers, 0), vocabSize(m)
+	newer := func(n int) bool { main := n - mtp; return lite(main) || (main == 48 && vocab == 128256) }
+	if newer(bm.Before()) != newer(bm.After()) {
+		return fmt.Errorf("the newer llama.cpp (models/deepseek2.cpp: is_lite) takes %s with 48 blocks and a 128,256-token vocabulary for the Lite model, whose attention has other tensors; going from %d to %d blocks would make it look for the tensors of the other kind", name, bm.Before(), bm.After())
+	}
+	return nil
+}
+
+// gemma4Removal (newer llama.cpp only): with shared_kv_layers = s, the last
+// s blocks compute no keys and values of their own and read those of
+// blocks n-s-2 (sliding window) and n-s-1 (full attention)
+// (llama-model.cpp create_memory: reuse; GGML_ASSERT(n_layer_kv_from_start
+// >= 2)); removing an earlier block keeps both indices relative to the end.
+// The kinds come from the sliding_window_pattern array (cut with the
+// blocks); without a sliding-window block the cache asserts
+// (is_swa_any), without a full one rope_freqs is never loaded.
+func gemma4Removal(m *gguf.Model, bm *blocks.Map) error {
+	n := bm.Before()
+	if shared := archInt(m, "attention.shared_kv_layers", 0); shared > 0 {
+		kvfs := n - shared
+		for _, b := range bm.Removed() {
+			if b >= kvfs-2 {
+				return fmt.Errorf("gemma4's last %d blocks (%d-%d) reuse the keys and values of blocks %d and %d (attention.shared_kv_layers; llama-model.cpp create_memory); removing block %d would change what they read", shared, kvfs, n-1, kvfs-2, kvfs-1, b)
+			}
+		}
+	}
+	kinds := archFlags(m, KeySlidingWindowPattern)
+	if len(kinds) != n {
+		return nil
+	}
+	var slide, full bool
+	for _, b := range bm.Kept() {
+		slide, full = slide || kinds[b], full || !kinds[b]
+	}
+	if !slide || !full {
+		return fmt.Errorf("gemma4 needs a sliding-window block and a full-attention block (its KV cache asserts is_swa_any; rope_freqs is loaded with the first full block): removing %s leaves only one kind", blocks.FormatList(bm.Removed()))
+	}
+	return nil
+}
+
+// archFlags reads an array of flags (bool or integer) under the
+// architecture prefix; nil when absent or not an array.
+func archFlags(m *gguf.Model, key string) []bool {
+	v, ok := m.Get(mustArch(m) + "." + key)
+	a, isArr := v.Array()
+	if !ok || !isArr {
+		return nil
+	}
+	out := make([]bool, a.Len())
+	for i := range out {
+		n, _ := a.Index(i).Int()
+		out[i] = n != 0
+	}
+	return out
+}
+
+// glmIndexer (newer llama.cpp only, models/glm-dsa.cpp): a block of
+// attention.indexer.types 1 computes the sparse attention's top-k, a block
+// of 0 reuses the nearest earlier such block's (the graph asserts there is
+// one). Without the key the kinds follow the index (GLM_DSA_DEFAULT_INDEXER_TYPES:
+// blocks 0 and 1, then every 4th from block 2), and one version takes all
+// blocks as full below a 2^20-token context: a removal must then keep every
+// kept block's kind at its new index, which satisfies both.
+func glmIndexer(m *gguf.Model, bm *blocks.Map) error {
+	main := bm.Before() - archInt(m, gguf.KeyNextNPredictLayers, 0)
+	table := func(i int) bool { return i < 2 || (i < 78 && (i-2)%4 == 0) }
+	kinds := archFlags(m, "attention.indexer.types")
+	if kinds == nil {
+		for _, b := range bm.Kept() {
+			if to := bm.NewIndex(b); b < main && table(b) != table(to) {
+				return fmt.Errorf("glm-dsa without attention.indexer.types takes each block's indexer kind from its index (models/glm-dsa.cpp: GLM_DSA_DEFAULT_INDEXER_TYPES); removing %s moves block %d to index %d and changes its kind", blocks.FormatList(bm.Removed()), b, to)
+			}
+		}
+		kinds = make([]bool, main)
+		for i := range kinds {
+			kinds[i] = table(i)
+		}
+	}
+	source := -1 // the nearest earlier full block
+	for b := 0; b < min(main, len(kinds)); b++ {
+		if kinds[b] {
+			source = b
+			continue
+		}
+		if bm.NewIndex(b) >= 0 && (source < 0 || bm.NewIndex(source) < 0) {
+			return fmt.Errorf("glm-dsa's block %d reuses the sparse-attention selection of block %d (attention.indexer.types; models/glm-dsa.cpp asserts a shared block follows a full one); removing block %d and keeping block %d leaves it none", b, source, source, b)
+		}
+	}
+	return nil
+}
+
 func keepFirst(m *gguf.Model, bm *blocks.Map) error {
 	if bm.NewIndex(0) < 0 {
 		return fmt.Errorf("%s's block 0 is the value-residual source of every later block, with tensors of other shapes; it cannot be removed", mustArch(m))
@@ -499,19 +681,7 @@ func encDec(m *gguf.Model, _ *blocks.Map) error {
 }
 
 func solarSkips(m *gguf.Model, bm *blocks.Map) error {
-	flags := func(k int) []bool {
-		v, ok := m.Get(fmt.Sprintf("solar.attention.block_skip_connection.%d", k))
-		a, isArr := v.Array()
-		if !ok || !isArr {
-			return nil
-		}
-		out := make([]bool, a.Len())
-		for i := range out {
-			n, _ := a.Index(i).Int() // bool or integer flags
-			out[i] = n != 0
-		}
-		return out
-	}
+	flags := func(k int) []bool { return archFlags(m, fmt.Sprintf("attention.block_skip_connection.%d", k)) }
 	for k := 0; k < 2; k++ {
 		save, use := flags(k), flags(k+2)
 		last := -1
@@ -534,6 +704,9 @@ var blockSized = map[string][]BlockSizedTensor{
 	// Per-layer inputs: 256 values per block (n_embd_altup); the graph's
 	// view of block il is slice il (models/gemma3n-iswa.cpp).
 	"gemma3n": {{"per_layer_token_embd.weight", 0}, {"per_layer_model_proj.weight", 1}},
+	// Gemma 4 E2B and E4B: embedding_length_per_layer_input values per
+	// block, sliced alike (models/gemma4.cpp: ggml_view_2d_slice(…, il)).
+	"gemma4": {{"per_layer_token_embd.weight", 0}, {"per_layer_model_proj.weight", 1}},
 }
 
 // BlockSizedTensor is a global tensor with one slice per block along Dim.

@@ -243,3 +243,90 @@ func TestMainStackArrays(t *testing.T) {
 		t.Fatalf("missing %v", want)
 	}
 }
+
+// The layer rules read from the newest llama.cpp's source for
+// architectures the linked one cannot run: removals that keep every kept
+// block's kind pass without --force, the others are refused as for the
+// pinned architectures; architectures whose rules were not read need
+// --force.
+func TestNewerRules(t *testing.T) {
+	u32 := func(key string, v uint32) gguf.KV { return gguf.KV{Key: key, Value: gguf.Uint32(v)} }
+	window := func(arch string) gguf.KV { return u32(arch+".attention.sliding_window", 512) }
+	for _, c := range []struct {
+		name   string
+		arch   string
+		blocks int
+		extra  []gguf.KV
+		flags  map[string][]int
+		remove []int
+		want   string // "" accepted, "pattern" an index-pattern refusal, else a refusal containing it
+	}{
+		{"step35", "step35", 6, nil, map[string][]int{"attention.sliding_window_pattern": {1, 0, 1, 0, 1, 0}}, []int{1}, ""},
+		{"jais2", "jais2", 4, nil, nil, []int{1}, ""},
+		{"kimi-linear", "kimi-linear", 6, []gguf.KV{u32("kimi-linear.leading_dense_block_count", 1)}, map[string][]int{"attention.head_count_kv": {0, 0, 0, 4, 0, 4}}, []int{1}, ""},
+		{"a newer architecture whose rules were not read", "hy_v3", 4, nil, nil, []int{1}, "--force"},
+		{"an architecture no llama.cpp knows", "nosucharch", 4, nil, nil, []int{1}, "--force"},
+		{"cohere2moe, a period of 4", "cohere2moe", 9, []gguf.KV{u32("cohere2moe.attention.sliding_window_pattern", 4), u32("cohere2moe.nextn_predict_layers", 1)}, nil, []int{1}, "pattern"},
+		{"cohere2moe, a whole period", "cohere2moe", 9, []gguf.KV{u32("cohere2moe.attention.sliding_window_pattern", 4), u32("cohere2moe.nextn_predict_layers", 1)}, nil, []int{4, 5, 6, 7}, ""},
+		{"cohere2moe, an array of kinds", "cohere2moe", 9, []gguf.KV{u32("cohere2moe.nextn_predict_layers", 1)}, map[string][]int{"attention.sliding_window_pattern": {0, 1, 1, 1, 0, 1, 1, 1}}, []int{1}, ""},
+		{"exaone-moe without the key (period 4)", "exaone-moe", 8, nil, nil, []int{1}, "pattern"},
+		{"exaone-moe ignores an array", "exaone-moe", 8, nil, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 1, 1, 1, 1, 1}}, []int{1}, "pattern"},
+		{"exaone-moe, a whole period", "exaone-moe", 8, nil, nil, []int{0, 1, 2, 3}, ""},
+		{"plamo3 without a window", "plamo3", 8, nil, nil, []int{1}, ""},
+		{"plamo3 with a window (period 8)", "plamo3", 16, []gguf.KV{window("plamo3")}, nil, []int{1}, "pattern"},
+		{"plamo3, a whole period", "plamo3", 16, []gguf.KV{window("plamo3")}, nil, []int{0, 1, 2, 3, 4, 5, 6, 7}, ""},
+		{"modern-bert (period 3, full first)", "modern-bert", 9, []gguf.KV{window("modern-bert")}, nil, []int{1}, "pattern"},
+		{"modern-bert, block 0's period", "modern-bert", 9, []gguf.KV{window("modern-bert")}, nil, []int{0, 1, 2}, ""},
+		{"mellum, a scalar period", "mellum", 8, []gguf.KV{window("mellum"), u32("mellum.attention.sliding_window_pattern", 4)}, nil, []int{1}, "pattern"},
+		{"mellum, an array", "mellum", 8, []gguf.KV{window("mellum")}, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 0, 1, 1, 1, 0}}, []int{1}, ""},
+		{"gemma4 keeping a kind of each", "gemma4", 8, nil, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 0, 1, 1, 1, 0}}, []int{1}, ""},
+		{"gemma4 left with sliding windows only", "gemma4", 8, nil, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 0, 1, 1, 1, 0}}, []int{3, 7}, "only one kind"},
+		{"gemma4 shared caches, an earlier block", "gemma4", 8, []gguf.KV{u32("gemma4.attention.shared_kv_layers", 2)}, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 0, 1, 0, 1, 0}}, []int{1}, ""},
+		{"gemma4 shared caches, a source", "gemma4", 8, []gguf.KV{u32("gemma4.attention.shared_kv_layers", 2)}, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 0, 1, 0, 1, 0}}, []int{4}, "reuse the keys and values of blocks 4 and 5"},
+		{"gemma4 shared caches, a sharing block", "gemma4", 8, []gguf.KV{u32("gemma4.attention.shared_kv_layers", 2)}, map[string][]int{"attention.sliding_window_pattern": {1, 1, 1, 0, 1, 0, 1, 0}}, []int{7}, "removing block 7"},
+		{"gemma4-assistant (every block drafts)", "gemma4-assistant", 4, []gguf.KV{u32("gemma4-assistant.nextn_predict_layers", 4)}, nil, []int{1}, "multi-token-prediction"},
+		{"glm-dsa, a shared block", "glm-dsa", 8, nil, map[string][]int{"attention.indexer.types": {1, 1, 1, 0, 0, 0, 1, 0}}, []int{3}, ""},
+		{"glm-dsa, a full block with its shared ones", "glm-dsa", 8, nil, map[string][]int{"attention.indexer.types": {1, 1, 1, 0, 0, 0, 1, 0}}, []int{2, 3, 4, 5}, ""},
+		{"glm-dsa, a full block alone", "glm-dsa", 8, nil, map[string][]int{"attention.indexer.types": {1, 1, 1, 0, 0, 0, 1, 0}}, []int{2}, "reuses the sparse-attention selection of block 2"},
+		{"glm-dsa without types, kinds moved", "glm-dsa", 8, nil, nil, []int{3}, "moves block 6 to index 5"},
+		{"glm-dsa without types, the end", "glm-dsa", 8, nil, nil, []int{4, 5, 6, 7}, ""},
+		{"glm-dsa without types, a source", "glm-dsa", 8, nil, nil, []int{3, 4, 5, 6}, "reuses the sparse-attention selection of block 6"},
+		{"mistral4 to 27 blocks (Lite)", "mistral4", 28, nil, nil, []int{1}, "is the Lite model"},
+		{"mistral4 to 40 blocks", "mistral4", 41, nil, nil, []int{1}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, _ := fixture.Synthetic(t, fixture.Spec{Arch: c.arch, Blocks: c.blocks, Extra: c.extra, PerLayer: c.flags})
+			plan, err := surgery.PlanRemoval(m, c.remove, surgery.Options{})
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want == "" && len(plan.Warnings) > 0:
+				t.Fatalf("warnings: %v", plan.Warnings)
+			case c.want == "pattern" && !errors.Is(err, arch.ErrIndexPattern):
+				t.Fatalf("want a pattern refusal, got %v", err)
+			case c.want != "" && c.want != "pattern" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("want %q, got %v", c.want, err)
+			}
+		})
+	}
+}
+
+// mistral4 without a gating function gets the one the newer llama.cpp
+// derives from the block count and vocabulary, with no warning (the linked
+// llama.cpp cannot run it anyway).
+func TestMistral4Gating(t *testing.T) {
+	m, _ := fixture.Synthetic(t, fixture.Spec{Arch: "mistral4", Blocks: 48, Extra: []gguf.KV{{Key: "mistral4.vocab_size", Value: gguf.Uint32(154880)}}})
+	plan, err := surgery.PlanRemoval(m, []int{2}, surgery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range plan.KV {
+		if kv.Key == "mistral4.expert_gating_func" {
+			if v, _ := kv.Value.Int(); v != 2 || len(plan.Warnings) != 0 {
+				t.Fatalf("gating %d, warnings %v", v, plan.Warnings)
+			}
+			return
+		}
+	}
+	t.Fatal("no mistral4.expert_gating_func written")
+}
