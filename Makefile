@@ -72,10 +72,17 @@ demo-moe: build
 	sh scripts/demo-moe.sh
 
 # Every selection method on the shipped models (docs/methods.md, "Choosing blocks"):
-# bin/quality/quality.json, plots, and the Markdown table on stdout.
+# bin/quality/quality.json, plots, and the Markdown table on stdout; then, per
+# model, plain, compensated and healed removal (bin/quality/heal-MODEL/, the
+# rows of make heal).
+QUALITY_MODELS := story16-f16 stories260K moe8-f16
 quality: third_party
 	mkdir -p bin/quality
 	$(GO) run ./scripts/quality -o bin/quality | tee bin/quality/table.md
+	for m in $(QUALITY_MODELS); do \
+		$(GO) run ./scripts/heal -m testdata/models/$$m.gguf -o bin/quality/heal-$$m > bin/quality/heal-$$m.md || exit 1; \
+		cat bin/quality/heal-$$m.md; \
+	done
 
 # Expert pruning measured: every expert metric, random choices and block
 # removal at the same size, on moe8 (docs/experts.md); EXPERTS_ARGS=-m other.gguf ...

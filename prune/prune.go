@@ -54,6 +54,10 @@ type Options struct {
 	// chosen on held-out calibration chunks among heal.Ridges).
 	Heal  bool
 	Ridge float64
+	// HealMaps is how many maps heal each removed run: 1, the map before
+	// it only (ReplaceMe); 2 (the default, 0), also one in the first kept
+	// block after it (heal.Options.After).
+	HealMaps int
 	// Compensate scales the output projections of the kept blocks after
 	// every removed run not healed by the stream's lost magnitude,
 	// measured on the calibration (see heal.Compensate).
@@ -146,6 +150,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		}
 		sel := o.Select
 		sel.Sharding = o.Write.sharding()
+		sel.HealMaps = o.HealMaps
 		switch {
 		case o.Scores != nil:
 			if choose.Name != o.Scores.Metric {
@@ -211,13 +216,13 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if o.Heal {
 		if o.Write.DryRun {
 			// What healing would rewrite, without running it.
-			runs, err := heal.Plan(m.GGUF, plan.Removed)
+			runs, err := heal.Plan(m.GGUF, plan.Removed, o.HealMaps != 1)
 			if err != nil {
 				return nil, err
 			}
 			healing = &heal.Healing{Runs: runs}
 		} else {
-			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, Imatrix: o.Write.Imatrix}); err != nil {
+			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, After: o.HealMaps != 1, Imatrix: o.Write.Imatrix}); err != nil {
 				return nil, err
 			}
 			for name, data := range healing.Tensors() {
@@ -235,7 +240,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		healed := map[int]bool{}
 		if healing != nil {
 			for _, r := range healing.Runs {
-				if len(r.Tensors) > 0 {
+				if len(r.Tensors) > 0 || len(r.AfterTensors) > 0 {
 					healed[r.First] = true
 				}
 			}

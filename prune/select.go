@@ -19,6 +19,9 @@ type Selection struct {
 	Protect    selection.Protect
 	// Sharding is how the output will be written, which TargetSize counts.
 	Sharding surgery.Sharding
+	// HealMaps is how healing will heal the removal (Options.HealMaps),
+	// which the heal method measures.
+	HealMaps int
 }
 
 func (s Selection) empty() bool { return s.Count <= 0 && s.TargetSize <= 0 }
@@ -81,6 +84,7 @@ func (m *Model) Choose(ctx context.Context, method *selection.Method, s Selectio
 		return nil, err
 	}
 	defer meas.Close()
+	meas.HealAfter = s.HealMaps != 1
 	return selection.Choose(ctx, meas, method, m.problem(s))
 }
 

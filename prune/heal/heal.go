@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"gonum.org/v1/gonum/mat"
@@ -87,6 +88,13 @@ type HealedRun struct {
 	// healing makes text it was not fitted on worse than plain removal.
 	HeldOut float64 `json:"held_out_residual,omitempty"`
 	Note    string  `json:"note,omitempty"` // why the run is not healed
+	// After is the first kept block after the run when it absorbs a
+	// second map (Options.After; 0: none): its output is fitted to the
+	// unpruned model's output of the same block, correcting what the map
+	// before the run left.
+	After         int      `json:"after_block,omitempty"`
+	AfterTensors  []string `json:"after_tensors,omitempty"`
+	AfterResidual float64  `json:"after_residual,omitempty"` // as Residual, for the second map
 }
 
 // Healing is the result of Model.Heal.
@@ -98,8 +106,9 @@ type Healing struct {
 	// plain removal on the held-out chunks.
 	Warnings []string `json:"warnings,omitempty"`
 
-	maps map[int]*mat.Dense // block i → T
-	data map[string][]byte  // tensor (input name) → new data
+	maps    map[int]*mat.Dense // block i → T
+	outputs map[int]string     // block i → the graph tensor of its FFN output
+	data    map[string][]byte  // tensor (input name) → new data
 }
 
 // Tensors are the new data of the rewritten tensors, by input name.
@@ -119,42 +128,92 @@ func runsOf(removed []int) [][2]int {
 }
 
 // Plan says, without running anything, which tensors healing the
-// removal of these blocks would rewrite, or why a run cannot be healed.
-func Plan(m *gguf.Model, removed []int) ([]HealedRun, error) {
+// removal of these blocks would rewrite, or why a run cannot be healed;
+// with after, the first kept block after each run absorbs a second map
+// where it can (see Options.After).
+func Plan(m *gguf.Model, removed []int, after bool) ([]HealedRun, error) {
 	var out []HealedRun
-	has := m.Tensor
+	n, err := m.BlockCount()
+	if err != nil {
+		return nil, err
+	}
+	isRemoved := map[int]bool{}
+	for _, b := range removed {
+		isRemoved[b] = true
+	}
 	for _, r := range runsOf(removed) {
 		h := HealedRun{First: r[0], Last: r[1], Block: r[0] - 1}
 		if h.Block < 0 {
 			h.Block, h.Note = -1, "the run starts at block 0: no block before it to absorb the map"
-			out = append(out, h)
-			continue
+		} else {
+			tensors, typ, err := foldTensors(m, h.Block)
+			if err != nil {
+				return nil, err
+			}
+			h.Tensors, h.Type = tensors, typ
 		}
-		for _, post := range arch.FFNPostNorms {
-			if _, ok := has(blocks.Name(h.Block, post)); ok {
-				return nil, fmt.Errorf("%s: block %d normalises its FFN output before the residual add (%s): the healing map does not fold into its weights exactly; prune without healing", m.Name(), h.Block, post)
+		// The block after the run, unless it is the last of the model's
+		// main stack or absorbs the next run's map.
+		if j := r[1] + 1; after && j < n && !isRemoved[j+1] {
+			if tensors, _, err := foldTensors(m, j); err == nil {
+				h.After, h.AfterTensors = j, tensors
 			}
 		}
-		if _, ok := has(blocks.Name(h.Block, arch.FFNDownExpert)); ok {
-			return nil, fmt.Errorf("%s: block %d is a mixture of experts; healing folds into dense FFN down projections only", m.Name(), h.Block)
-		}
-		down, ok := has(blocks.Name(h.Block, arch.FFNDown))
-		if !ok || len(down.Dims) != 2 {
-			return nil, fmt.Errorf("%s: block %d has no 2-D ffn_down.weight to fold the healing map into", m.Name(), h.Block)
-		}
-		h.Tensors = []string{down.Name}
-		if _, ok := has(blocks.Name(h.Block, arch.FFNDownBias)); ok {
-			h.Tensors = append(h.Tensors, blocks.Name(h.Block, arch.FFNDownBias))
-		}
-		h.Type = down.Type.String()
 		out = append(out, h)
 	}
 	return out, nil
 }
 
+// foldTensors are the tensors of block i a healing map folds into (its FFN
+// down projection and bias), and their type, or why it cannot.
+func foldTensors(m *gguf.Model, i int) ([]string, string, error) {
+	has := m.Tensor
+	for _, post := range arch.FFNPostNorms {
+		if _, ok := has(blocks.Name(i, post)); ok {
+			return nil, "", fmt.Errorf("%s: block %d normalises its FFN output before the residual add (%s): the healing map does not fold into its weights exactly; prune without healing", m.Name(), i, post)
+		}
+	}
+	if exps, ok := has(blocks.Name(i, arch.FFNDownExpert)); ok {
+		// A mixture of experts: its FFN output is the gate-weighted sum of
+		// the routed experts' down projections (and a shared expert's),
+		// linear in each, so the map folds into every expert alike. Only
+		// blocks whose every tensor is known to read the stream or write
+		// to it that way (as compensation knows them) are healed.
+		for _, t := range m.AllTensors() {
+			b, rest, ok, _ := blocks.Split(t.Name)
+			if !ok || b != i {
+				continue
+			}
+			if base, _, _ := strings.Cut(rest, "."); !compensationReaders[base] && !compensationWriters[rest] {
+				return nil, "", fmt.Errorf("%s: block %d has %s, which healing does not know (it may add to the FFN output otherwise than through the experts' down projections); prune without --heal", m.Name(), i, t.Name)
+			}
+		}
+		tensors := []string{exps.Name}
+		if _, ok := has(blocks.Name(i, "ffn_down_shexp.weight")); ok {
+			tensors = append(tensors, blocks.Name(i, "ffn_down_shexp.weight"))
+		}
+		return tensors, exps.Type.String(), nil
+	}
+	down, ok := has(blocks.Name(i, arch.FFNDown))
+	if !ok || len(down.Dims) != 2 {
+		return nil, "", fmt.Errorf("%s: block %d has no 2-D ffn_down.weight to fold the healing map into", m.Name(), i)
+	}
+	tensors := []string{down.Name}
+	if _, ok := has(blocks.Name(i, arch.FFNDownBias)); ok {
+		tensors = append(tensors, blocks.Name(i, arch.FFNDownBias))
+	}
+	return tensors, down.Type.String(), nil
+}
+
 // Options say how healing fits and folds its maps.
 type Options struct {
-	Ridge   float64         // the relative ridge (0: chosen on the held-out chunks among Ridges)
+	Ridge float64 // the relative ridge (0: chosen on the held-out chunks among Ridges)
+	// After gives the first kept block after each run a second map,
+	// fitted once the first is applied, so that its output approaches the
+	// unpruned model's output of that block: two kept blocks share the
+	// repair instead of one. It is kept only where it does better than
+	// none on the held-out chunks.
+	After   bool
 	Imatrix *imatrix.Matrix // the model's importance matrix: quantized types are quantized again weighted by it
 }
 
@@ -162,7 +221,7 @@ type Options struct {
 // calibration, and computes the rewritten FFN down projections (in their
 // own type).
 func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibration, o runner.Options, opt Options) (*Healing, error) {
-	if _, err := Plan(m, removed); err != nil {
+	if _, err := Plan(m, removed, opt.After); err != nil {
 		return nil, err
 	}
 	if err := checkRidge(opt.Ridge); err != nil {
@@ -183,7 +242,7 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 		return nil, err
 	}
 	defer f.Close()
-	h, err := f.Fit(ctx, removed, opt.Ridge)
+	h, err := f.Fit(ctx, removed, opt.Ridge, opt.After)
 	if err != nil {
 		return nil, err
 	}
@@ -195,15 +254,20 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	}
 	// Fold each map into its block's FFN down projection.
 	for _, run := range h.Runs {
-		if run.Block < 0 || h.maps[run.Block] == nil {
-			continue
-		}
-		for _, name := range run.Tensors {
-			data, err := foldMap(m, name, h.maps[run.Block], opt.Imatrix)
-			if err != nil {
-				return nil, err
+		for _, fold := range []struct {
+			block   int
+			tensors []string
+		}{{run.Block, run.Tensors}, {run.After, run.AfterTensors}} {
+			if len(fold.tensors) == 0 || h.maps[fold.block] == nil {
+				continue
 			}
-			h.data[name] = data
+			for _, name := range fold.tensors {
+				data, err := foldMap(m, name, h.maps[fold.block], opt.Imatrix)
+				if err != nil {
+					return nil, err
+				}
+				h.data[name] = data
+			}
 		}
 	}
 	h.Cost.Seconds = time.Since(start).Seconds()
@@ -262,10 +326,11 @@ func (f *Fitter) Close() {
 
 // Fit fits the map of every run of removed blocks (Plan must accept them),
 // in order, each on the model with the earlier runs removed and healed;
-// ridge is relative (0: chosen on the held-out chunks). The maps are not folded: Watch
-// applies them at run time.
-func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64) (*Healing, error) {
-	runs, err := Plan(f.m, removed)
+// ridge is relative (0: chosen on the held-out chunks). With after, the
+// first kept block after a run also gets a map (see Options.After). The
+// maps are not folded: Watch applies them at run time.
+func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after bool) (*Healing, error) {
+	runs, err := Plan(f.m, removed, after)
 	if err != nil {
 		return nil, err
 	}
@@ -273,128 +338,203 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64) (*Healin
 		return nil, err
 	}
 	start := time.Now()
-	chunks, work, base, d, o := f.chunks, f.work, f.base, f.d, f.o
-	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, data: map[string][]byte{}}
-	defer work.Watch(nil, nil)
-	defer base.Watch(nil, nil)
-	defer work.SetSkip(nil)
-	defer work.SetStopAfter(-2)
-	defer base.SetStopAfter(-2)
+	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, outputs: map[int]string{}, data: map[string][]byte{}}
+	defer f.work.Watch(nil, nil)
+	defer f.base.Watch(nil, nil)
+	defer f.work.SetSkip(nil)
+	defer f.work.SetStopAfter(-2)
+	defer f.base.SetStopAfter(-2)
 	for ri := range h.Runs {
 		run := &h.Runs[ri]
-		if run.Block < 0 {
-			continue
-		}
 		var skip []int
 		for _, b := range removed {
-			if b < run.First {
+			if b <= run.Last {
 				skip = append(skip, b)
 			}
 		}
-		train, held := newFit(d), newFit(d)
-		i := run.Block
-		var Y, M []float32
-		watchNames := []string{fmt.Sprintf("ffn_inp-%d", i), fmt.Sprintf("ffn_out-%d", i)}
-		for j := range h.maps {
-			watchNames = append(watchNames, fmt.Sprintf("ffn_out-%d", j))
-		}
-		if err := work.SetSkip(skip); err != nil {
-			return nil, err
-		}
-		if err := work.SetStopAfter(i); err != nil {
-			return nil, err
-		}
-		err := work.Watch(watchNames, func(name string, data []float32, nCols, nRows int) {
-			var blk int
-			switch {
-			case name == watchNames[0]:
-				Y = append(Y[:0], data...)
-			case name == watchNames[1]:
-				M = append(M[:0], data...)
-			default:
-				// An earlier healed block: its FFN output times its map.
-				fmt.Sscanf(name, "ffn_out-%d", &blk)
-				applyMap(data, h.maps[blk], nCols, nRows)
-			}
-		})
-		if err != nil {
-			return nil, err
-		}
-		var L []float32
-		out := fmt.Sprintf("%s-%d", arch.Boundaries(f.archName).BlockOutput, run.Last)
-		if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
-			return nil, err
-		}
-		if err := base.SetStopAfter(run.Last); err != nil {
-			return nil, err
-		}
-		progress := o.ProgressFunc(fmt.Sprintf("healing blocks %d-%d", run.First, run.Last), "chunks", o.CtxSize())
-		for ci, ch := range chunks {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			if f.Only != nil && !f.Only(ci) {
-				continue
-			}
-			Y, M, L = Y[:0], M[:0], L[:0]
-			if err := runner.DecodeFrom(work, ch, 0); err != nil {
-				return nil, err
-			}
-			if err := runner.DecodeFrom(base, ch, 0); err != nil {
-				return nil, err
-			}
-			if len(Y) != len(ch)*d || len(M) != len(Y) || len(L) != len(Y) {
-				return nil, fmt.Errorf("%s: the graph did not hand over ffn_inp-%d, ffn_out-%d and %s for every token; this architecture cannot be healed", f.m.Name(), i, i, out)
-			}
-			if heldOut(ci, len(chunks)) {
-				held.add(M, Y, L, len(ch))
-			} else {
-				train.add(M, Y, L, len(ch))
-			}
-			h.Cost.Tokens += 2 * int64(len(ch))
-			if progress != nil {
-				progress(ci+1, len(chunks))
-			}
-		}
-		h.Cost.Passes += 2
-		// The map written is fitted on every chunk; the held-out check fits
-		// one on the others and measures it on the held-out chunks. Without
-		// a ridge given, the ridge is the one of Ridges whose map fitted on
-		// the other chunks leaves the least on the held-out ones.
-		all := train.plus(held)
-		if all.mm == 0 {
-			// Block i adds nothing to the stream on the calibration (its
-			// FFN output is zero, an identity block): there is no output to
-			// map, and the run is removed as it is.
-			run.Note = fmt.Sprintf("block %d's FFN output is zero on the calibration: there is nothing to map; removed without healing", i)
-			run.Tensors, run.Type = nil, ""
-			continue
-		}
-		r := ridge
-		if r == 0 {
-			if r, err = chooseRidge(train, held); err != nil {
+		if run.Block >= 0 {
+			m, err := f.fitMap(ctx, h, skip, run.Block, run.Last, ridge)
+			if err != nil {
 				return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
 			}
+			run.Ridge, run.Residual, run.HeldOut = m.ridge, m.residual, m.heldOut
+			if m.T == nil {
+				// Block i adds nothing to the stream on the calibration (its
+				// FFN output is zero, an identity block): there is no output
+				// to map, and the run is removed as it is.
+				run.Note = fmt.Sprintf("block %d's FFN output is zero on the calibration: there is nothing to map; removed without healing", run.Block)
+				run.Tensors, run.Type = nil, ""
+			} else {
+				h.maps[run.Block], h.outputs[run.Block] = m.T, m.output
+				if run.HeldOut > 1 {
+					h.Warnings = append(h.Warnings, fmt.Sprintf("healing blocks %d-%d makes the held-out calibration chunks worse than plain removal (%.0f%% of the gap remains where %.1f%% remains on the chunks it was fitted on): the healed file may be worse than the plain one; evaluate both (--eval) or prune without --heal", run.First, run.Last, 100*run.HeldOut, 100*run.Residual))
+				}
+			}
 		}
-		T, lambda, residual, err := all.solve(r)
+		// The block after the run, unless it absorbs the next run's map
+		// (that map is fitted on its raw output and replaces this one).
+		j := run.Last + 1
+		if run.After == 0 {
+			continue
+		}
+		m, err := f.fitMap(ctx, h, skip, j, j, ridge)
 		if err != nil {
-			return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
+			return nil, fmt.Errorf("%s: healing block %d after blocks %d-%d: %w", f.m.Name(), j, run.First, run.Last, err)
 		}
-		h.maps[i] = T
-		run.Ridge, run.Residual = lambda, residual
-		if held.tokens > 0 {
-			Tt, _, _, err := train.solve(r)
-			if err != nil {
-				return nil, fmt.Errorf("%s: healing blocks %d-%d on the chunks not held out: %w", f.m.Name(), run.First, run.Last, err)
-			}
-			run.HeldOut = held.residual(Tt)
-			if run.HeldOut > 1 {
-				h.Warnings = append(h.Warnings, fmt.Sprintf("healing blocks %d-%d makes the held-out calibration chunks worse than plain removal (%.0f%% of the gap remains where %.1f%% remains on the chunks it was fitted on): the healed file may be worse than the plain one; evaluate both (--eval) or prune without --heal", run.First, run.Last, 100*run.HeldOut, 100*run.Residual))
-			}
+		if m.T == nil || m.heldOut >= 1 {
+			run.After, run.AfterTensors = 0, nil // nothing to gain on text it was not fitted on
+			continue
 		}
+		h.maps[j], h.outputs[j] = m.T, m.output
+		run.AfterResidual = m.residual
 	}
 	h.Cost.Seconds = time.Since(start).Seconds()
 	return h, nil
+}
+
+// fitted is one map and how well it fits.
+type fitted struct {
+	T                        *mat.Dense // nil: block i's FFN output is zero
+	output                   string     // the graph tensor of block i's FFN output
+	ridge, residual, heldOut float64
+}
+
+// sumIs reports whether y + m equals l, to float32 rounding: m is the FFN
+// output whose residual add gives the block's output l.
+func sumIs(y, m, l []float32) bool {
+	var diff, norm float64
+	for k := range l {
+		e := float64(y[k]) + float64(m[k]) - float64(l[k])
+		diff += e * e
+		norm += float64(l[k]) * float64(l[k])
+	}
+	return diff <= 1e-8*norm
+}
+
+// fitMap fits the map T of block i's FFN output, with the blocks in skip
+// removed and the maps fitted so far applied, so that block i's output
+// approaches block target's output in the unpruned model.
+func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target int, ridge float64) (fitted, error) {
+	chunks, work, base, d, o := f.chunks, f.work, f.base, f.d, f.o
+	train, held := newFit(d), newFit(d)
+	// Block i's FFN output is ffn_out-i in most graphs; a mixture of
+	// experts without a shared expert names it ffn_moe_out-i (its ffn_out
+	// is the sum with the residual, renamed l_out). The one whose sum with
+	// the FFN input is the block's output is the one (checked every chunk).
+	blockOut := fmt.Sprintf("%s-%d", arch.Boundaries(f.archName).BlockOutput, i)
+	cands := []string{fmt.Sprintf("ffn_out-%d", i), fmt.Sprintf("ffn_moe_out-%d", i)}
+	var Y, Lw []float32
+	Ms := make([][]float32, len(cands))
+	watchNames := []string{fmt.Sprintf("ffn_inp-%d", i), blockOut}
+	watchNames = append(watchNames, cands...)
+	mapped := map[string]*mat.Dense{}
+	for j, T := range h.maps {
+		if j != i {
+			mapped[h.outputs[j]] = T
+			watchNames = append(watchNames, h.outputs[j])
+		}
+	}
+	if err := work.SetSkip(skip); err != nil {
+		return fitted{}, err
+	}
+	if err := work.SetStopAfter(i); err != nil {
+		return fitted{}, err
+	}
+	err := work.Watch(watchNames, func(name string, data []float32, nCols, nRows int) {
+		switch {
+		case name == watchNames[0]:
+			Y = append(Y[:0], data...)
+		case name == blockOut:
+			Lw = append(Lw[:0], data...)
+		case name == cands[0]:
+			Ms[0] = append(Ms[0][:0], data...)
+		case name == cands[1]:
+			Ms[1] = append(Ms[1][:0], data...)
+		}
+		if T := mapped[name]; T != nil {
+			// An earlier healed block: its FFN output times its map.
+			applyMap(data, T, nCols, nRows)
+		}
+	})
+	if err != nil {
+		return fitted{}, err
+	}
+	output := ""
+	var L []float32
+	out := fmt.Sprintf("%s-%d", arch.Boundaries(f.archName).BlockOutput, target)
+	if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
+		return fitted{}, err
+	}
+	if err := base.SetStopAfter(target); err != nil {
+		return fitted{}, err
+	}
+	progress := o.ProgressFunc(fmt.Sprintf("healing: fitting block %d", i), "chunks", o.CtxSize())
+	for ci, ch := range chunks {
+		if err := ctx.Err(); err != nil {
+			return fitted{}, err
+		}
+		if f.Only != nil && !f.Only(ci) {
+			continue
+		}
+		Y, Lw, L = Y[:0], Lw[:0], L[:0]
+		for k := range Ms {
+			Ms[k] = Ms[k][:0]
+		}
+		if err := runner.DecodeFrom(work, ch, 0); err != nil {
+			return fitted{}, err
+		}
+		if err := runner.DecodeFrom(base, ch, 0); err != nil {
+			return fitted{}, err
+		}
+		var M []float32
+		for k, cand := range cands {
+			if (output == "" || output == cand) && len(Ms[k]) == len(Y) && len(Lw) == len(Y) && sumIs(Y, Ms[k], Lw) {
+				M, output = Ms[k], cand
+				break
+			}
+		}
+		if len(Y) != len(ch)*d || M == nil || len(L) != len(Y) {
+			return fitted{}, fmt.Errorf("the graph did not hand over block %d's FFN input and an FFN output (ffn_out or ffn_moe_out) whose sum is the block's output %s, and %s, for every token; this architecture cannot be healed", i, blockOut, out)
+		}
+		if heldOut(ci, len(chunks)) {
+			held.add(M, Y, L, len(ch))
+		} else {
+			train.add(M, Y, L, len(ch))
+		}
+		h.Cost.Tokens += 2 * int64(len(ch))
+		if progress != nil {
+			progress(ci+1, len(chunks))
+		}
+	}
+	h.Cost.Passes += 2
+	// The map written is fitted on every chunk; the held-out check fits
+	// one on the others and measures it on the held-out chunks. Without
+	// a ridge given, the ridge is the one of Ridges whose map fitted on
+	// the other chunks leaves the least on the held-out ones.
+	all := train.plus(held)
+	if all.mm == 0 {
+		return fitted{}, nil
+	}
+	r := ridge
+	if r == 0 {
+		var err error
+		if r, err = chooseRidge(train, held); err != nil {
+			return fitted{}, err
+		}
+	}
+	T, lambda, residual, err := all.solve(r)
+	if err != nil {
+		return fitted{}, err
+	}
+	res := fitted{T: T, output: output, ridge: lambda, residual: residual}
+	if held.tokens > 0 {
+		Tt, _, _, err := train.solve(r)
+		if err != nil {
+			return fitted{}, fmt.Errorf("on the chunks not held out: %w", err)
+		}
+		res.heldOut = held.residual(Tt)
+	}
+	return res, nil
 }
 
 // Watch is what applies the maps at run time, on a capturing context that
@@ -405,7 +545,7 @@ func (h *Healing) Watch() ([]string, llamacpp.WatchFunc) {
 	names := map[string]*mat.Dense{}
 	var list []string
 	for b, T := range h.maps {
-		n := fmt.Sprintf("ffn_out-%d", b)
+		n := h.outputs[b]
 		names[n] = T
 		list = append(list, n)
 	}
@@ -427,14 +567,23 @@ func applyMap(data []float32, T *mat.Dense, nCols, nRows int) {
 
 // foldMap returns the data of tensor name (W: rows of the embedding size,
 // or a bias vector) with the map folded in: W' = Tᵀ·W, in W's type.
+// A stacked expert tensor (n_ff × n_embd × experts) holds one such W per
+// expert, each folded alike.
 func foldMap(m *gguf.Model, name string, T *mat.Dense, im *imatrix.Matrix) ([]byte, error) {
+	t, _ := m.Tensor(name)
+	d, _ := T.Dims()
+	cols := 1 // a bias: one value per row
+	if len(t.Dims) >= 2 && int(t.Dims[1]) == d && !strings.HasSuffix(name, ".bias") {
+		cols = int(t.Dims[0]) // n_ff
+	}
 	return rewriteTensor(m, name, nil, im, func(w []float32) {
-		d, _ := T.Dims()
-		cols := len(w) / d // n_ff for the weight, 1 for a bias
-		var W2 mat.Dense
-		W2.Mul(T.T(), mat.NewDense(d, cols, float32s64(w)))
-		for i, v := range W2.RawMatrix().Data {
-			w[i] = float32(v)
+		for off := 0; off+d*cols <= len(w); off += d * cols {
+			part := w[off : off+d*cols]
+			var W2 mat.Dense
+			W2.Mul(T.T(), mat.NewDense(d, cols, float32s64(part)))
+			for i, v := range W2.RawMatrix().Data {
+				part[i] = float32(v)
+			}
 		}
 	})
 }

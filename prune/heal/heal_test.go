@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -178,7 +179,7 @@ func TestHealPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	runs, err := Plan(m, []int{0, 1, 3})
+	runs, err := Plan(m, []int{0, 1, 3}, false)
 	if err != nil || len(runs) != 2 || runs[0].Note == "" || runs[1].Block != 2 || runs[1].Type != "F32" {
 		t.Fatalf("%+v %v", runs, err)
 	}
@@ -188,7 +189,7 @@ func TestHealPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pm.Close()
-	if _, err := Plan(pm, []int{3}); err == nil || !strings.Contains(err.Error(), "post_ffw_norm") {
+	if _, err := Plan(pm, []int{3}, false); err == nil || !strings.Contains(err.Error(), "post_ffw_norm") {
 		t.Fatalf("post-FFN norm: %v", err)
 	}
 }
@@ -235,5 +236,163 @@ func TestHealQuantized(t *testing.T) {
 	rs, err := eval.Evaluate(ctx, []string{out}, text, runner.Options{Ctx: 128, Chunks: 4})
 	if err != nil || math.IsNaN(rs[0].PPL) {
 		t.Fatalf("%v %v", rs, err)
+	}
+}
+
+// With Options.After, the block after the run gets a second map: the
+// least-squares solution computed here from activations captured
+// independently (block 2 skipped, the first map applied at run time), a
+// written file that computes both maps as the run-time skipping does, and a
+// residual on the held-out chunks below the one-map healing's.
+func TestHealAfter(t *testing.T) {
+	ctx := context.Background()
+	src := fixture.Asset(t, "models/stories260K.gguf")
+	m, err := gguf.OpenModel(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	runs, err := Plan(m, []int{0, 1, 3}, true)
+	if err != nil || runs[0].After != 0 || runs[1].After != 4 || runs[1].AfterTensors[0] != "blk.4.ffn_down.weight" {
+		t.Fatalf("plan: %+v %v", runs, err)
+	}
+	cal := tinyStories(t)
+	o := runner.Options{Ctx: 128, Chunks: 32, Threads: 2}
+	h, err := Heal(ctx, m, []int{2}, cal, o, Options{After: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := h.Runs[0]
+	if run.After != 3 || h.maps[3] == nil || h.Cost.Passes != 4 || run.AfterResidual <= 0 || run.AfterResidual >= 1 {
+		t.Fatalf("%+v %+v", run, h.Cost)
+	}
+	if _, ok := h.Tensors()["blk.3.ffn_down.weight"]; !ok {
+		t.Fatal("blk.3.ffn_down.weight not rewritten")
+	}
+
+	// The second map, solved here: block 3's FFN input and output with
+	// block 2 skipped and the first map applied, against the unpruned
+	// model's output of block 3.
+	lm, _ := llamacpp.LoadModel(src, llamacpp.ModelParams{VocabOnly: true})
+	toks, _ := cal.Text.Tokens(lm, 32*128)
+	chunks, _ := lm.Chunks(toks, 128, 32)
+	lm.Close()
+	capture := func(skip []int, names []string, T *mat.Dense) map[string][]float32 {
+		lm, err := llamacpp.LoadModel(src, llamacpp.ModelParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lm.Close()
+		c, err := lm.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetSkip(skip)
+		got := map[string][]float32{}
+		c.Watch(append(names, "ffn_out-1"), func(name string, x []float32, cols, rows int) {
+			if name == "ffn_out-1" {
+				if T != nil {
+					applyMap(x, T, cols, rows)
+				}
+				return
+			}
+			got[name] = append(got[name], x...)
+		})
+		for _, ch := range chunks {
+			c.ClearMemory()
+			if err := c.Decode(ch, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+	work := capture([]int{2}, []string{"ffn_inp-3", "ffn_out-3"}, h.maps[1])
+	base := capture(nil, []string{"l_out-3"}, nil)
+	d := 64
+	n := len(work["ffn_out-3"]) / d
+	aug, rhs := mat.NewDense(n+d, d, nil), mat.NewDense(n+d, d, nil)
+	for r := 0; r < n; r++ {
+		for j := 0; j < d; j++ {
+			aug.Set(r, j, float64(work["ffn_out-3"][r*d+j]))
+			rhs.Set(r, j, float64(base["l_out-3"][r*d+j])-float64(work["ffn_inp-3"][r*d+j]))
+		}
+	}
+	// The ridge the fit chose, as λ = r·tr(MᵀM)/d, is not reported for
+	// the second map: solve at the ridges it may have chosen and take the
+	// closest.
+	best := math.Inf(1)
+	for _, r := range Ridges {
+		var mm mat.Dense
+		mm.Mul(aug.Slice(0, n, 0, d).T(), aug.Slice(0, n, 0, d))
+		sq := math.Sqrt(r * mat.Trace(&mm) / float64(d))
+		for j := 0; j < d; j++ {
+			aug.Set(n+j, j, sq)
+		}
+		var want, diff mat.Dense
+		if err := want.Solve(aug, rhs); err != nil {
+			t.Fatal(err)
+		}
+		diff.Sub(h.maps[3], &want)
+		best = math.Min(best, mat.Norm(&diff, 2)/mat.Norm(&want, 2))
+	}
+	if best > 1e-5 {
+		t.Fatalf("the second map differs from the least-squares solution by %g relative", best)
+	}
+
+	// The file against both maps applied at run time (the maps in float32,
+	// as the file holds them folded).
+	healed := writeRemoval(t, m, []int{2}, h.Tensors())
+	names, watch := h.Watch()
+	file, runtime := secondHalfLogits(t, healed, nil, nil, nil, chunks[0]), secondHalfLogits(t, src, []int{2}, names, watch, chunks[0])
+	if worst := fixture.MaxRelDiff(runtime, file); worst > 1e-3 {
+		t.Fatalf("healed file and run-time maps differ by %g relative", worst)
+	}
+	first := map[string][]byte{"blk.1.ffn_down.weight": h.Tensors()["blk.1.ffn_down.weight"]}
+	onlyFirst := secondHalfLogits(t, writeRemoval(t, m, []int{2}, first), nil, nil, nil, chunks[0])
+	if d := fixture.MaxRelDiff(onlyFirst, file); d < 1e-2 {
+		t.Fatalf("the second map changes the logits by only %g", d)
+	}
+	t.Logf("residual of the map before the run %.3f (held out %.3f); block 3's map leaves %.3f of what remained", run.Residual, run.HeldOut, run.AfterResidual)
+}
+
+// A mixture of experts (a generated qwen3moe: 4 experts, 2 used, whose
+// FFN output the graph names ffn_moe_out) is healed through every expert's
+// down projection, before the run and after it: the file computes what the
+// maps applied at run time compute, and the router is not touched.
+func TestHealExperts(t *testing.T) {
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "qwen3moe.gguf")
+	spec := fixture.ModelSpec{Arch: "qwen3moe", Blocks: 5, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256}
+	if err := fixture.RandomModel(src, fixture.Asset(t, "models/stories260K.gguf"), spec); err != nil {
+		t.Fatal(err)
+	}
+	m, err := gguf.OpenModel(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	removed := []int{2}
+	h, err := Heal(ctx, m, removed, tinyStories(t), runner.Options{Ctx: 64, Chunks: 64, Threads: 2}, Options{After: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rewritten []string
+	for name := range h.Tensors() {
+		rewritten = append(rewritten, name)
+	}
+	slices.Sort(rewritten)
+	if !slices.Equal(rewritten, []string{"blk.1.ffn_down_exps.weight", "blk.3.ffn_down_exps.weight"}) || h.outputs[1] != "ffn_moe_out-1" {
+		t.Fatalf("rewritten %v, outputs %v", rewritten, h.outputs)
+	}
+	out := writeRemoval(t, m, removed, h.Tensors())
+	names, watch := h.Watch()
+	toks := syntheticTokens(64)
+	file := secondHalfLogits(t, out, nil, nil, nil, toks)
+	d := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, names, watch, toks), file)
+	apart := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, nil, nil, toks), file)
+	t.Logf("residual %.3f, after %.3f; file against the maps at run time %.3g, against plain removal %.3g", h.Runs[0].Residual, h.Runs[0].AfterResidual, d, apart)
+	if d > 1e-3 || apart < 10*d {
+		t.Fatalf("healed file and run-time maps differ by %g relative (plain removal %g)", d, apart)
 	}
 }

@@ -35,6 +35,9 @@ type Measurer struct {
 	header *gguf.Model
 	fitter *heal.Fitter // made by the first HealedLoss
 	only   func(ci int) bool
+	// HealAfter makes HealedLoss heal each run with a second map in the
+	// block after it too (heal.Options.After).
+	HealAfter bool
 }
 
 // NewMeasurer loads the model (path; header, when not nil, its file already
@@ -230,7 +233,7 @@ func (s *Measurer) HealedLoss(ctx context.Context, removed []int, kind Loss) (fl
 	if len(s.chunks) >= 4 {
 		s.fitter.Only = func(ci int) bool { return ci%4 != 3 }
 	}
-	h, err := s.fitter.Fit(ctx, removed, 0)
+	h, err := s.fitter.Fit(ctx, removed, 0, s.HealAfter)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -1,8 +1,8 @@
 // Command heal measures healing (docs/healing.md): for k = 1 to a quarter
 // of the blocks, the k lowest-BI blocks are removed plainly, with magnitude
-// compensation, and with healing (at a fixed ridge and with the ridge
-// chosen on held-out chunks), and the blocks the heal method chooses are
-// removed and healed; every
+// compensation, and with healing (the map before each run only, and with
+// a second map after it, prune --heal's default), and the blocks the heal
+// method chooses are removed and healed; every
 // file is compared with the original on texts the calibration never saw.
 // It prints a Markdown table and writes heal.json and a plot (perplexity
 // against blocks removed, one line per variant).
@@ -55,19 +55,19 @@ type Fig struct {
 type variant struct {
 	name  string
 	heal  bool
-	ridge float64 // 0: chosen on held-out chunks
-	aware bool    // blocks chosen by the heal method, else lowest BI
+	aware bool // blocks chosen by the heal method, else lowest BI
 	// compensate: the output projections after each cut scaled by the
 	// stream's lost magnitude (heal.Compensate)
 	compensate bool
+	after      bool // a second map in the block after each run (heal.Options.After)
 }
 
 var variants = []variant{
 	{name: "bi, plain"},
 	{name: "bi, compensated", compensate: true},
-	{name: "bi, healed (ridge 1e-10)", heal: true, ridge: heal.DefaultRidge},
-	{name: "bi, healed", heal: true},
-	{name: "heal, healed", heal: true, aware: true},
+	{name: "bi, healed, one map", heal: true},
+	{name: "bi, healed (two maps)", heal: true, after: true},
+	{name: "heal, healed (two maps)", heal: true, aware: true, after: true},
 }
 
 func main() {
@@ -93,12 +93,6 @@ func main() {
 		log.Fatal(err)
 	}
 	defer m.Close()
-	if m.MoE != nil {
-		// Healing folds into dense FFN down projections only: a mixture
-		// of experts is measured plain and compensated.
-		variants = slices.DeleteFunc(slices.Clone(variants), func(v variant) bool { return v.heal })
-		*withAware = false
-	}
 	cal, err := runner.CalibrationFile(*calib)
 	if err != nil {
 		log.Fatal(err)
@@ -143,7 +137,7 @@ func main() {
 			}
 			r := Row{Variant: v.name, K: k, Removed: removed, Eval: map[string]Fig{}}
 			if v.heal {
-				h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{Ridge: v.ridge})
+				h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{After: v.after})
 				if err != nil {
 					log.Fatal(err)
 				}

@@ -1,6 +1,7 @@
 // Command quality measures every selection method of the prune package on
-// the shipped models with at least 5 blocks (make quality): calibrated on a
-// Gutenberg book, evaluated on text the calibration never saw, for k = 1 to
+// the shipped models with at least 5 blocks (stories260K, story16 and the
+// mixture of experts moe8; make quality): calibrated on a Gutenberg book,
+// evaluated on text the calibration never saw, for k = 1 to
 // a quarter of the blocks. It writes quality.json, one plot per model and
 // text (perplexity against blocks removed, one line per method), and prints
 // a Markdown table.
@@ -65,6 +66,7 @@ func main() {
 	}{
 		{"testdata/models/stories260K.gguf", []string{"testdata/text/unseen/tinystories_last50.txt", "testdata/text/unseen/gutenberg_tails.txt"}},
 		{"testdata/models/story16-f16.gguf", []string{"testdata/text/unseen/gutenberg_tails.txt", "testdata/text/unseen/tinystories_last50.txt"}},
+		{"testdata/models/moe8-f16.gguf", []string{"testdata/text/unseen/gutenberg_tails.txt", "testdata/text/unseen/tinystories_last50.txt"}},
 	}
 	var rows []Row
 	for _, mm := range models {
