@@ -55,8 +55,8 @@ type Options struct {
 	Heal  bool
 	Ridge float64
 	// HealMaps is how many maps heal each removed run: 1, the map before
-	// it only (ReplaceMe); 2 (the default, 0), also one in the first kept
-	// block after it (heal.Options.After).
+	// it only (ReplaceMe); n, also maps in the n-1 kept blocks after it
+	// (heal.Options.After); 0, DefaultHealMaps.
 	HealMaps int
 	// Compensate scales the output projections of the kept blocks after
 	// every removed run not healed by the stream's lost magnitude,
@@ -66,6 +66,18 @@ type Options struct {
 	// EvalText, when not nil, is evaluated on the input before writing and
 	// on the output after (perplexity).
 	EvalText *runner.Text
+}
+
+// DefaultHealMaps is how many maps heal each removed run unless
+// Options.HealMaps says otherwise (docs/healing.md measures 1 to 3).
+const DefaultHealMaps = 2
+
+// healAfter is heal.Options.After for Options.HealMaps.
+func healAfter(maps int) int {
+	if maps == 0 {
+		maps = DefaultHealMaps
+	}
+	return maps - 1
 }
 
 // Run prunes m as Options say: choose the blocks (scoring when needed), plan
@@ -216,13 +228,13 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 	if o.Heal {
 		if o.Write.DryRun {
 			// What healing would rewrite, without running it.
-			runs, err := heal.Plan(m.GGUF, plan.Removed, o.HealMaps != 1)
+			runs, err := heal.Plan(m.GGUF, plan.Removed, healAfter(o.HealMaps))
 			if err != nil {
 				return nil, err
 			}
 			healing = &heal.Healing{Runs: runs}
 		} else {
-			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, After: o.HealMaps != 1, Imatrix: o.Write.Imatrix}); err != nil {
+			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, After: healAfter(o.HealMaps), Imatrix: o.Write.Imatrix}); err != nil {
 				return nil, err
 			}
 			for name, data := range healing.Tensors() {
@@ -240,7 +252,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		healed := map[int]bool{}
 		if healing != nil {
 			for _, r := range healing.Runs {
-				if len(r.Tensors) > 0 || len(r.AfterTensors) > 0 {
+				if len(r.Tensors) > 0 || len(r.After) > 0 {
 					healed[r.First] = true
 				}
 			}

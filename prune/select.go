@@ -84,7 +84,7 @@ func (m *Model) Choose(ctx context.Context, method *selection.Method, s Selectio
 		return nil, err
 	}
 	defer meas.Close()
-	meas.HealAfter = s.HealMaps != 1
+	meas.HealAfter = healAfter(s.HealMaps)
 	return selection.Choose(ctx, meas, method, m.problem(s))
 }
 

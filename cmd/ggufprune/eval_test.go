@@ -119,7 +119,7 @@ func TestSkipMethodHeal(t *testing.T) {
 	runCLI(t, "prune", "-m", in, "--remove", "2", "--method", "greedy", "--plot", filepath.Join(dir, "x.svg"), "--dry-run").fails(t, 2, "--plot")
 
 	healed := filepath.Join(dir, "h.gguf")
-	r = runCLI(t, "prune", "-m", in, "--layers", "4-5", "--heal", "-f", calib, "-c", "64", "--chunks", "4", "-o", healed, "--json").ok(t)
+	r = runCLI(t, "prune", "-m", in, "--layers", "4-5", "--heal", "--heal-maps", "1", "-f", calib, "-c", "64", "--chunks", "4", "-o", healed, "--json").ok(t)
 	var hs struct {
 		Heal struct {
 			Runs []struct {

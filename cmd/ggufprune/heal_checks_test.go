@@ -53,13 +53,19 @@ func TestHealChecks(t *testing.T) {
 		t.Fatalf("no warning of a map worse than removal:\n%s\n%s", r.stdout, r.stderr)
 	}
 
-	// A sound healing: held-out chunks measured, below 1, no warning.
+	// A sound healing: held-out chunks measured, below 1, no warning; by
+	// default the block after the run gets a map too.
 	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "-f", calib, "-c", "128", "--chunks", "16", "-o", filepath.Join(dir, "good.gguf"), "--json").ok(t)
 	var good struct {
 		Warnings []string
 		Heal     struct {
 			Runs []struct {
 				HeldOutResidual float64 `json:"held_out_residual"`
+				After           []struct {
+					Block    int
+					Tensors  []string
+					Residual float64
+				}
 			}
 		}
 	}
@@ -67,6 +73,11 @@ func TestHealChecks(t *testing.T) {
 	if len(good.Warnings) != 0 || len(good.Heal.Runs) != 1 || !(good.Heal.Runs[0].HeldOutResidual > 0 && good.Heal.Runs[0].HeldOutResidual < 1) {
 		t.Fatalf("sound healing: %s", r.stdout)
 	}
+	if a := good.Heal.Runs[0].After; len(a) != 1 || a[0].Block != 3 || a[0].Tensors[0] != "blk.3.ffn_down.weight" || !(a[0].Residual > 0 && a[0].Residual < 1) {
+		t.Fatalf("the map after the run: %s", r.stdout)
+	}
+	runCLI(t, "prune", "-m", in, "--layers", "2", "--heal-maps", "2", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--heal-maps")
+	runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--heal-maps", "0", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--heal-maps")
 }
 
 // prune --compensate: the JSON reports each cut's α and the scaled blocks,

@@ -57,7 +57,7 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "imatrix-out", Usage: "write the imatrix of the pruned model (removed blocks dropped, the rest renumbered) to `FILE`"},
 			&cli.BoolFlag{Name: "heal", Usage: "repair each removed run inside the block before it: a linear map fitted on the calibration text (-f, or self-generated) folded into its FFN down projection"},
 			&cli.BoolFlag{Name: "compensate", Usage: "scale the output projections of the kept blocks after each removed run (not healed) so that the residual stream keeps its magnitude, measured on the calibration text (-f, or self-generated)"},
-			&cli.IntFlag{Name: "heal-maps", Value: 2, Usage: "healing maps per removed run: `N` = 2 also fits one in the first kept block after the run, 1 only the one before it"},
+			&cli.IntFlag{Name: "heal-maps", Value: prune.DefaultHealMaps, Usage: "healing maps per removed run: `N` = 1 fits the one in the block before the run, N > 1 also ones in the N-1 kept blocks after it"},
 			&cli.Float64Flag{Name: "ridge", Usage: "healing's ridge `R`, relative to the mean diagonal of MᵀM (default: per run, the one of 1e-10 … 0.1 that heals held-out calibration chunks best)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and write nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "remove blocks even where the architecture derives layer kinds from the block index"},
@@ -116,8 +116,8 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("file") && c.IsSet("scores") && !calibrates {
 		return usagef("prune: give -f or --scores, not both (with --heal or --compensate, -f is their calibration)")
 	}
-	if n := c.Int("heal-maps"); c.IsSet("heal-maps") && (!heal || n < 1 || n > 2) {
-		return usagef("prune: --heal-maps is 1 or 2, for --heal")
+	if n := c.Int("heal-maps"); c.IsSet("heal-maps") && (!heal || n < 1 || n > 64) {
+		return usagef("prune: --heal-maps is a number of maps from 1 to 64, for --heal")
 	}
 	if r := c.Float64("ridge"); c.IsSet("ridge") && (!heal || !(r > 0) || math.IsInf(r, 0)) {
 		return usagef("prune: --ridge is a positive finite number for --heal")
@@ -356,11 +356,12 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 				}
 				fmt.Fprintf(tw, "healed\tblocks %d-%d into %s (%s): %.1f%% of the removal's gap remains on the calibration%s (ridge %.3g)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type, 100*r.Residual, heldOut, r.Ridge)
 			}
-			switch {
-			case r.After > 0 && s.DryRun:
-				fmt.Fprintf(tw, "would heal\tblock %d after blocks %d-%d into %s\n", r.After, r.First, r.Last, strings.Join(r.AfterTensors, ", "))
-			case r.After > 0:
-				fmt.Fprintf(tw, "healed\tblock %d after blocks %d-%d into %s: %.1f%% of what remained of the gap remains\n", r.After, r.First, r.Last, strings.Join(r.AfterTensors, ", "), 100*r.AfterResidual)
+			for _, a := range r.After {
+				if s.DryRun {
+					fmt.Fprintf(tw, "would heal\tblock %d after blocks %d-%d into %s\n", a.Block, r.First, r.Last, strings.Join(a.Tensors, ", "))
+				} else {
+					fmt.Fprintf(tw, "healed\tblock %d after blocks %d-%d into %s: %.1f%% of what remained of the gap remains\n", a.Block, r.First, r.Last, strings.Join(a.Tensors, ", "), 100*a.Residual)
+				}
 			}
 		}
 		if !s.DryRun {

@@ -88,13 +88,21 @@ type HealedRun struct {
 	// healing makes text it was not fitted on worse than plain removal.
 	HeldOut float64 `json:"held_out_residual,omitempty"`
 	Note    string  `json:"note,omitempty"` // why the run is not healed
-	// After is the first kept block after the run when it absorbs a
-	// second map (Options.After; 0: none): its output is fitted to the
-	// unpruned model's output of the same block, correcting what the map
-	// before the run left.
-	After         int      `json:"after_block,omitempty"`
-	AfterTensors  []string `json:"after_tensors,omitempty"`
-	AfterResidual float64  `json:"after_residual,omitempty"` // as Residual, for the second map
+	// After are the kept blocks after the run that absorb maps of their
+	// own (Options.After), in order: each block's output is fitted to the
+	// unpruned model's output of the same block, correcting what the maps
+	// before it left.
+	After []AfterMap `json:"after,omitempty"`
+}
+
+// AfterMap is a map in a kept block after a removed run.
+type AfterMap struct {
+	Block   int      `json:"block"`
+	Tensors []string `json:"tensors"`
+	// Residual is the share of what remained of the gap at this block's
+	// output (with the maps before it applied) that remains with its map,
+	// on the calibration.
+	Residual float64 `json:"residual,omitempty"`
 }
 
 // Healing is the result of Model.Heal.
@@ -129,9 +137,9 @@ func runsOf(removed []int) [][2]int {
 
 // Plan says, without running anything, which tensors healing the
 // removal of these blocks would rewrite, or why a run cannot be healed;
-// with after, the first kept block after each run absorbs a second map
-// where it can (see Options.After).
-func Plan(m *gguf.Model, removed []int, after bool) ([]HealedRun, error) {
+// up to after kept blocks after each run absorb maps of their own where
+// they can (see Options.After).
+func Plan(m *gguf.Model, removed []int, after int) ([]HealedRun, error) {
 	var out []HealedRun
 	n, err := m.BlockCount()
 	if err != nil {
@@ -152,12 +160,14 @@ func Plan(m *gguf.Model, removed []int, after bool) ([]HealedRun, error) {
 			}
 			h.Tensors, h.Type = tensors, typ
 		}
-		// The block after the run, unless it is the last of the model's
-		// main stack or absorbs the next run's map.
-		if j := r[1] + 1; after && j < n && !isRemoved[j+1] {
-			if tensors, _, err := foldTensors(m, j); err == nil {
-				h.After, h.AfterTensors = j, tensors
+		// The blocks after the run, up to the one that absorbs the next
+		// run's map (fitted on its raw output, which would replace this).
+		for j := r[1] + 1; j < n && j <= r[1]+after && !isRemoved[j+1]; j++ {
+			tensors, _, err := foldTensors(m, j)
+			if err != nil {
+				break
 			}
+			h.After = append(h.After, AfterMap{Block: j, Tensors: tensors})
 		}
 		out = append(out, h)
 	}
@@ -208,12 +218,13 @@ func foldTensors(m *gguf.Model, i int) ([]string, string, error) {
 // Options say how healing fits and folds its maps.
 type Options struct {
 	Ridge float64 // the relative ridge (0: chosen on the held-out chunks among Ridges)
-	// After gives the first kept block after each run a second map,
-	// fitted once the first is applied, so that its output approaches the
-	// unpruned model's output of that block: two kept blocks share the
-	// repair instead of one. It is kept only where it does better than
-	// none on the held-out chunks.
-	After   bool
+	// After gives up to this many kept blocks after each run a map of
+	// their own, fitted in order with the maps before them applied, so
+	// that each block's output approaches the unpruned model's output of
+	// that block: several kept blocks share the repair instead of one. A
+	// map is kept only where it does better than none on the held-out
+	// chunks.
+	After   int
 	Imatrix *imatrix.Matrix // the model's importance matrix: quantized types are quantized again weighted by it
 }
 
@@ -254,15 +265,13 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	}
 	// Fold each map into its block's FFN down projection.
 	for _, run := range h.Runs {
-		for _, fold := range []struct {
-			block   int
-			tensors []string
-		}{{run.Block, run.Tensors}, {run.After, run.AfterTensors}} {
-			if len(fold.tensors) == 0 || h.maps[fold.block] == nil {
+		folds := []AfterMap{{Block: run.Block, Tensors: run.Tensors}}
+		for _, fold := range append(folds, run.After...) {
+			if len(fold.Tensors) == 0 || h.maps[fold.Block] == nil {
 				continue
 			}
-			for _, name := range fold.tensors {
-				data, err := foldMap(m, name, h.maps[fold.block], opt.Imatrix)
+			for _, name := range fold.Tensors {
+				data, err := foldMap(m, name, h.maps[fold.Block], opt.Imatrix)
 				if err != nil {
 					return nil, err
 				}
@@ -326,10 +335,10 @@ func (f *Fitter) Close() {
 
 // Fit fits the map of every run of removed blocks (Plan must accept them),
 // in order, each on the model with the earlier runs removed and healed;
-// ridge is relative (0: chosen on the held-out chunks). With after, the
-// first kept block after a run also gets a map (see Options.After). The
-// maps are not folded: Watch applies them at run time.
-func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after bool) (*Healing, error) {
+// ridge is relative (0: chosen on the held-out chunks); up to after kept
+// blocks after each run get maps too (see Options.After). The maps are not
+// folded: Watch applies them at run time.
+func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after int) (*Healing, error) {
 	runs, err := Plan(f.m, removed, after)
 	if err != nil {
 		return nil, err
@@ -371,22 +380,21 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after bo
 				}
 			}
 		}
-		// The block after the run, unless it absorbs the next run's map
-		// (that map is fitted on its raw output and replaces this one).
-		j := run.Last + 1
-		if run.After == 0 {
-			continue
+		// The blocks after the run (Plan chose them), in order.
+		kept := run.After[:0]
+		for _, a := range run.After {
+			m, err := f.fitMap(ctx, h, skip, a.Block, a.Block, ridge)
+			if err != nil {
+				return nil, fmt.Errorf("%s: healing block %d after blocks %d-%d: %w", f.m.Name(), a.Block, run.First, run.Last, err)
+			}
+			if m.T == nil || m.heldOut >= 1 {
+				break // nothing to gain on text it was not fitted on
+			}
+			h.maps[a.Block], h.outputs[a.Block] = m.T, m.output
+			a.Residual = m.residual
+			kept = append(kept, a)
 		}
-		m, err := f.fitMap(ctx, h, skip, j, j, ridge)
-		if err != nil {
-			return nil, fmt.Errorf("%s: healing block %d after blocks %d-%d: %w", f.m.Name(), j, run.First, run.Last, err)
-		}
-		if m.T == nil || m.heldOut >= 1 {
-			run.After, run.AfterTensors = 0, nil // nothing to gain on text it was not fitted on
-			continue
-		}
-		h.maps[j], h.outputs[j] = m.T, m.output
-		run.AfterResidual = m.residual
+		run.After = kept
 	}
 	h.Cost.Seconds = time.Since(start).Seconds()
 	return h, nil

@@ -179,7 +179,7 @@ func TestHealPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	runs, err := Plan(m, []int{0, 1, 3}, false)
+	runs, err := Plan(m, []int{0, 1, 3}, 0)
 	if err != nil || len(runs) != 2 || runs[0].Note == "" || runs[1].Block != 2 || runs[1].Type != "F32" {
 		t.Fatalf("%+v %v", runs, err)
 	}
@@ -189,7 +189,7 @@ func TestHealPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pm.Close()
-	if _, err := Plan(pm, []int{3}, false); err == nil || !strings.Contains(err.Error(), "post_ffw_norm") {
+	if _, err := Plan(pm, []int{3}, 0); err == nil || !strings.Contains(err.Error(), "post_ffw_norm") {
 		t.Fatalf("post-FFN norm: %v", err)
 	}
 }
@@ -252,18 +252,18 @@ func TestHealAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	runs, err := Plan(m, []int{0, 1, 3}, true)
-	if err != nil || runs[0].After != 0 || runs[1].After != 4 || runs[1].AfterTensors[0] != "blk.4.ffn_down.weight" {
+	runs, err := Plan(m, []int{0, 1, 3}, 1)
+	if err != nil || len(runs[0].After) != 0 || len(runs[1].After) != 1 || runs[1].After[0].Block != 4 || runs[1].After[0].Tensors[0] != "blk.4.ffn_down.weight" {
 		t.Fatalf("plan: %+v %v", runs, err)
 	}
 	cal := tinyStories(t)
 	o := runner.Options{Ctx: 128, Chunks: 32, Threads: 2}
-	h, err := Heal(ctx, m, []int{2}, cal, o, Options{After: true})
+	h, err := Heal(ctx, m, []int{2}, cal, o, Options{After: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run := h.Runs[0]
-	if run.After != 3 || h.maps[3] == nil || h.Cost.Passes != 4 || run.AfterResidual <= 0 || run.AfterResidual >= 1 {
+	if len(run.After) != 1 || run.After[0].Block != 3 || h.maps[3] == nil || h.Cost.Passes != 4 || run.After[0].Residual <= 0 || run.After[0].Residual >= 1 {
 		t.Fatalf("%+v %+v", run, h.Cost)
 	}
 	if _, ok := h.Tensors()["blk.3.ffn_down.weight"]; !ok {
@@ -353,7 +353,7 @@ func TestHealAfter(t *testing.T) {
 	if d := fixture.MaxRelDiff(onlyFirst, file); d < 1e-2 {
 		t.Fatalf("the second map changes the logits by only %g", d)
 	}
-	t.Logf("residual of the map before the run %.3f (held out %.3f); block 3's map leaves %.3f of what remained", run.Residual, run.HeldOut, run.AfterResidual)
+	t.Logf("residual of the map before the run %.3f (held out %.3f); block 3's map leaves %.3f of what remained", run.Residual, run.HeldOut, run.After[0].Residual)
 }
 
 // A mixture of experts (a generated qwen3moe: 4 experts, 2 used, whose
@@ -373,7 +373,7 @@ func TestHealExperts(t *testing.T) {
 	}
 	defer m.Close()
 	removed := []int{2}
-	h, err := Heal(ctx, m, removed, tinyStories(t), runner.Options{Ctx: 64, Chunks: 64, Threads: 2}, Options{After: true})
+	h, err := Heal(ctx, m, removed, tinyStories(t), runner.Options{Ctx: 64, Chunks: 64, Threads: 2}, Options{After: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +391,7 @@ func TestHealExperts(t *testing.T) {
 	file := secondHalfLogits(t, out, nil, nil, nil, toks)
 	d := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, names, watch, toks), file)
 	apart := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, nil, nil, toks), file)
-	t.Logf("residual %.3f, after %.3f; file against the maps at run time %.3g, against plain removal %.3g", h.Runs[0].Residual, h.Runs[0].AfterResidual, d, apart)
+	t.Logf("residual %.3f, after %.3f; file against the maps at run time %.3g, against plain removal %.3g", h.Runs[0].Residual, h.Runs[0].After[0].Residual, d, apart)
 	if d > 1e-3 || apart < 10*d {
 		t.Fatalf("healed file and run-time maps differ by %g relative (plain removal %g)", d, apart)
 	}

@@ -35,9 +35,9 @@ type Measurer struct {
 	header *gguf.Model
 	fitter *heal.Fitter // made by the first HealedLoss
 	only   func(ci int) bool
-	// HealAfter makes HealedLoss heal each run with a second map in the
-	// block after it too (heal.Options.After).
-	HealAfter bool
+	// HealAfter is how many kept blocks after each run HealedLoss heals
+	// with maps too (heal.Options.After).
+	HealAfter int
 }
 
 // NewMeasurer loads the model (path; header, when not nil, its file already

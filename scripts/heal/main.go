@@ -59,15 +59,16 @@ type variant struct {
 	// compensate: the output projections after each cut scaled by the
 	// stream's lost magnitude (heal.Compensate)
 	compensate bool
-	after      bool // a second map in the block after each run (heal.Options.After)
+	after      int // maps in the blocks after each run (heal.Options.After)
 }
 
 var variants = []variant{
 	{name: "bi, plain"},
 	{name: "bi, compensated", compensate: true},
 	{name: "bi, healed, one map", heal: true},
-	{name: "bi, healed (two maps)", heal: true, after: true},
-	{name: "heal, healed (two maps)", heal: true, aware: true, after: true},
+	{name: "bi, healed (two maps)", heal: true, after: 1},
+	{name: "bi, healed, three maps", heal: true, after: 2},
+	{name: "heal, healed (two maps)", heal: true, aware: true, after: 1},
 }
 
 func main() {
