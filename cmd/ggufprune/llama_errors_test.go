@@ -138,6 +138,7 @@ func TestUnknownArchitecture(t *testing.T) {
 	}
 
 	_, newer := fixture.Synthetic(t, fixture.Spec{Arch: "hy_v3", Blocks: 4})
+	out = filepath.Join(t.TempDir(), "newer.gguf")
 	runCLI(t, "prune", "-m", newer, "--layers", "1", "-o", out).fails(t, 1, "--force removes them anyway")
 	r = runCLI(t, "prune", "-m", newer, "--layers", "1", "-o", out, "--force", "--json").ok(t)
 	res.Warnings = nil
