@@ -385,6 +385,9 @@ func TestHealExperts(t *testing.T) {
 	if !slices.Equal(rewritten, []string{"blk.1.ffn_down_exps.weight", "blk.3.ffn_down_exps.weight"}) || h.outputs[1] != "ffn_moe_out-1" {
 		t.Fatalf("rewritten %v, outputs %v", rewritten, h.outputs)
 	}
+	if !slices.ContainsFunc(h.Warnings, func(w string) bool { return strings.Contains(w, "mixture of experts") }) {
+		t.Fatalf("no warning of maps fitted on the routed experts: %v", h.Warnings)
+	}
 	out := writeRemoval(t, m, removed, h.Tensors())
 	names, watch := h.Watch()
 	toks := syntheticTokens(64)
