@@ -399,3 +399,32 @@ func TestHealExperts(t *testing.T) {
 		t.Fatalf("healed file and run-time maps differ by %g relative (plain removal %g)", d, apart)
 	}
 }
+
+// The ridge chosen on held-out tokens never goes below the floor a mixture
+// of experts' map gets: on a well-determined fit (many tokens, little
+// noise) the held-out residual favours the smallest ridge, which the floor
+// rules out.
+func TestChooseRidgeFloor(t *testing.T) {
+	const d, n = 8, 400
+	train, held := newFit(d), newFit(d)
+	for c, f := range []*fit{train, held} {
+		M, Y, L := make([]float32, n*d), make([]float32, n*d), make([]float32, n*d)
+		for k := range M {
+			M[k] = float32(math.Sin(float64(k*7+c*13)) + 0.1*math.Cos(float64(k*k%97)))
+		}
+		for r := 0; r < n; r++ {
+			for j := 0; j < d; j++ { // L - Y = M·T with T a fixed permutation, and a little noise
+				L[r*d+j] = M[r*d+(j+3)%d] + 0.001*float32(math.Sin(float64(r*d+j)))
+			}
+		}
+		f.add(M, Y, L, n)
+	}
+	free, err := chooseRidge(train, held, 0)
+	if err != nil || free >= ExpertRidgeFloor {
+		t.Fatalf("without a floor: %g, %v", free, err)
+	}
+	floored, err := chooseRidge(train, held, ExpertRidgeFloor)
+	if err != nil || floored < ExpertRidgeFloor || !slices.Contains(Ridges, floored) {
+		t.Fatalf("with the floor: %g, %v", floored, err)
+	}
+}
