@@ -135,18 +135,18 @@ type Healing struct {
 // Tensors are the new data of the rewritten tensors, by input name.
 func (h *Healing) Tensors() map[string][]byte { return h.data }
 
-// folded are the tensors the maps fitted fold into.
-func (h *Healing) folded() []string {
-	var names []string
+// folds are the maps fitted, each with the block it sits in and the
+// tensors it folds into.
+func (h *Healing) folds() []AfterMap {
+	var out []AfterMap
 	for _, run := range h.Runs {
-		if run.Block >= 0 && h.maps[run.Block] != nil {
-			names = append(names, run.Tensors...)
-		}
-		for _, a := range run.After {
-			names = append(names, a.Tensors...)
+		for _, f := range append([]AfterMap{{Block: run.Block, Tensors: run.Tensors}}, run.After...) {
+			if len(f.Tensors) > 0 && h.maps[f.Block] != nil {
+				out = append(out, f)
+			}
 		}
 	}
-	return names
+	return out
 }
 
 // runsOf splits sorted blocks into runs of consecutive blocks.
@@ -295,26 +295,20 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	// made TinyStories text far worse (perplexity 13.4 → 32.2 with two
 	// blocks removed, before ExpertRidgeFloor; 12.9 with it) while
 	// Gutenberg text gained (docs/healing.md).
-	for _, name := range h.folded() {
-		if strings.HasSuffix(name, arch.FFNDownExpert) {
+	for _, f := range h.folds() {
+		if strings.HasSuffix(f.Tensors[0], arch.FFNDownExpert) {
 			h.Warnings = append(h.Warnings, "healing maps folded into the experts of a mixture of experts are fitted on the experts the calibration routes to and can make other kinds of text much worse (measured on moe8); calibrate on text like the model's use and evaluate the result (--eval) against plain removal")
 			break
 		}
 	}
 	// Fold each map into its block's FFN down projection.
-	for _, run := range h.Runs {
-		folds := []AfterMap{{Block: run.Block, Tensors: run.Tensors}}
-		for _, fold := range append(folds, run.After...) {
-			if len(fold.Tensors) == 0 || h.maps[fold.Block] == nil {
-				continue
+	for _, f := range h.folds() {
+		for _, name := range f.Tensors {
+			data, err := foldMap(m, name, h.maps[f.Block], opt.Imatrix)
+			if err != nil {
+				return nil, err
 			}
-			for _, name := range fold.Tensors {
-				data, err := foldMap(m, name, h.maps[fold.Block], opt.Imatrix)
-				if err != nil {
-					return nil, err
-				}
-				h.data[name] = data
-			}
+			h.data[name] = data
 		}
 	}
 	h.Cost.Seconds = time.Since(start).Seconds()
