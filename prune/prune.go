@@ -58,6 +58,9 @@ type Options struct {
 	// it only (ReplaceMe); n, also maps in the n-1 kept blocks after it
 	// (heal.Options.After); 0, DefaultHealMaps.
 	HealMaps int
+	// HealForm is what the healing maps are fitted on (heal.Options.Form;
+	// default heal.Projection).
+	HealForm heal.Form
 	// Compensate scales the output projections of the kept blocks after
 	// every removed run not healed by the stream's lost magnitude,
 	// measured on the calibration (see heal.Compensate).
@@ -162,7 +165,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 		}
 		sel := o.Select
 		sel.Sharding = o.Write.sharding()
-		sel.HealMaps = o.HealMaps
+		sel.HealMaps, sel.HealForm = o.HealMaps, o.HealForm
 		switch {
 		case o.Scores != nil:
 			if choose.Name != o.Scores.Metric {
@@ -234,7 +237,7 @@ func Run(ctx context.Context, m *Model, o Options) (*Result, error) {
 			}
 			healing = &heal.Healing{Runs: runs}
 		} else {
-			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, After: healAfter(o.HealMaps), Imatrix: o.Write.Imatrix}); err != nil {
+			if healing, err = heal.Heal(ctx, m.GGUF, plan.Removed, o.Calibration, o.Run, heal.Options{Ridge: o.Ridge, After: healAfter(o.HealMaps), Form: o.HealForm, Imatrix: o.Write.Imatrix}); err != nil {
 				return nil, err
 			}
 			for name, data := range healing.Tensors() {

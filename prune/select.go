@@ -7,6 +7,7 @@ import (
 
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/llamacpp/arch"
+	"github.com/ggufprune/ggufprune/prune/heal"
 	"github.com/ggufprune/ggufprune/prune/runner"
 	"github.com/ggufprune/ggufprune/prune/selection"
 )
@@ -19,9 +20,10 @@ type Selection struct {
 	Protect    selection.Protect
 	// Sharding is how the output will be written, which TargetSize counts.
 	Sharding surgery.Sharding
-	// HealMaps is how healing will heal the removal (Options.HealMaps),
-	// which the heal method measures.
+	// HealMaps and HealForm are how healing will heal the removal
+	// (Options.HealMaps, Options.HealForm), which the heal method measures.
 	HealMaps int
+	HealForm heal.Form
 }
 
 func (s Selection) empty() bool { return s.Count <= 0 && s.TargetSize <= 0 }
@@ -84,7 +86,7 @@ func (m *Model) Choose(ctx context.Context, method *selection.Method, s Selectio
 		return nil, err
 	}
 	defer meas.Close()
-	meas.HealAfter = healAfter(s.HealMaps)
+	meas.HealAfter, meas.HealForm = healAfter(s.HealMaps), s.HealForm
 	return selection.Choose(ctx, meas, method, m.problem(s))
 }
 

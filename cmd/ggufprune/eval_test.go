@@ -119,19 +119,20 @@ func TestSkipMethodHeal(t *testing.T) {
 	runCLI(t, "prune", "-m", in, "--remove", "2", "--method", "greedy", "--plot", filepath.Join(dir, "x.svg"), "--dry-run").fails(t, 2, "--plot")
 
 	healed := filepath.Join(dir, "h.gguf")
-	r = runCLI(t, "prune", "-m", in, "--layers", "4-5", "--heal", "--heal-maps", "1", "-f", calib, "-c", "64", "--chunks", "4", "-o", healed, "--json").ok(t)
+	r = runCLI(t, "prune", "-m", in, "--layers", "4-5", "--heal", "--heal-maps", "1", "--heal-fit", "output", "-f", calib, "-c", "64", "--chunks", "4", "-o", healed, "--json").ok(t)
 	var hs struct {
 		Heal struct {
 			Runs []struct {
 				Block    int
 				Tensors  []string
 				Residual float64
+				Form     string
 			}
 			Cost struct{ Passes int }
 		}
 	}
 	decode(t, r.stdout, &hs)
-	if len(hs.Heal.Runs) != 1 || hs.Heal.Runs[0].Block != 3 || hs.Heal.Runs[0].Tensors[0] != "blk.3.ffn_down.weight" || hs.Heal.Runs[0].Residual >= 1 || hs.Heal.Cost.Passes != 2 {
+	if len(hs.Heal.Runs) != 1 || hs.Heal.Runs[0].Block != 3 || hs.Heal.Runs[0].Tensors[0] != "blk.3.ffn_down.weight" || hs.Heal.Runs[0].Form != "output" || hs.Heal.Runs[0].Residual >= 1 || hs.Heal.Cost.Passes != 2 {
 		t.Fatalf("%s", r.stdout)
 	}
 	r = runCLI(t, "prune", "-m", in, "--layers", "0,4-5", "--heal", "--dry-run").ok(t)

@@ -37,9 +37,11 @@ func TestHealChecks(t *testing.T) {
 		t.Fatalf("no warning of a uniform calibration:\n%s\n%s", r.stdout, r.stderr)
 	}
 
-	// A ridge so large that the map is zero: the FFN output of block 1 is
-	// dropped, which the held-out chunks show to be worse than removal.
-	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--ridge", "1e300", "-f", calib, "-c", "128", "--chunks", "8", "-o", filepath.Join(dir, "zero.gguf"), "--json").ok(t)
+	// A ridge so large that the output's map is zero: the FFN output of
+	// block 1 is dropped, which the held-out chunks show to be worse than
+	// removal. (A refitted projection's ridge shrinks its change to zero:
+	// plain removal.)
+	r = runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--heal-fit", "output", "--ridge", "1e300", "-f", calib, "-c", "128", "--chunks", "8", "-o", filepath.Join(dir, "zero.gguf"), "--json").ok(t)
 	var zero struct {
 		Warnings []string
 		Heal     struct {
@@ -61,10 +63,12 @@ func TestHealChecks(t *testing.T) {
 		Heal     struct {
 			Runs []struct {
 				HeldOutResidual float64 `json:"held_out_residual"`
+				Form            string
 				After           []struct {
 					Block    int
 					Tensors  []string
 					Residual float64
+					Form     string
 				}
 			}
 		}
@@ -73,11 +77,13 @@ func TestHealChecks(t *testing.T) {
 	if len(good.Warnings) != 0 || len(good.Heal.Runs) != 1 || !(good.Heal.Runs[0].HeldOutResidual > 0 && good.Heal.Runs[0].HeldOutResidual < 1) {
 		t.Fatalf("sound healing: %s", r.stdout)
 	}
-	if a := good.Heal.Runs[0].After; len(a) != 1 || a[0].Block != 3 || a[0].Tensors[0] != "blk.3.ffn_down.weight" || !(a[0].Residual > 0 && a[0].Residual < 1) {
+	if a := good.Heal.Runs[0].After; good.Heal.Runs[0].Form != "projection" || len(a) != 1 || a[0].Block != 3 || a[0].Tensors[0] != "blk.3.ffn_down.weight" || a[0].Form != "projection" || !(a[0].Residual > 0 && a[0].Residual < 1) {
 		t.Fatalf("the map after the run: %s", r.stdout)
 	}
 	runCLI(t, "prune", "-m", in, "--layers", "2", "--heal-maps", "2", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--heal-maps")
 	runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--heal-maps", "0", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--heal-maps")
+	runCLI(t, "prune", "-m", in, "--layers", "2", "--heal", "--heal-fit", "lstsq", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--heal-fit")
+	runCLI(t, "prune", "-m", in, "--layers", "2", "--heal-fit", "output", "-o", filepath.Join(dir, "x.gguf")).fails(t, 2, "--heal-fit")
 }
 
 // prune --compensate: the JSON reports each cut's α and the scaled blocks,

@@ -58,6 +58,7 @@ func pruneCommand() *cli.Command {
 			&cli.BoolFlag{Name: "heal", Usage: "repair each removed run inside the block before it: a linear map fitted on the calibration text (-f, or self-generated) folded into its FFN down projection"},
 			&cli.BoolFlag{Name: "compensate", Usage: "scale the output projections of the kept blocks after each removed run (not healed) so that the residual stream keeps its magnitude, measured on the calibration text (-f, or self-generated)"},
 			&cli.IntFlag{Name: "heal-maps", Value: prune.DefaultHealMaps, Usage: "healing maps per removed run: `N` = 1 fits the one in the block before the run, N > 1 also ones in the N-1 kept blocks after it"},
+			&cli.StringFlag{Name: "heal-fit", Value: "projection", Usage: "what healing fits (`FORM`): projection refits each mapped block's FFN down projection on its input (the FFN's activation; blocks without a dense one, or one wider than 4096, get output's map), output maps the FFN output (ReplaceMe)"},
 			&cli.Float64Flag{Name: "ridge", Usage: "healing's ridge `R`, relative to the mean diagonal of MᵀM (default: per run, the one of 1e-10 … 0.1 that heals held-out calibration chunks best)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and write nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "remove blocks even where the architecture derives layer kinds from the block index"},
@@ -104,22 +105,26 @@ func runPrune(c *cli.Context) error {
 	if c.IsSet("expert-method") && !expertsByScore {
 		return usagef("prune: --expert-method ranks the experts --experts removes")
 	}
-	heal, compensate := c.Bool("heal"), c.Bool("compensate")
-	if (c.IsSet("expert-list") || expertsByScore) && (heal || compensate) {
+	healing, compensate := c.Bool("heal"), c.Bool("compensate")
+	if (c.IsSet("expert-list") || expertsByScore) && (healing || compensate) {
 		return usagef("prune: removing experts does not go with --heal or --compensate yet")
 	}
 	// Healing and compensation calibrate on -f even with blocks given.
-	calibrates := heal || compensate
+	calibrates := healing || compensate
 	if c.IsSet("layers") && !expertsByScore && (c.IsSet("scores") || (c.IsSet("file") && !calibrates)) {
 		return usagef("prune: --layers needs no scores; -f and --scores go with --remove, --target-size or --experts (and -f with --heal or --compensate)")
 	}
 	if c.IsSet("file") && c.IsSet("scores") && !calibrates {
 		return usagef("prune: give -f or --scores, not both (with --heal or --compensate, -f is their calibration)")
 	}
-	if n := c.Int("heal-maps"); c.IsSet("heal-maps") && (!heal || n < 1 || n > 64) {
+	if n := c.Int("heal-maps"); c.IsSet("heal-maps") && (!healing || n < 1 || n > 64) {
 		return usagef("prune: --heal-maps is a number of maps from 1 to 64, for --heal")
 	}
-	if r := c.Float64("ridge"); c.IsSet("ridge") && (!heal || !(r > 0) || math.IsInf(r, 0)) {
+	healForm, ok := heal.Forms[c.String("heal-fit")]
+	if c.IsSet("heal-fit") && (!healing || !ok) {
+		return usagef("prune: --heal-fit is projection or output, for --heal")
+	}
+	if r := c.Float64("ridge"); c.IsSet("ridge") && (!healing || !(r > 0) || math.IsInf(r, 0)) {
 		return usagef("prune: --ridge is a positive finite number for --heal")
 	}
 	if c.IsSet("imatrix") && !c.IsSet("imatrix-out") && !c.IsSet("quantize") {
@@ -162,7 +167,7 @@ func runPrune(c *cli.Context) error {
 			return err
 		}
 	}
-	o := prune.Options{Run: run, Method: method, Heal: heal, HealMaps: int(c.Int("heal-maps")), Compensate: compensate, Ridge: c.Float64("ridge"), Write: prune.WriteOptions{
+	o := prune.Options{Run: run, Method: method, Heal: healing, HealMaps: int(c.Int("heal-maps")), HealForm: healForm, Compensate: compensate, Ridge: c.Float64("ridge"), Write: prune.WriteOptions{
 		Output: out, Plan: surgery.Options{Force: c.Bool("force")}, DryRun: dryRun,
 		ImatrixOut: c.String("imatrix-out"), Overwrite: c.Bool("overwrite"),
 	}}
@@ -354,13 +359,13 @@ func printPruneSummary(w io.Writer, s *prune.Result) {
 				if r.HeldOut > 0 {
 					heldOut = fmt.Sprintf(", %.1f%% on held-out chunks", 100*r.HeldOut)
 				}
-				fmt.Fprintf(tw, "healed\tblocks %d-%d into %s (%s): %.1f%% of the removal's gap remains on the calibration%s (ridge %.3g)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type, 100*r.Residual, heldOut, r.Ridge)
+				fmt.Fprintf(tw, "healed\tblocks %d-%d into %s (%s, %s fit): %.1f%% of the removal's gap remains on the calibration%s (ridge %.3g)\n", r.First, r.Last, strings.Join(r.Tensors, ", "), r.Type, r.Form, 100*r.Residual, heldOut, r.Ridge)
 			}
 			for _, a := range r.After {
 				if s.DryRun {
 					fmt.Fprintf(tw, "would heal\tblock %d after blocks %d-%d into %s\n", a.Block, r.First, r.Last, strings.Join(a.Tensors, ", "))
 				} else {
-					fmt.Fprintf(tw, "healed\tblock %d after blocks %d-%d into %s: %.1f%% of what remained of the gap remains\n", a.Block, r.First, r.Last, strings.Join(a.Tensors, ", "), 100*a.Residual)
+					fmt.Fprintf(tw, "healed\tblock %d after blocks %d-%d into %s (%s fit): %.1f%% of what remained of the gap remains\n", a.Block, r.First, r.Last, strings.Join(a.Tensors, ", "), a.Form, 100*a.Residual)
 				}
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,6 +94,9 @@ type HealedRun struct {
 	Tensors []string `json:"tensors,omitempty"` // tensors rewritten (input names)
 	Type    string   `json:"type,omitempty"`    // their type, kept (quantized types are quantized again by ggml)
 	Ridge   float64  `json:"ridge,omitempty"`   // λ
+	// Form is what the map is fitted on: "projection" (the down projection
+	// refitted on its input) or "output" (a map of the FFN output).
+	Form string `json:"form,omitempty"`
 	// Residual is Σ‖L - Y - M·T‖² / Σ‖L - Y - M‖²: the share of the gap
 	// plain removal leaves that remains after healing, on the calibration.
 	Residual float64 `json:"residual"`
@@ -112,6 +116,7 @@ type HealedRun struct {
 type AfterMap struct {
 	Block   int      `json:"block"`
 	Tensors []string `json:"tensors"`
+	Form    string   `json:"form,omitempty"` // as HealedRun.Form
 	// Residual is the share of what remained of the gap at this block's
 	// output (with the maps before it applied) that remains with its map,
 	// on the calibration.
@@ -127,9 +132,18 @@ type Healing struct {
 	// plain removal on the held-out chunks.
 	Warnings []string `json:"warnings,omitempty"`
 
-	maps    map[int]*mat.Dense // block i → T
-	outputs map[int]string     // block i → the graph tensor of its FFN output
-	data    map[string][]byte  // tensor (input name) → new data
+	maps map[int]*blockMap // block i → its map
+	data map[string][]byte // tensor (input name) → new data
+}
+
+// blockMap is one fitted map of a block's FFN output.
+type blockMap struct {
+	// T is the d×d map of the FFN output M (M·T), or, with hidden set, the
+	// p×d change of the down projection: M + H·T, H the projection's p
+	// inputs (the FFN's activation), so that W' = W + Tᵀ.
+	T      *mat.Dense
+	output string // the graph tensor of the FFN output
+	hidden string // the graph tensor of H ("": T maps the output)
 }
 
 // Tensors are the new data of the rewritten tensors, by input name.
@@ -242,9 +256,44 @@ func foldTensors(m *gguf.Model, i int) ([]string, string, error) {
 	return tensors, down.Type.String(), nil
 }
 
+// Form is what a healing map is fitted on.
+type Form int
+
+const (
+	// Projection refits a block's FFN down projection W (d rows of p) on
+	// its input H, the FFN's activation: its change Δ minimises
+	// ‖L - Y - M - H·Δ‖² + λ‖Δ‖² and folds as W' = W + Δᵀ. H is p = n_ff
+	// wide (2.7 times d on story16), and M = H·Wᵀ is in its span, so the
+	// fit does at least as well as Output's on the same tokens. Blocks
+	// without a dense projection (a mixture of experts), or one wider than
+	// MaxProjectionWidth, or whose input the graph does not hand over, get
+	// Output's map.
+	Projection Form = iota
+	// Output maps the FFN output: M·T with T d×d (ReplaceMe's map).
+	Output
+)
+
+// MaxProjectionWidth is the widest FFN (n_ff) whose down projection
+// Projection refits: its normal equations take p² float64s several times
+// over (0.7 GB at 4096) and a Cholesky factorization of p³/3 per ridge.
+const MaxProjectionWidth = 4096
+
+// Forms are the forms by name, as the CLI and JSON spell them.
+var Forms = map[string]Form{"projection": Projection, "output": Output}
+
+func (f Form) String() string {
+	for n, v := range Forms {
+		if v == f {
+			return n
+		}
+	}
+	return fmt.Sprintf("Form(%d)", int(f))
+}
+
 // Options say how healing fits and folds its maps.
 type Options struct {
 	Ridge float64 // the relative ridge (0: chosen on the held-out chunks among Ridges)
+	Form  Form    // what the maps are fitted on (default Projection)
 	// After gives up to this many kept blocks after each run a map of
 	// their own, fitted in order with the maps before them applied, so
 	// that each block's output approaches the unpruned model's output of
@@ -280,6 +329,7 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 		return nil, err
 	}
 	defer f.Close()
+	f.Form = opt.Form
 	h, err := f.Fit(ctx, removed, opt.Ridge, opt.After)
 	if err != nil {
 		return nil, err
@@ -287,7 +337,11 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 	// A map of width d fitted on fewer distinct tokens is fitted on hidden
 	// states that barely differ: it can fit the calibration almost exactly
 	// and still wreck every other text.
-	if n, d := distinctTokens(chunks), lm.Info().NEmbd; n < d {
+	d := lm.Info().NEmbd
+	for _, bm := range h.maps {
+		d = max(d, bm.T.RawMatrix().Rows)
+	}
+	if n := distinctTokens(chunks); n < d {
 		h.Warnings = append([]string{fmt.Sprintf("the calibration %s has %d distinct tokens, fewer than the %d columns of the healing map: the fit is underdetermined and may make other text worse; heal on more varied text", cal, n, d)}, h.Warnings...)
 	}
 	// A map of a mixture of experts is fitted on the outputs of the experts
@@ -308,7 +362,9 @@ func Heal(ctx context.Context, m *gguf.Model, removed []int, cal runner.Calibrat
 			if err != nil {
 				return nil, err
 			}
-			h.data[name] = data
+			if data != nil {
+				h.data[name] = data
+			}
 		}
 	}
 	h.Cost.Seconds = time.Since(start).Seconds()
@@ -328,7 +384,9 @@ func checkRidge(ridge float64) error {
 type Fitter struct {
 	// Only, when set, restricts fits to the chunks it accepts (by index):
 	// a selection fits on some chunks and measures on the others.
-	Only       func(ci int) bool
+	Only func(ci int) bool
+	// Form is what the maps are fitted on (Options.Form).
+	Form       Form
 	m          *gguf.Model
 	archName   string
 	chunks     [][]int32
@@ -379,7 +437,7 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after in
 		return nil, err
 	}
 	start := time.Now()
-	h := &Healing{Runs: runs, maps: map[int]*mat.Dense{}, outputs: map[int]string{}, data: map[string][]byte{}}
+	h := &Healing{Runs: runs, maps: map[int]*blockMap{}, data: map[string][]byte{}}
 	defer f.work.Watch(nil, nil)
 	defer f.base.Watch(nil, nil)
 	defer f.work.SetSkip(nil)
@@ -399,14 +457,18 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after in
 				return nil, fmt.Errorf("%s: healing blocks %d-%d: %w", f.m.Name(), run.First, run.Last, err)
 			}
 			run.Ridge, run.Residual, run.HeldOut = m.ridge, m.residual, m.heldOut
-			if m.T == nil {
+			if m.blockMap != nil {
+				run.Form = m.form()
+				run.Tensors = m.rewrites(run.Tensors)
+			}
+			if m.blockMap == nil {
 				// Block i adds nothing to the stream on the calibration (its
 				// FFN output is zero, an identity block): there is no output
 				// to map, and the run is removed as it is.
 				run.Note = fmt.Sprintf("block %d's FFN output is zero on the calibration: there is nothing to map; removed without healing", run.Block)
 				run.Tensors, run.Type = nil, ""
 			} else {
-				h.maps[run.Block], h.outputs[run.Block] = m.T, m.output
+				h.maps[run.Block] = m.blockMap
 				if run.HeldOut > 1 {
 					h.Warnings = append(h.Warnings, fmt.Sprintf("healing blocks %d-%d makes the held-out calibration chunks worse than plain removal (%.0f%% of the gap remains where %.1f%% remains on the chunks it was fitted on): the healed file may be worse than the plain one; evaluate both (--eval) or prune without --heal", run.First, run.Last, 100*run.HeldOut, 100*run.Residual))
 				}
@@ -419,11 +481,11 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after in
 			if err != nil {
 				return nil, fmt.Errorf("%s: healing block %d after blocks %d-%d: %w", f.m.Name(), a.Block, run.First, run.Last, err)
 			}
-			if m.T == nil || m.heldOut >= 1 {
+			if m.blockMap == nil || m.heldOut >= 1 {
 				break // nothing to gain on text it was not fitted on
 			}
-			h.maps[a.Block], h.outputs[a.Block] = m.T, m.output
-			a.Residual = m.residual
+			h.maps[a.Block] = m.blockMap
+			a.Residual, a.Form, a.Tensors = m.residual, m.form(), m.rewrites(a.Tensors)
 			kept = append(kept, a)
 		}
 		run.After = kept
@@ -434,8 +496,7 @@ func (f *Fitter) Fit(ctx context.Context, removed []int, ridge float64, after in
 
 // fitted is one map and how well it fits.
 type fitted struct {
-	T                        *mat.Dense // nil: block i's FFN output is zero
-	output                   string     // the graph tensor of block i's FFN output
+	*blockMap                // nil: block i's FFN output is zero
 	ridge, residual, heldOut float64
 }
 
@@ -451,12 +512,77 @@ func sumIs(y, m, l []float32) bool {
 	return diff <= 1e-8*norm
 }
 
-// fitMap fits the map T of block i's FFN output, with the blocks in skip
+// hiddenActivations are the graph tensors that may hold the input of a
+// block's FFN down projection: llama-graph.cpp build_ffn names it after
+// its activation (ffn_swiglu, or ffn_silu then ffn_gate_par, …). The one
+// whose product with the projection is the FFN output is the one.
+var hiddenActivations = []string{"ffn_swiglu", "ffn_silu", "ffn_geglu", "ffn_gelu", "ffn_act", "ffn_relu", "ffn_sqr(relu)", "ffn_reglu", "ffn_gate_par"}
+
+// downProjection is block i's dense FFN down projection as floats (d rows
+// of p) and its bias (nil without one), or nil W where the block has none
+// (a mixture of experts).
+func (f *Fitter) downProjection(i int) (W, bias []float32, p int, err error) {
+	t, ok := f.m.Tensor(blocks.Name(i, arch.FFNDown))
+	if !ok || len(t.Dims) != 2 || int(t.Dims[1]) != f.d || t.Dims[0] > MaxProjectionWidth {
+		return nil, nil, 0, nil
+	}
+	read := func(t gguf.ModelTensor) ([]float32, error) {
+		raw := make([]byte, t.Size)
+		if _, err := f.m.TensorData(t).ReadAt(raw, 0); err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", f.m.Name(), t.Name, err)
+		}
+		return llamacpp.Dequantize(t.Type, raw, int(t.Elements()))
+	}
+	if W, err = read(t); err != nil {
+		return nil, nil, 0, err
+	}
+	if b, ok := f.m.Tensor(blocks.Name(i, arch.FFNDownBias)); ok {
+		if bias, err = read(b); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+	return W, bias, int(t.Dims[0]), nil
+}
+
+// isProjection reports whether m = h·Wᵀ + bias for the n rows of h (p
+// wide), to the rounding of the activations ggml converts for the product
+// (a relative error of 1e-3 in the squared norm).
+func isProjection(h, m, W, bias []float32, p, d, n int) bool {
+	var diff, norm float64
+	for t := 0; t < n; t++ {
+		ht := h[t*p : (t+1)*p]
+		for j := 0; j < d; j++ {
+			s := 0.0
+			if bias != nil {
+				s = float64(bias[j])
+			}
+			for k, w := range W[j*p : (j+1)*p] {
+				s += float64(w) * float64(ht[k])
+			}
+			e := s - float64(m[t*d+j])
+			diff += e * e
+			norm += float64(m[t*d+j]) * float64(m[t*d+j])
+		}
+	}
+	return diff <= 1e-3*norm
+}
+
+// fitMap fits the map of block i's FFN output, with the blocks in skip
 // removed and the maps fitted so far applied, so that block i's output
-// approaches block target's output in the unpruned model.
+// approaches block target's output in the unpruned model. Where the block
+// has a dense down projection whose input the graph hands over (and
+// f.Form is Projection), the map refits the projection itself on that input (p wide,
+// more than the output's d); else it maps the output.
 func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target int, ridge float64) (fitted, error) {
 	chunks, work, base, d, o := f.chunks, f.work, f.base, f.d, f.o
-	train, held := newFit(d), newFit(d)
+	var W, bias []float32
+	p := 0
+	if f.Form == Projection {
+		var err error
+		if W, bias, p, err = f.downProjection(i); err != nil {
+			return fitted{}, err
+		}
+	}
 	// Block i's FFN output is ffn_out-i in most graphs; a mixture of
 	// experts without a shared expert names it ffn_moe_out-i (its ffn_out
 	// is the sum with the residual, renamed l_out). The one whose sum with
@@ -467,21 +593,27 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	Ms := make([][]float32, len(cands))
 	watchNames := []string{fmt.Sprintf("ffn_inp-%d", i), blockOut}
 	watchNames = append(watchNames, cands...)
-	mapped := map[string]*mat.Dense{}
-	for j, T := range h.maps {
-		if j != i {
-			mapped[h.outputs[j]] = T
-			watchNames = append(watchNames, h.outputs[j])
+	hiddens := map[string][]float32{} // the candidates for H of this chunk, p wide
+	if p > 0 {
+		for _, a := range hiddenActivations {
+			watchNames = append(watchNames, fmt.Sprintf("%s-%d", a, i))
 		}
 	}
+	applied, apply := h.watch(i)
+	watchNames = append(watchNames, applied...)
 	if err := work.SetSkip(skip); err != nil {
 		return fitted{}, err
 	}
 	if err := work.SetStopAfter(i); err != nil {
 		return fitted{}, err
 	}
+	own := map[string]bool{}
+	for _, n := range watchNames[:len(watchNames)-len(applied)] {
+		own[n] = true
+	}
 	err := work.Watch(watchNames, func(name string, data []float32, nCols, nRows int) {
 		switch {
+		case !own[name]:
 		case name == watchNames[0]:
 			Y = append(Y[:0], data...)
 		case name == blockOut:
@@ -490,16 +622,15 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 			Ms[0] = append(Ms[0][:0], data...)
 		case name == cands[1]:
 			Ms[1] = append(Ms[1][:0], data...)
+		case nCols == p:
+			hiddens[name] = append(hiddens[name][:0], data...)
 		}
-		if T := mapped[name]; T != nil {
-			// An earlier healed block: its FFN output times its map.
-			applyMap(data, T, nCols, nRows)
-		}
+		apply(name, data, nCols, nRows)
 	})
 	if err != nil {
 		return fitted{}, err
 	}
-	output := ""
+	output, hidden := "", ""
 	var L []float32
 	out := fmt.Sprintf("%s-%d", arch.Boundaries(f.archName).BlockOutput, target)
 	if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
@@ -508,6 +639,7 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err := base.SetStopAfter(target); err != nil {
 		return fitted{}, err
 	}
+	var train, held *fit
 	progress := o.ProgressFunc(fmt.Sprintf("healing: fitting block %d", i), "chunks", o.CtxSize())
 	for ci, ch := range chunks {
 		if err := ctx.Err(); err != nil {
@@ -520,6 +652,7 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 		for k := range Ms {
 			Ms[k] = Ms[k][:0]
 		}
+		clear(hiddens)
 		if err := runner.DecodeFrom(work, ch, 0); err != nil {
 			return fitted{}, err
 		}
@@ -536,10 +669,33 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 		if len(Y) != len(ch)*d || M == nil || len(L) != len(Y) {
 			return fitted{}, fmt.Errorf("the graph did not hand over block %d's FFN input and an FFN output (ffn_out or ffn_moe_out) whose sum is the block's output %s, and %s, for every token; this architecture cannot be healed", i, blockOut, out)
 		}
+		if train == nil {
+			// The first chunk decides the form: the projection's input
+			// where one candidate multiplies out to the FFN output.
+			for _, a := range hiddenActivations {
+				n := fmt.Sprintf("%s-%d", a, i)
+				if H := hiddens[n]; len(H) == len(ch)*p && isProjection(H, M, W, bias, p, d, len(ch)) {
+					hidden = n
+				}
+			}
+			width := d
+			if hidden != "" {
+				width = p
+			}
+			train, held = newFit(width, d), newFit(width, d)
+		}
+		acc := train
 		if heldOut(ci, len(chunks)) {
-			held.add(M, Y, L, len(ch))
+			acc = held
+		}
+		if hidden != "" {
+			H := hiddens[hidden]
+			if len(H) != len(ch)*p {
+				return fitted{}, fmt.Errorf("the graph did not hand over block %d's FFN activation %s for every token", i, hidden)
+			}
+			acc.add(H, M, Y, L, len(ch), false)
 		} else {
-			train.add(M, Y, L, len(ch))
+			acc.add(M, M, Y, L, len(ch), true)
 		}
 		h.Cost.Tokens += 2 * int64(len(ch))
 		if progress != nil {
@@ -547,12 +703,15 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 		}
 	}
 	h.Cost.Passes += 2
+	if train == nil {
+		return fitted{}, fmt.Errorf("no calibration chunk to fit block %d's map on", i)
+	}
 	// The map written is fitted on every chunk; the held-out check fits
 	// one on the others and measures it on the held-out chunks. Without
 	// a ridge given, the ridge is the one of Ridges whose map fitted on
 	// the other chunks leaves the least on the held-out ones.
 	all := train.plus(held)
-	if all.mm == 0 {
+	if all.xx == 0 {
 		return fitted{}, nil
 	}
 	r := ridge
@@ -570,7 +729,7 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err != nil {
 		return fitted{}, err
 	}
-	res := fitted{T: T, output: output, ridge: lambda, residual: residual}
+	res := fitted{blockMap: &blockMap{T: T, output: output, hidden: hidden}, ridge: lambda, residual: residual}
 	if held.tokens > 0 {
 		Tt, _, _, err := train.solve(r)
 		if err != nil {
@@ -583,20 +742,69 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 
 // Watch is what applies the maps at run time, on a capturing context that
 // skips the removed blocks: the graph tensors to watch (the FFN outputs of
-// the blocks that absorb a map) and the function that multiplies each by
-// its map (see llamacpp.Context.Watch).
-func (h *Healing) Watch() ([]string, llamacpp.WatchFunc) {
-	names := map[string]*mat.Dense{}
+// the blocks that absorb a map, and the activations a refitted projection
+// reads) and the function that applies each map (see
+// llamacpp.Context.Watch).
+func (h *Healing) Watch() ([]string, llamacpp.WatchFunc) { return h.watch(-1) }
+
+// watch is Watch without block except's map.
+func (h *Healing) watch(except int) ([]string, llamacpp.WatchFunc) {
+	outputs := map[string]*blockMap{}
+	hidden := map[string][]float32{}
 	var list []string
-	for b, T := range h.maps {
-		n := h.outputs[b]
-		names[n] = T
-		list = append(list, n)
+	for b, bm := range h.maps {
+		if b == except {
+			continue
+		}
+		outputs[bm.output] = bm
+		list = append(list, bm.output)
+		if bm.hidden != "" {
+			hidden[bm.hidden] = nil
+			list = append(list, bm.hidden)
+		}
 	}
 	return list, func(name string, data []float32, nCols, nRows int) {
-		if T := names[name]; T != nil {
-			applyMap(data, T, nCols, nRows)
+		if H, ok := hidden[name]; ok {
+			hidden[name] = append(H[:0], data...)
 		}
+		if bm := outputs[name]; bm != nil {
+			bm.apply(data, hidden[bm.hidden], nCols, nRows)
+		}
+	}
+}
+
+// form names the map's form as the JSON does.
+func (bm *blockMap) form() string {
+	if bm.hidden != "" {
+		return Projection.String()
+	}
+	return Output.String()
+}
+
+// rewrites are the tensors of the block the map rewrites, of those Plan
+// names: a refitted projection keeps its bias.
+func (bm *blockMap) rewrites(tensors []string) []string {
+	if bm.hidden == "" {
+		return tensors
+	}
+	return slices.DeleteFunc(slices.Clone(tensors), func(n string) bool { return strings.HasSuffix(n, ".bias") })
+}
+
+// apply applies the map to the FFN output rows (nRows of nCols) in place:
+// M·T, or M + H·T with the rows of H the projection's input.
+func (bm *blockMap) apply(data, H []float32, nCols, nRows int) {
+	if bm.hidden == "" {
+		applyMap(data, bm.T, nCols, nRows)
+		return
+	}
+	p, _ := bm.T.Dims()
+	if len(H) != nRows*p {
+		return // not handed over: the decode fails its own checks
+	}
+	var out mat.Dense
+	out.Mul(mat.NewDense(nRows, p, float32s64(H)), bm.T)
+	for i, v := range out.RawMatrix().Data {
+		data[i] += float32(v)
 	}
 }
 
@@ -610,11 +818,26 @@ func applyMap(data []float32, T *mat.Dense, nCols, nRows int) {
 }
 
 // foldMap returns the data of tensor name (W: rows of the embedding size,
-// or a bias vector) with the map folded in: W' = Tᵀ·W, in W's type.
-// A stacked expert tensor (n_ff × n_embd × experts) holds one such W per
-// expert, each folded alike.
-func foldMap(m *gguf.Model, name string, T *mat.Dense, im *imatrix.Matrix) ([]byte, error) {
+// or a bias vector) with the map folded in: W' = Tᵀ·W for a map of the
+// output, W' = W + Tᵀ for a change of the projection (its bias is kept), in
+// W's type. A stacked expert tensor (n_ff × n_embd × experts) holds one
+// such W per expert, each folded alike.
+func foldMap(m *gguf.Model, name string, bm *blockMap, im *imatrix.Matrix) ([]byte, error) {
 	t, _ := m.Tensor(name)
+	T := bm.T
+	if bm.hidden != "" {
+		if strings.HasSuffix(name, ".bias") {
+			return nil, nil
+		}
+		return rewriteTensor(m, name, nil, im, func(w []float32) {
+			p, d := T.Dims()
+			for j := 0; j < d; j++ {
+				for k := 0; k < p; k++ {
+					w[j*p+k] += float32(T.At(k, j))
+				}
+			}
+		})
+	}
 	d, _ := T.Dims()
 	cols := 1 // a bias: one value per row
 	if len(t.Dims) >= 2 && int(t.Dims[1]) == d && !strings.HasSuffix(name, ".bias") {
@@ -685,71 +908,82 @@ func distinctTokens(chunks [][]int32) int {
 	return len(seen)
 }
 
-// fit accumulates the normal equations of min_T ‖(L - Y) - M·T‖².
+// fit accumulates the normal equations of min_T ‖R - X·T‖², X the p-wide
+// inputs of the map and R its d-wide target: for a map of the FFN output,
+// X = M and R = L - Y; for a refitted down projection, X = H and
+// R = L - Y - M (T is then the projection's change).
 type fit struct {
-	d      int
-	A, B   *mat.Dense // MᵀM, Mᵀ(L - Y)
-	rr     float64    // Σ‖L - Y‖²
-	mr, mm float64    // Σ⟨M, L - Y⟩, Σ‖M‖²: the plain removal's residual
+	p, d   int
+	A, B   *mat.Dense // XᵀX, XᵀR
+	rr     float64    // Σ‖R‖²
+	plain  float64    // Σ‖R - X·T₀‖², the plain removal's residual (T₀ = I for the output's map, 0 for the projection's change)
+	xx     float64    // Σ‖X‖²
 	tokens int
+}
+
+func newFit(p, d int) *fit {
+	return &fit{p: p, d: d, A: mat.NewDense(p, p, nil), B: mat.NewDense(p, d, nil)}
 }
 
 // plus is the fit of both fits' tokens.
 func (f *fit) plus(g *fit) *fit {
-	s := newFit(f.d)
+	s := newFit(f.p, f.d)
 	s.A.Add(f.A, g.A)
 	s.B.Add(f.B, g.B)
-	s.rr, s.mr, s.mm, s.tokens = f.rr+g.rr, f.mr+g.mr, f.mm+g.mm, f.tokens+g.tokens
+	s.rr, s.plain, s.xx, s.tokens = f.rr+g.rr, f.plain+g.plain, f.xx+g.xx, f.tokens+g.tokens
 	return s
 }
 
-// residual is Σ‖R - M·T‖² / Σ‖R - M‖² on the fit's tokens, for a map T
-// fitted elsewhere: ‖R - MT‖² = ‖R‖² - 2 tr(TᵀB) + tr(TᵀAT).
+// residual is Σ‖R - X·T‖² / Σ‖R - X·T₀‖² on the fit's tokens, for a map T
+// fitted elsewhere: ‖R - XT‖² = ‖R‖² - 2 tr(TᵀB) + tr(TᵀAT).
 func (f *fit) residual(T *mat.Dense) float64 {
 	var AT mat.Dense
 	AT.Mul(f.A, T)
 	healed := f.rr - 2*frob(T, f.B) + frob(T, &AT)
-	plain := f.rr - 2*f.mr + f.mm
-	if plain <= 0 {
+	if f.plain <= 0 {
 		return 0
 	}
-	return math.Max(0, healed) / plain
+	return math.Max(0, healed) / f.plain
 }
 
-func newFit(d int) *fit {
-	return &fit{d: d, A: mat.NewDense(d, d, nil), B: mat.NewDense(d, d, nil)}
-}
-
-// add accumulates one chunk of n tokens.
-func (f *fit) add(M, Y, L []float32, n int) {
+// add accumulates one chunk of n tokens: X the map's inputs (p wide), M,
+// Y and L block i's FFN output and input and the target (d wide); output
+// says the map is of the FFN output (X = M), else of the projection.
+func (f *fit) add(X, M, Y, L []float32, n int, output bool) {
 	f.tokens += n
-	Mm := mat.NewDense(n, f.d, nil)
+	Xm := mat.NewDense(n, f.p, float32s64(X[:n*f.p]))
 	R := mat.NewDense(n, f.d, nil)
 	for t := 0; t < n; t++ {
 		for j := 0; j < f.d; j++ {
-			mv := float64(M[t*f.d+j])
-			rv := float64(L[t*f.d+j]) - float64(Y[t*f.d+j])
-			Mm.Set(t, j, mv)
+			k := t*f.d + j
+			mv, rv := float64(M[k]), float64(L[k])-float64(Y[k])
+			if !output {
+				rv -= mv
+				f.plain += rv * rv
+			} else {
+				f.plain += (rv - mv) * (rv - mv)
+			}
 			R.Set(t, j, rv)
 			f.rr += rv * rv
-			f.mr += mv * rv
-			f.mm += mv * mv
 		}
 	}
+	for _, v := range Xm.RawMatrix().Data {
+		f.xx += v * v
+	}
 	var a, b mat.Dense
-	a.Mul(Mm.T(), Mm)
-	b.Mul(Mm.T(), R)
+	a.Mul(Xm.T(), Xm)
+	b.Mul(Xm.T(), R)
 	f.A.Add(f.A, &a)
 	f.B.Add(f.B, &b)
 }
 
-// solve returns T = (A + λI)⁻¹ B with λ = ridge·tr(A)/d, λ, and the
-// residual Σ‖R - M·T‖² / Σ‖R - M‖².
+// solve returns T = (A + λI)⁻¹ B with λ = ridge·tr(A)/p, λ, and the
+// residual Σ‖R - X·T‖² / Σ‖R - X·T₀‖².
 func (f *fit) solve(ridge float64) (*mat.Dense, float64, float64, error) {
-	lambda := ridge * mat.Trace(f.A) / float64(f.d)
-	sym := mat.NewSymDense(f.d, nil)
-	for r := 0; r < f.d; r++ {
-		for c := r; c < f.d; c++ {
+	lambda := ridge * mat.Trace(f.A) / float64(f.p)
+	sym := mat.NewSymDense(f.p, nil)
+	for r := 0; r < f.p; r++ {
+		for c := r; c < f.p; c++ {
 			v := (f.A.At(r, c) + f.A.At(c, r)) / 2
 			if r == c {
 				v += lambda
@@ -759,9 +993,9 @@ func (f *fit) solve(ridge float64) (*mat.Dense, float64, float64, error) {
 	}
 	var ch mat.Cholesky
 	if !ch.Factorize(sym) {
-		return nil, 0, 0, fmt.Errorf("the FFN outputs on the calibration are degenerate (MᵀM + λI is not positive definite)")
+		return nil, 0, 0, fmt.Errorf("the FFN outputs on the calibration are degenerate (XᵀX + λI is not positive definite)")
 	}
-	T := mat.NewDense(f.d, f.d, nil)
+	T := mat.NewDense(f.p, f.d, nil)
 	if err := ch.SolveTo(T, f.B); err != nil {
 		return nil, 0, 0, err
 	}

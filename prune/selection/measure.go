@@ -36,8 +36,10 @@ type Measurer struct {
 	fitter *heal.Fitter // made by the first HealedLoss
 	only   func(ci int) bool
 	// HealAfter is how many kept blocks after each run HealedLoss heals
-	// with maps too (heal.Options.After).
+	// with maps too (heal.Options.After), and HealForm what the maps are
+	// fitted on (heal.Options.Form).
 	HealAfter int
+	HealForm  heal.Form
 }
 
 // NewMeasurer loads the model (path; header, when not nil, its file already
@@ -224,6 +226,7 @@ func (s *Measurer) HealedLoss(ctx context.Context, removed []int, kind Loss) (fl
 		}
 		s.fitter = f
 	}
+	s.fitter.Form = s.HealForm
 	// Fitted on three chunks of every four and measured on the fourth: a
 	// loss measured on the chunks the maps were fitted on favours the
 	// removals whose maps fit the calibration best, not those that heal

@@ -59,16 +59,19 @@ type variant struct {
 	// compensate: the output projections after each cut scaled by the
 	// stream's lost magnitude (heal.Compensate)
 	compensate bool
-	after      int // maps in the blocks after each run (heal.Options.After)
+	after      int       // maps in the blocks after each run (heal.Options.After)
+	form       heal.Form // what the maps are fitted on
 }
 
 var variants = []variant{
 	{name: "bi, plain"},
 	{name: "bi, compensated", compensate: true},
-	{name: "bi, healed, one map", heal: true},
-	{name: "bi, healed (two maps)", heal: true, after: 1},
-	{name: "bi, healed, three maps", heal: true, after: 2},
-	{name: "heal, healed (two maps)", heal: true, aware: true, after: 1},
+	{name: "bi, healed, one output map", heal: true, form: heal.Output},
+	{name: "bi, healed, two output maps", heal: true, after: 1, form: heal.Output},
+	{name: "bi, healed, one projection", heal: true},
+	{name: "bi, healed (two projections)", heal: true, after: 1},
+	{name: "bi, healed, three projections", heal: true, after: 2},
+	{name: "heal, healed (two projections)", heal: true, aware: true, after: 1},
 }
 
 func main() {
@@ -80,10 +83,17 @@ func main() {
 	evalChunks := flag.Int("eval-chunks", 32, "evaluation chunks")
 	out := flag.String("o", "bin/heal", "output folder")
 	withAware := flag.Bool("heal-method", true, "also remove and heal the blocks the heal method chooses (its search is the slow part)")
+	only := flag.String("variants", "", "measure only these variants (names separated by semicolons; plain BI is always measured)")
 	flag.Parse()
 	variants := variants
 	if !*withAware {
 		variants = slices.DeleteFunc(slices.Clone(variants), func(v variant) bool { return v.aware })
+	}
+	if *only != "" {
+		names := strings.Split(*only, ";")
+		variants = slices.DeleteFunc(slices.Clone(variants), func(v variant) bool {
+			return v.name != variants[0].name && !slices.Contains(names, v.name)
+		})
 	}
 	ctx := context.Background()
 	if err := os.MkdirAll(*out, 0o755); err != nil {
@@ -138,7 +148,7 @@ func main() {
 			}
 			r := Row{Variant: v.name, K: k, Removed: removed, Eval: map[string]Fig{}}
 			if v.heal {
-				h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{After: v.after})
+				h, err := heal.Heal(ctx, m.GGUF, removed, cal, o, heal.Options{After: v.after, Form: v.form})
 				if err != nil {
 					log.Fatal(err)
 				}
