@@ -1,13 +1,14 @@
 // Command heal measures healing (docs/healing.md): for k = 1 to a quarter
 // of the blocks, the k lowest-BI blocks are removed plainly, with magnitude
-// compensation, and with healing (the map before each run only, and with
-// a second map after it, prune --heal's default), and the blocks the heal
-// method chooses are removed and healed; every
+// compensation, and with healing (maps of the FFN output, ReplaceMe's, one
+// or two per run; the down projection refitted, one to three per run, two
+// being prune --heal's default), and the blocks the heal method chooses are
+// removed and healed; every
 // file is compared with the original on texts the calibration never saw.
 // It prints a Markdown table and writes heal.json and a plot (perplexity
 // against blocks removed, one line per variant).
 //
-//	go run ./scripts/heal [-m MODEL] [-f CALIB] [-e EVAL] [-o bin/heal]
+//	go run ./scripts/heal [-m MODEL] [-f CALIB] [-e EVAL] [-variants 'NAME;…'] [-o bin/heal]
 package main
 
 import (
@@ -76,7 +77,7 @@ var variants = []variant{
 
 func main() {
 	model := flag.String("m", "testdata/models/story16-f16.gguf", "model")
-	calib := flag.String("f", "testdata/text/gutenberg/pg1342.txt", "calibration text")
+	calib := flag.String("f", "testdata/text/mixed/gutenberg_tinystories.txt", "calibration text")
 	evalPaths := flag.String("e", "testdata/text/unseen/gutenberg_tails.txt,testdata/text/unseen/tinystories_last50.txt", "evaluation texts, comma-separated")
 	ctxSize := flag.Int("c", 256, "chunk size")
 	calChunks := flag.Int("chunks", 32, "calibration chunks")
