@@ -55,7 +55,7 @@ func pruneCommand() *cli.Command {
 			&cli.StringFlag{Name: "quantize", Usage: "quantize the pruned model to `TYPE` (see quantize --help) in the same step: one output file"},
 			&cli.StringFlag{Name: "imatrix", Usage: "importance matrix `FILE` of the input model: pruned with it for --quantize and --imatrix-out"},
 			&cli.StringFlag{Name: "imatrix-out", Usage: "write the imatrix of the pruned model (removed blocks dropped, the rest renumbered) to `FILE`"},
-			&cli.BoolFlag{Name: "heal", Usage: "repair each removed run inside the block before it: a linear map fitted on the calibration text (-f, or self-generated) folded into its FFN down projection"},
+			&cli.BoolFlag{Name: "heal", Usage: "repair each removed run inside the block before it and the one after it (--heal-maps): their FFN down projections refitted by least squares on the calibration text (-f, or self-generated; see --heal-fit)"},
 			&cli.BoolFlag{Name: "compensate", Usage: "scale the output projections of the kept blocks after each removed run (not healed) so that the residual stream keeps its magnitude, measured on the calibration text (-f, or self-generated)"},
 			&cli.IntFlag{Name: "heal-maps", Value: prune.DefaultHealMaps, Usage: "healing maps per removed run: `N` = 1 fits the one in the block before the run, N > 1 also ones in the N-1 kept blocks after it"},
 			&cli.StringFlag{Name: "heal-fit", Value: "projection", Usage: "what healing fits (`FORM`): projection refits each mapped block's FFN down projection on its input (the FFN's activation; blocks without a dense one, or one wider than 4096, get output's map), output maps the FFN output (ReplaceMe)"},
