@@ -14,7 +14,6 @@ import (
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
-	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/prune/eval"
 	"github.com/ggufprune/ggufprune/prune/runner"
 )
@@ -24,34 +23,14 @@ import (
 // model (nothing removed before i).
 func activations(t *testing.T, path string, chunks [][]int32, i, b int) (M, R *mat.Dense) {
 	t.Helper()
-	lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lm.Close()
-	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: len(chunks[0]), Threads: 2, Capture: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	d := lm.Info().NEmbd
-	var ms, ys, ls []float32
-	c.Watch([]string{fmt.Sprintf("ffn_inp-%d", i), fmt.Sprintf("ffn_out-%d", i), fmt.Sprintf("l_out-%d", b)}, func(name string, x []float32, _, _ int) {
-		switch {
-		case strings.HasPrefix(name, "ffn_inp"):
-			ys = append(ys, x...)
-		case strings.HasPrefix(name, "ffn_out"):
-			ms = append(ms, x...)
-		default:
-			ls = append(ls, x...)
-		}
-	})
+	inp, out, lo := fmt.Sprintf("ffn_inp-%d", i), fmt.Sprintf("ffn_out-%d", i), fmt.Sprintf("l_out-%d", b)
+	got := capture(t, path, chunks, nil, []string{inp, out, lo}, nil, nil)
+	ms, ys, ls := got[out], got[inp], got[lo]
+	tokens := 0
 	for _, ch := range chunks {
-		c.ClearMemory()
-		if err := c.Decode(ch, 0, 0); err != nil {
-			t.Fatal(err)
-		}
+		tokens += len(ch)
 	}
+	d := len(ms) / tokens
 	n := len(ms) / d
 	M, R = mat.NewDense(n, d, nil), mat.NewDense(n, d, nil)
 	for r := 0; r < n; r++ {
@@ -88,10 +67,7 @@ func TestHeal(t *testing.T) {
 		t.Fatalf("%+v %+v", run, h.Cost)
 	}
 	// The independent solution.
-	lm, _ := llamacpp.LoadModel(src, llamacpp.ModelParams{VocabOnly: true})
-	toks, _ := cal.Text.Tokens(lm, 64*128)
-	chunks, _ := lm.Chunks(toks, 128, 64)
-	lm.Close()
+	chunks := calibrationChunks(t, src, cal, 64, 128)
 	M, R := activations(t, src, chunks, 1, 2)
 	_, d := M.Dims()
 	n, _ := M.Dims()
@@ -273,42 +249,11 @@ func TestHealAfter(t *testing.T) {
 	// The second map, solved here: block 3's FFN input and output with
 	// block 2 skipped and the first map applied, against the unpruned
 	// model's output of block 3.
-	lm, _ := llamacpp.LoadModel(src, llamacpp.ModelParams{VocabOnly: true})
-	toks, _ := cal.Text.Tokens(lm, 32*128)
-	chunks, _ := lm.Chunks(toks, 128, 32)
-	lm.Close()
-	capture := func(skip []int, names []string, T *mat.Dense) map[string][]float32 {
-		lm, err := llamacpp.LoadModel(src, llamacpp.ModelParams{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lm.Close()
-		c, err := lm.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetSkip(skip)
-		got := map[string][]float32{}
-		c.Watch(append(names, "ffn_out-1"), func(name string, x []float32, cols, rows int) {
-			if name == "ffn_out-1" {
-				if T != nil {
-					applyMap(x, T, cols, rows)
-				}
-				return
-			}
-			got[name] = append(got[name], x...)
-		})
-		for _, ch := range chunks {
-			c.ClearMemory()
-			if err := c.Decode(ch, 0, 0); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return got
-	}
-	work := capture([]int{2}, []string{"ffn_inp-3", "ffn_out-3"}, h.maps[1].T)
-	base := capture(nil, []string{"l_out-3"}, nil)
+	chunks := calibrationChunks(t, src, cal, 32, 128)
+	work := capture(t, src, chunks, []int{2}, []string{"ffn_inp-3", "ffn_out-3"}, []string{"ffn_out-1"}, func(_ string, x []float32, cols, rows int) {
+		applyMap(x, h.maps[1].T, cols, rows)
+	})
+	base := capture(t, src, chunks, nil, []string{"l_out-3"}, nil, nil)
 	d := 64
 	n := len(work["ffn_out-3"]) / d
 	aug, rhs := mat.NewDense(n+d, d, nil), mat.NewDense(n+d, d, nil)
@@ -464,30 +409,8 @@ func TestHealProjection(t *testing.T) {
 	}
 
 	// The independent solution.
-	lm, _ := llamacpp.LoadModel(src, llamacpp.ModelParams{VocabOnly: true})
-	toks, _ := cal.Text.Tokens(lm, 64*128)
-	chunks, _ := lm.Chunks(toks, 128, 64)
-	lm.Close()
-	full, err := llamacpp.LoadModel(src, llamacpp.ModelParams{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := full.NewContext(llamacpp.ContextParams{NCtx: 128, Threads: 2, Capture: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string][]float32{}
-	c.Watch([]string{"ffn_swiglu-1", "ffn_out-1", "ffn_inp-1", "l_out-2"}, func(name string, x []float32, _, _ int) {
-		got[name] = append(got[name], x...)
-	})
-	for _, ch := range chunks {
-		c.ClearMemory()
-		if err := c.Decode(ch, 0, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Close()
-	full.Close()
+	chunks := calibrationChunks(t, src, cal, 64, 128)
+	got := capture(t, src, chunks, nil, []string{"ffn_swiglu-1", "ffn_out-1", "ffn_inp-1", "l_out-2"}, nil, nil)
 	const d, p = 64, 172
 	n := len(got["ffn_out-1"]) / d
 	if len(got["ffn_swiglu-1"]) != n*p {

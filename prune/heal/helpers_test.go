@@ -2,6 +2,7 @@ package heal
 
 import (
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -109,4 +110,66 @@ func withPostNorm(t *testing.T, b int) string {
 		t.Fatal(err)
 	}
 	return post
+}
+
+// calibrationChunks are the first n chunks of size tokens of the
+// calibration text, tokenized by the model at path.
+func calibrationChunks(t *testing.T, path string, cal runner.Calibration, n, size int) [][]int32 {
+	t.Helper()
+	lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{VocabOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	toks, err := cal.Text.Tokens(lm, n*size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks, err := lm.Chunks(toks, size, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chunks
+}
+
+// capture decodes the chunks on the model at path with the blocks skipped,
+// and returns the graph tensors of names, every chunk's rows in order; the
+// tensors of applied are handed to fn instead (which may change them).
+func capture(t *testing.T, path string, chunks [][]int32, skip []int, names, applied []string, fn llamacpp.WatchFunc) map[string][]float32 {
+	t.Helper()
+	lm, err := llamacpp.LoadModel(path, llamacpp.ModelParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lm.Close()
+	c, err := lm.NewContext(llamacpp.ContextParams{NCtx: len(chunks[0]), Threads: 2, Capture: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetSkip(skip); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]float32{}
+	collect := map[string]bool{}
+	for _, n := range names {
+		collect[n] = true
+	}
+	err = c.Watch(append(slices.Clone(names), applied...), func(name string, x []float32, cols, rows int) {
+		if collect[name] {
+			got[name] = append(got[name], x...)
+		} else {
+			fn(name, x, cols, rows)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range chunks {
+		c.ClearMemory()
+		if err := c.Decode(ch, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got
 }
