@@ -606,6 +606,8 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err := work.SetStopAfter(i); err != nil {
 		return fitted{}, err
 	}
+	output, hidden := "", ""
+	var train, held *fit
 	own := map[string]bool{}
 	for _, n := range watchNames[:len(watchNames)-len(applied)] {
 		own[n] = true
@@ -621,7 +623,9 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 			Ms[0] = append(Ms[0][:0], data...)
 		case name == cands[1]:
 			Ms[1] = append(Ms[1][:0], data...)
-		case nCols == p:
+		case nCols == p && (train == nil || name == hidden):
+			// Every candidate on the first chunk, which decides the
+			// form; only the one chosen after it.
 			hiddens[name] = append(hiddens[name][:0], data...)
 		}
 		apply(name, data, nCols, nRows)
@@ -629,7 +633,6 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err != nil {
 		return fitted{}, err
 	}
-	output, hidden := "", ""
 	var L []float32
 	out := fmt.Sprintf("%s-%d", arch.Boundaries(f.archName).BlockOutput, target)
 	if err := base.Watch([]string{out}, func(_ string, data []float32, _, _ int) { L = append(L[:0], data...) }); err != nil {
@@ -638,7 +641,6 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err := base.SetStopAfter(target); err != nil {
 		return fitted{}, err
 	}
-	var train, held *fit
 	progress := o.ProgressFunc(fmt.Sprintf("healing: fitting block %d", i), "chunks", o.CtxSize())
 	for ci, ch := range chunks {
 		if err := ctx.Err(); err != nil {
