@@ -457,9 +457,20 @@ static bool eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
     if (expert_part != EXP_NONE && !take_expert_part(c, t, expert_part)) {
         return false;
     }
+    if (watched && t->type == GGML_TYPE_I32 && ggml_is_contiguous(t)) {
+        // Indices (such as ffn_moe_argsort, the experts each token is
+        // routed to) are handed over as floats, exact below 2^24; what Go
+        // changes in them is not written back.
+        size_t n = (size_t)ggml_nelements(t);
+        std::vector<int32_t> ids(n);
+        ggml_backend_tensor_get(t, ids.data(), 0, n * sizeof(int32_t));
+        std::vector<float> data(ids.begin(), ids.end());
+        goWatched(c->handle, (char *)t->name, data.data(), (int)t->ne[0], (int)(n / t->ne[0]));
+        watched = false;
+    }
     if (watched) {
         if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t)) {
-            c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 tensor";
+            c->cb_error = std::string("graph tensor ") + t->name + " is not a contiguous F32 or I32 tensor";
             return false;
         }
         size_t n = (size_t)ggml_nelements(t);

@@ -70,7 +70,10 @@ type HiddenFunc func(block int, h []float32, nEmbd, nTokens int)
 
 // WatchFunc receives a watched graph tensor during a decode: data holds
 // nRows rows of nCols floats and may be changed (the rest of the graph then
-// computes with the change). Valid only during the call.
+// computes with the change). Valid only during the call. An I32 tensor
+// (such as ffn_moe_argsort-N, the experts each token is routed to) is
+// handed over as floats, exact below 2^24, and changes to it are not
+// written back.
 type WatchFunc func(name string, data []float32, nCols, nRows int)
 
 // ExpertsFunc receives the routing of one mixture-of-experts block during a

@@ -53,7 +53,11 @@ const DefaultRidge = 1e-10
 // 32 chunks of a Gutenberg book) they chose 1e-10, and the map made
 // TinyStories text far worse than plain removal (perplexity 13.4 → 32.2);
 // at 0.01 it removes 25 % of the increase there and 34 % on Gutenberg text
-// (docs/healing.md).
+// (docs/healing.md). The experts' refitted projections need it too: fitted
+// on 64 chunks of the same book, the ridge chosen without a floor (1e-4)
+// removes 89 % of the increase on Gutenberg text and 12 % on TinyStories
+// text, 0.01 removes 85 % and 57 %; on a calibration of both kinds, 88 and
+// 92 % without the floor, 84 and 88 % with it.
 const ExpertRidgeFloor = 1e-2
 
 // Ridges are the relative ridges a fit chooses from, by the residual on
@@ -140,10 +144,58 @@ type Healing struct {
 type blockMap struct {
 	// T is the d×d map of the FFN output M (M·T), or, with hidden set, the
 	// p×d change of the down projection: M + H·T, H the projection's p
-	// inputs (the FFN's activation), so that W' = W + Tᵀ.
-	T      *mat.Dense
-	output string // the graph tensor of the FFN output
-	hidden string // the graph tensor of H ("": T maps the output)
+	// inputs (the FFN's activation), so that W' = W + Tᵀ. For a mixture
+	// of experts (experts set), H is the routed experts' activations
+	// spread to their experts' columns (routing.spread) and T stacks one
+	// change per expert.
+	T       *mat.Dense
+	output  string   // the graph tensor of the FFN output
+	hidden  string   // the graph tensor of H ("": T maps the output)
+	experts *routing // the routing H is spread by (nil: a dense projection)
+}
+
+// routing is how a mixture of experts (llama-graph.cpp build_moe_ffn)
+// routes each token: to nUsed of nExpert experts, the nExpert-wide argsort
+// of the router's probabilities (graph tensor ffn_moe_argsort) listing
+// them first, each expert's FFN output multiplied by a gate weight (the
+// last of ffn_moe_weights, _softmax, _norm, _scaled) and the products
+// summed. The expert FFNs' down projections (ffn_down_exps, nExpert
+// matrices of d rows of p) read the activations of the experts chosen,
+// [p, nUsed, n_tokens]. So the mixture's output is linear in the stacked
+// projections: M = X·Wᵀ with W the d × nExpert·p matrix of all of them
+// side by side and X the activations spread, row t holding w_k·h_{t,k} in
+// the p columns of its k-th expert.
+type routing struct {
+	ids, weights string // the graph tensors of the argsort and the gate weights
+	nExpert, p   int
+}
+
+// spread returns X (n rows of nExpert·p) from the experts' activations h
+// (n·nUsed rows of p), the argsort ids (n rows of nExpert) and the gate
+// weights w (n·nUsed), or false where they do not fit together.
+func (r *routing) spread(h, ids, w []float32, n int) ([]float32, bool) {
+	if n <= 0 || len(w)%n != 0 || len(ids) != n*r.nExpert {
+		return nil, false
+	}
+	nUsed := len(w) / n
+	if nUsed < 1 || nUsed > r.nExpert || len(h) != n*nUsed*r.p {
+		return nil, false
+	}
+	X := make([]float32, n*r.nExpert*r.p)
+	for t := 0; t < n; t++ {
+		for k := 0; k < nUsed; k++ {
+			e := int(ids[t*r.nExpert+k])
+			if e < 0 || e >= r.nExpert || float32(e) != ids[t*r.nExpert+k] {
+				return nil, false
+			}
+			row := X[(t*r.nExpert+e)*r.p : (t*r.nExpert+e+1)*r.p]
+			wk := w[t*nUsed+k]
+			for c, v := range h[(t*nUsed+k)*r.p : (t*nUsed+k+1)*r.p] {
+				row[c] += wk * v
+			}
+		}
+	}
+	return X, true
 }
 
 // Tensors are the new data of the rewritten tensors, by input name.
@@ -264,17 +316,19 @@ const (
 	// its input H, the FFN's activation: its change Δ minimises
 	// ‖L - Y - M - H·Δ‖² + λ‖Δ‖² and folds as W' = W + Δᵀ. H is p = n_ff
 	// wide (2.7 times d on story16), and M = H·Wᵀ is in its span, so the
-	// fit does at least as well as Output's on the same tokens. Blocks
-	// without a dense projection (a mixture of experts), or one wider than
-	// MaxProjectionWidth, or whose input the graph does not hand over, get
-	// Output's map.
+	// fit does at least as well as Output's on the same tokens. A mixture
+	// of experts refits every routed expert's projection at once (p =
+	// n_expert·n_ff_exp: its output is linear in them, see routing).
+	// Blocks whose FFN is wider than MaxProjectionWidth, or whose input
+	// the graph does not hand over or does not multiply out to the FFN
+	// output (a shared expert, expert biases), get Output's map.
 	Projection Form = iota
 	// Output maps the FFN output: M·T with T d×d (ReplaceMe's map).
 	Output
 )
 
-// MaxProjectionWidth is the widest FFN (n_ff) whose down projection
-// Projection refits: its normal equations take p² float64s several times
+// MaxProjectionWidth is the widest FFN (n_ff, or n_expert·n_ff_exp for
+// a mixture of experts) whose down projection Projection refits: its normal equations take p² float64s several times
 // over (0.7 GB at 4096) and a Cholesky factorization of p³/3 per ridge.
 const MaxProjectionWidth = 4096
 
@@ -517,14 +571,31 @@ func sumIs(y, m, l []float32) bool {
 // whose product with the projection is the FFN output is the one.
 var hiddenActivations = []string{"ffn_swiglu", "ffn_silu", "ffn_geglu", "ffn_gelu", "ffn_act", "ffn_relu", "ffn_sqr(relu)", "ffn_reglu", "ffn_gate_par"}
 
-// downProjection is block i's dense FFN down projection as floats (d rows
-// of p) and its bias (nil without one), or nil W where the block has none
-// (a mixture of experts).
-func (f *Fitter) downProjection(i int) (W, bias []float32, p int, err error) {
-	t, ok := f.m.Tensor(blocks.Name(i, arch.FFNDown))
-	if !ok || len(t.Dims) != 2 || int(t.Dims[1]) != f.d || t.Dims[0] > MaxProjectionWidth {
-		return nil, nil, 0, nil
-	}
+// projection is a block's FFN down projection as floats, d rows of p
+// (nil W where the block has none Projection refits), and its bias (nil
+// without one). For a mixture of experts W holds every expert's
+// projection side by side (d rows of nExpert·p) and reads the activations
+// spread by experts.
+type projection struct {
+	W, bias []float32
+	p       int
+	experts *routing
+}
+
+// moeActivations and moeWeights are the graph tensors that may hold a
+// mixture of experts' activations and gate weights (llama-graph.cpp
+// build_moe_ffn; it names the activation again ffn_moe_weighted after the
+// experts' outputs are weighted). The ones whose spread product with the
+// projections is the mixture's output are the ones.
+var (
+	moeActivations = []string{"ffn_moe_swiglu", "ffn_moe_silu", "ffn_moe_geglu", "ffn_moe_gelu", "ffn_moe_swiglu_oai", "ffn_moe_reglu", "ffn_moe_relu", "ffn_moe_relu_sqr", "ffn_moe_weighted"}
+	moeWeights     = []string{"ffn_moe_weights_scaled", "ffn_moe_weights_norm", "ffn_moe_weights_softmax", "ffn_moe_weights"} // the last refinement first
+)
+
+// downProjection reads block i's FFN down projection (a dense one, or a
+// mixture of experts' stacked ones without biases), or none where the
+// block has neither or it is wider than MaxProjectionWidth.
+func (f *Fitter) downProjection(i int) (projection, error) {
 	read := func(t gguf.ModelTensor) ([]float32, error) {
 		raw := make([]byte, t.Size)
 		if _, err := f.m.TensorData(t).ReadAt(raw, 0); err != nil {
@@ -532,15 +603,39 @@ func (f *Fitter) downProjection(i int) (W, bias []float32, p int, err error) {
 		}
 		return llamacpp.Dequantize(t.Type, raw, int(t.Elements()))
 	}
-	if W, err = read(t); err != nil {
-		return nil, nil, 0, err
+	if t, ok := f.m.Tensor(blocks.Name(i, arch.FFNDownExpert)); ok {
+		// ggml's [p, d, nExpert]: expert e's row j is at (e·d + j)·p.
+		if _, biased := f.m.Tensor(blocks.Name(i, "ffn_down_exps.bias")); biased || len(t.Dims) != 3 || int(t.Dims[1]) != f.d || t.Dims[0]*t.Dims[2] > MaxProjectionWidth {
+			return projection{}, nil
+		}
+		w, err := read(t)
+		if err != nil {
+			return projection{}, err
+		}
+		p, nExpert := int(t.Dims[0]), int(t.Dims[2])
+		W := make([]float32, len(w))
+		for e := 0; e < nExpert; e++ {
+			for j := 0; j < f.d; j++ {
+				copy(W[(j*nExpert+e)*p:(j*nExpert+e+1)*p], w[(e*f.d+j)*p:(e*f.d+j+1)*p])
+			}
+		}
+		return projection{W: W, p: nExpert * p, experts: &routing{ids: fmt.Sprintf("ffn_moe_argsort-%d", i), nExpert: nExpert, p: p}}, nil
 	}
+	t, ok := f.m.Tensor(blocks.Name(i, arch.FFNDown))
+	if !ok || len(t.Dims) != 2 || int(t.Dims[1]) != f.d || t.Dims[0] > MaxProjectionWidth {
+		return projection{}, nil
+	}
+	W, err := read(t)
+	if err != nil {
+		return projection{}, err
+	}
+	var bias []float32
 	if b, ok := f.m.Tensor(blocks.Name(i, arch.FFNDownBias)); ok {
 		if bias, err = read(b); err != nil {
-			return nil, nil, 0, err
+			return projection{}, err
 		}
 	}
-	return W, bias, int(t.Dims[0]), nil
+	return projection{W: W, bias: bias, p: int(t.Dims[0])}, nil
 }
 
 // isProjection reports whether m = h·Wᵀ + bias for the n rows of h (p
@@ -569,19 +664,20 @@ func isProjection(h, m, W, bias []float32, p, d, n int) bool {
 // fitMap fits the map of block i's FFN output, with the blocks in skip
 // removed and the maps fitted so far applied, so that block i's output
 // approaches block target's output in the unpruned model. Where the block
-// has a dense down projection whose input the graph hands over (and
-// f.Form is Projection), the map refits the projection itself on that input (p wide,
-// more than the output's d); else it maps the output.
+// has a down projection (dense, or a mixture of experts' stacked ones)
+// whose input the graph hands over, and f.Form is Projection, the map
+// refits the projection itself on that input (p wide, more than the
+// output's d); else it maps the output.
 func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target int, ridge float64) (fitted, error) {
 	chunks, work, base, d, o := f.chunks, f.work, f.base, f.d, f.o
-	var W, bias []float32
-	p := 0
+	var proj projection
 	if f.Form == Projection {
 		var err error
-		if W, bias, p, err = f.downProjection(i); err != nil {
+		if proj, err = f.downProjection(i); err != nil {
 			return fitted{}, err
 		}
 	}
+	p := proj.p
 	// Block i's FFN output is ffn_out-i in most graphs; a mixture of
 	// experts without a shared expert names it ffn_moe_out-i (its ffn_out
 	// is the sum with the residual, renamed l_out). The one whose sum with
@@ -592,12 +688,22 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	Ms := make([][]float32, len(cands))
 	watchNames := []string{fmt.Sprintf("ffn_inp-%d", i), blockOut}
 	watchNames = append(watchNames, cands...)
-	hiddens := map[string][]float32{} // the candidates for H of this chunk, p wide
-	if p > 0 {
+	// The candidates for H (and a mixture's routing), captured on the
+	// first chunk, which decides the form, and only those chosen after it.
+	var inputs []string
+	switch {
+	case proj.experts != nil:
+		for _, a := range append(append(slices.Clone(moeActivations), moeWeights...), "ffn_moe_argsort") {
+			inputs = append(inputs, fmt.Sprintf("%s-%d", a, i))
+		}
+	case p > 0:
 		for _, a := range hiddenActivations {
-			watchNames = append(watchNames, fmt.Sprintf("%s-%d", a, i))
+			inputs = append(inputs, fmt.Sprintf("%s-%d", a, i))
 		}
 	}
+	watchNames = append(watchNames, inputs...)
+	captured := map[string][]float32{}
+	chosen := map[string]bool{}
 	applied, apply := h.watch(i)
 	watchNames = append(watchNames, applied...)
 	if err := work.SetSkip(skip); err != nil {
@@ -607,6 +713,7 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 		return fitted{}, err
 	}
 	output, hidden := "", ""
+	var experts *routing
 	var train, held *fit
 	own := map[string]bool{}
 	for _, n := range watchNames[:len(watchNames)-len(applied)] {
@@ -623,10 +730,8 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 			Ms[0] = append(Ms[0][:0], data...)
 		case name == cands[1]:
 			Ms[1] = append(Ms[1][:0], data...)
-		case nCols == p && (train == nil || name == hidden):
-			// Every candidate on the first chunk, which decides the
-			// form; only the one chosen after it.
-			hiddens[name] = append(hiddens[name][:0], data...)
+		case train == nil || chosen[name]:
+			captured[name] = append(captured[name][:0], data...)
 		}
 		apply(name, data, nCols, nRows)
 	})
@@ -641,6 +746,15 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err := base.SetStopAfter(target); err != nil {
 		return fitted{}, err
 	}
+	// input is H of the chunk's n tokens (n rows of p), or false where the
+	// graph did not hand it over.
+	input := func(n int) ([]float32, bool) {
+		if experts != nil {
+			return experts.spread(captured[hidden], captured[experts.ids], captured[experts.weights], n)
+		}
+		H := captured[hidden]
+		return H, len(H) == n*p
+	}
 	progress := o.ProgressFunc(fmt.Sprintf("healing: fitting block %d", i), "chunks", o.CtxSize())
 	for ci, ch := range chunks {
 		if err := ctx.Err(); err != nil {
@@ -653,7 +767,7 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 		for k := range Ms {
 			Ms[k] = Ms[k][:0]
 		}
-		clear(hiddens)
+		clear(captured)
 		if err := runner.DecodeFrom(work, ch, 0); err != nil {
 			return fitted{}, err
 		}
@@ -673,15 +787,35 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 		if train == nil {
 			// The first chunk decides the form: the projection's input
 			// where one candidate multiplies out to the FFN output.
-			for _, a := range hiddenActivations {
-				n := fmt.Sprintf("%s-%d", a, i)
-				if H := hiddens[n]; len(H) == len(ch)*p && isProjection(H, M, W, bias, p, d, len(ch)) {
-					hidden = n
+			n := len(ch)
+			if proj.experts != nil {
+				r := *proj.experts
+			find:
+				for _, a := range moeActivations {
+					for _, w := range moeWeights {
+						r.weights = fmt.Sprintf("%s-%d", w, i)
+						act := fmt.Sprintf("%s-%d", a, i)
+						if X, ok := r.spread(captured[act], captured[r.ids], captured[r.weights], n); ok && isProjection(X, M, proj.W, nil, p, d, n) {
+							hidden, experts = act, &r
+							break find
+						}
+					}
+				}
+			} else {
+				for _, a := range hiddenActivations {
+					n := fmt.Sprintf("%s-%d", a, i)
+					if H := captured[n]; len(H) == len(ch)*p && isProjection(H, M, proj.W, proj.bias, p, d, len(ch)) {
+						hidden = n
+					}
 				}
 			}
 			width := d
 			if hidden != "" {
 				width = p
+				chosen[hidden] = true
+				if experts != nil {
+					chosen[experts.ids], chosen[experts.weights] = true, true
+				}
 			}
 			train, held = newFit(width, d), newFit(width, d)
 		}
@@ -690,9 +824,9 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 			acc = held
 		}
 		if hidden != "" {
-			H := hiddens[hidden]
-			if len(H) != len(ch)*p {
-				return fitted{}, fmt.Errorf("the graph did not hand over block %d's FFN activation %s for every token", i, hidden)
+			H, ok := input(len(ch))
+			if !ok {
+				return fitted{}, fmt.Errorf("the graph did not hand over block %d's FFN activation %s (and routing) for every token", i, hidden)
 			}
 			acc.add(H, M, Y, L, len(ch), false)
 		} else {
@@ -730,7 +864,7 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 	if err != nil {
 		return fitted{}, err
 	}
-	res := fitted{blockMap: &blockMap{T: T, output: output, hidden: hidden}, ridge: lambda, residual: residual}
+	res := fitted{blockMap: &blockMap{T: T, output: output, hidden: hidden, experts: experts}, ridge: lambda, residual: residual}
 	if held.tokens > 0 {
 		Tt, _, _, err := train.solve(r)
 		if err != nil {
@@ -751,7 +885,7 @@ func (h *Healing) Watch() ([]string, llamacpp.WatchFunc) { return h.watch(-1) }
 // watch is Watch without block except's map.
 func (h *Healing) watch(except int) ([]string, llamacpp.WatchFunc) {
 	outputs := map[string]*blockMap{}
-	hidden := map[string][]float32{}
+	inputs := map[string][]float32{} // what refitted projections read, by graph tensor
 	var list []string
 	for b, bm := range h.maps {
 		if b == except {
@@ -759,19 +893,30 @@ func (h *Healing) watch(except int) ([]string, llamacpp.WatchFunc) {
 		}
 		outputs[bm.output] = bm
 		list = append(list, bm.output)
-		if bm.hidden != "" {
-			hidden[bm.hidden] = nil
-			list = append(list, bm.hidden)
+		for _, n := range bm.inputs() {
+			inputs[n] = nil
+			list = append(list, n)
 		}
 	}
 	return list, func(name string, data []float32, nCols, nRows int) {
-		if H, ok := hidden[name]; ok {
-			hidden[name] = append(H[:0], data...)
+		if H, ok := inputs[name]; ok {
+			inputs[name] = append(H[:0], data...)
 		}
 		if bm := outputs[name]; bm != nil {
-			bm.apply(data, hidden[bm.hidden], nCols, nRows)
+			bm.apply(data, inputs, nCols, nRows)
 		}
 	}
+}
+
+// inputs are the graph tensors the map reads besides the FFN output.
+func (bm *blockMap) inputs() []string {
+	switch {
+	case bm.experts != nil:
+		return []string{bm.hidden, bm.experts.ids, bm.experts.weights}
+	case bm.hidden != "":
+		return []string{bm.hidden}
+	}
+	return nil
 }
 
 // form names the map's form as the JSON does.
@@ -783,23 +928,31 @@ func (bm *blockMap) form() string {
 }
 
 // rewrites are the tensors of the block the map rewrites, of those Plan
-// names: a refitted projection keeps its bias.
+// names: a refitted projection keeps its bias (and a mixture of experts'
+// shared expert, which the routed experts' refit leaves as it is).
 func (bm *blockMap) rewrites(tensors []string) []string {
 	if bm.hidden == "" {
 		return tensors
 	}
-	return slices.DeleteFunc(slices.Clone(tensors), func(n string) bool { return strings.HasSuffix(n, ".bias") })
+	return slices.DeleteFunc(slices.Clone(tensors), func(n string) bool {
+		return strings.HasSuffix(n, ".bias") || bm.experts != nil && !strings.HasSuffix(n, arch.FFNDownExpert)
+	})
 }
 
 // apply applies the map to the FFN output rows (nRows of nCols) in place:
-// M·T, or M + H·T with the rows of H the projection's input.
-func (bm *blockMap) apply(data, H []float32, nCols, nRows int) {
+// M·T, or M + H·T with the rows of H the projection's input (read from
+// the captured inputs, spread by a mixture's routing).
+func (bm *blockMap) apply(data []float32, inputs map[string][]float32, nCols, nRows int) {
 	if bm.hidden == "" {
 		applyMap(data, bm.T, nCols, nRows)
 		return
 	}
 	p, _ := bm.T.Dims()
-	if len(H) != nRows*p {
+	H, ok := inputs[bm.hidden], true
+	if bm.experts != nil {
+		H, ok = bm.experts.spread(H, inputs[bm.experts.ids], inputs[bm.experts.weights], nRows)
+	}
+	if !ok || len(H) != nRows*p {
 		return // not handed over: the decode fails its own checks
 	}
 	var out mat.Dense
@@ -829,6 +982,20 @@ func foldMap(m *gguf.Model, name string, bm *blockMap, im *imatrix.Matrix) ([]by
 	if bm.hidden != "" {
 		if strings.HasSuffix(name, ".bias") {
 			return nil, nil
+		}
+		if r := bm.experts; r != nil {
+			// Expert e's row j is at (e·d + j)·r.p; its change is T's rows
+			// e·r.p … (e+1)·r.p - 1.
+			return rewriteTensor(m, name, nil, im, func(w []float32) {
+				_, d := T.Dims()
+				for e := 0; e < r.nExpert; e++ {
+					for j := 0; j < d; j++ {
+						for k := 0; k < r.p; k++ {
+							w[(e*d+j)*r.p+k] += float32(T.At(e*r.p+k, j))
+						}
+					}
+				}
+			})
 		}
 		return rewriteTensor(m, name, nil, im, func(w []float32) {
 			p, d := T.Dims()

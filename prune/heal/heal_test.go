@@ -14,6 +14,7 @@ import (
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
+	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/prune/eval"
 	"github.com/ggufprune/ggufprune/prune/runner"
 )
@@ -301,14 +302,22 @@ func TestHealAfter(t *testing.T) {
 	t.Logf("residual of the map before the run %.3f (held out %.3f); block 3's map leaves %.3f of what remained", run.Residual, run.HeldOut, run.After[0].Residual)
 }
 
-// A mixture of experts (a generated qwen3moe: 4 experts, 2 used, whose
-// FFN output the graph names ffn_moe_out) is healed through every expert's
-// down projection, before the run and after it: the file computes what the
-// maps applied at run time compute, and the router is not touched.
+// A mixture of experts (a generated qwen3moe: 4 experts of 64, 2 used,
+// whose FFN output the graph names ffn_moe_out) is healed through every
+// expert's down projection, before the run and after it. Its output is
+// linear in its experts' down
+// projections: the refit changes every expert's projection at once, on
+// the activations of the experts each token is routed to, weighted by
+// their gate weights. The change equals the least-squares solution
+// computed here from the routing, the activations and the mixture's
+// output captured independently (first checking that the gate-weighted
+// sum of the experts' projections of the activations is that output); the
+// written file computes what the change applied at run time computes.
 func TestHealExperts(t *testing.T) {
 	ctx := context.Background()
 	src := filepath.Join(t.TempDir(), "qwen3moe.gguf")
-	spec := fixture.ModelSpec{Arch: "qwen3moe", Blocks: 5, Embd: 64, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256}
+	const d, nExpert, pe = 64, 4, 64
+	spec := fixture.ModelSpec{Arch: "qwen3moe", Blocks: 5, Embd: d, FF: 128, Heads: 4, KVHeads: 2, Ctx: 256}
 	if err := fixture.RandomModel(src, fixture.Asset(t, "models/stories260K.gguf"), spec); err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +327,8 @@ func TestHealExperts(t *testing.T) {
 	}
 	defer m.Close()
 	removed := []int{2}
-	h, err := Heal(ctx, m, removed, tinyStories(t), runner.Options{Ctx: 64, Chunks: 64, Threads: 2}, Options{After: 1})
+	cal, o := tinyStories(t), runner.Options{Ctx: 64, Chunks: 64, Threads: 2}
+	h, err := Heal(ctx, m, removed, cal, o, Options{After: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,21 +337,92 @@ func TestHealExperts(t *testing.T) {
 		rewritten = append(rewritten, name)
 	}
 	slices.Sort(rewritten)
-	if !slices.Equal(rewritten, []string{"blk.1.ffn_down_exps.weight", "blk.3.ffn_down_exps.weight"}) || h.maps[1].output != "ffn_moe_out-1" || h.Runs[0].Form != "output" {
-		t.Fatalf("rewritten %v, output %q, form %q", rewritten, h.maps[1].output, h.Runs[0].Form)
+	bm := h.maps[1]
+	if !slices.Equal(rewritten, []string{"blk.1.ffn_down_exps.weight", "blk.3.ffn_down_exps.weight"}) || bm.output != "ffn_moe_out-1" || h.Runs[0].Form != "projection" || bm.experts == nil {
+		t.Fatalf("rewritten %v, output %q, form %q", rewritten, bm.output, h.Runs[0].Form)
 	}
 	if !slices.ContainsFunc(h.Warnings, func(w string) bool { return strings.Contains(w, "mixture of experts") }) {
 		t.Fatalf("no warning of maps fitted on the routed experts: %v", h.Warnings)
 	}
-	out := writeRemoval(t, m, removed, h.Tensors())
-	names, watch := h.Watch()
+	out, err := Heal(ctx, m, removed, cal, o, Options{Form: Output})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Runs[0].Form != "output" || h.Runs[0].Residual >= out.Runs[0].Residual {
+		t.Fatalf("the refitted experts leave %.4f of the gap, the output's map (%s) %.4f", h.Runs[0].Residual, out.Runs[0].Form, out.Runs[0].Residual)
+	}
+
+	// The independent solution, from the routing captured (the argsort
+	// handed over as floats) and the experts' projections read here.
+	chunks := calibrationChunks(t, src, cal, 64, 64)
+	names := []string{bm.hidden, bm.experts.ids, bm.experts.weights, "ffn_moe_out-1", "ffn_inp-1", "l_out-2"}
+	got := capture(t, src, chunks, nil, names, nil, nil)
+	ids, w, act, M := got[bm.experts.ids], got[bm.experts.weights], got[bm.hidden], got["ffn_moe_out-1"]
+	n := len(M) / d
+	const used = 2
+	if len(ids) != n*nExpert || len(w) != n*used || len(act) != n*used*pe {
+		t.Fatalf("captured %d ids, %d weights, %d activations for %d tokens", len(ids), len(w), len(act), n)
+	}
+	dt, _ := m.Tensor("blk.1.ffn_down_exps.weight")
+	raw := make([]byte, dt.Size)
+	if _, err := m.TensorData(dt).ReadAt(raw, 0); err != nil {
+		t.Fatal(err)
+	}
+	down, err := llamacpp.Dequantize(dt.Type, raw, int(dt.Elements()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const P = nExpert * pe
+	aug, rhs := mat.NewDense(n+P, P, nil), mat.NewDense(n+P, d, nil)
+	var diff2, norm2 float64
+	for r := 0; r < n; r++ {
+		sum := make([]float64, d) // Σ_k w_k · W_{e_k} h_k
+		for k := 0; k < used; k++ {
+			e, wk, hk := int(ids[r*nExpert+k]), float64(w[r*used+k]), act[(r*used+k)*pe:(r*used+k+1)*pe]
+			for c := 0; c < pe; c++ {
+				aug.Set(r, e*pe+c, aug.At(r, e*pe+c)+wk*float64(hk[c]))
+			}
+			for j := 0; j < d; j++ {
+				var s float64
+				for c := 0; c < pe; c++ {
+					s += float64(down[(e*d+j)*pe+c]) * float64(hk[c])
+				}
+				sum[j] += wk * s
+			}
+		}
+		for j := 0; j < d; j++ {
+			i := r*d + j
+			diff2 += (sum[j] - float64(M[i])) * (sum[j] - float64(M[i]))
+			norm2 += float64(M[i]) * float64(M[i])
+			rhs.Set(r, j, float64(got["l_out-2"][i])-float64(got["ffn_inp-1"][i])-float64(M[i]))
+		}
+	}
+	if diff2 > 1e-4*norm2 {
+		t.Fatalf("the gate-weighted experts' projections of the activations differ from the mixture's output by %g relative", math.Sqrt(diff2/norm2))
+	}
+	for k := 0; k < P; k++ {
+		aug.Set(n+k, k, math.Sqrt(h.Runs[0].Ridge))
+	}
+	var want, diff mat.Dense
+	if err := want.Solve(aug, rhs); err != nil {
+		t.Fatal(err)
+	}
+	diff.Sub(bm.T, &want)
+	if rel := mat.Norm(&diff, 2) / mat.Norm(&want, 2); rel > 1e-6 {
+		t.Fatalf("the experts' change differs from the least-squares solution by %g relative", rel)
+	}
+
+	// The file against the maps applied at run time, and against plain
+	// removal.
+	healed := writeRemoval(t, m, removed, h.Tensors())
+	watchNames, watch := h.Watch()
 	toks := syntheticTokens(64)
-	file := secondHalfLogits(t, out, nil, nil, nil, toks)
-	d := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, names, watch, toks), file)
+	file := secondHalfLogits(t, healed, nil, nil, nil, toks)
+	dr := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, watchNames, watch, toks), file)
 	apart := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, nil, nil, toks), file)
-	t.Logf("residual %.3f, after %.3f; file against the maps at run time %.3g, against plain removal %.3g", h.Runs[0].Residual, h.Runs[0].After[0].Residual, d, apart)
-	if d > 1e-3 || apart < 10*d {
-		t.Fatalf("healed file and run-time maps differ by %g relative (plain removal %g)", d, apart)
+	t.Logf("H: %s spread by %s and %s; residual %.3f (output map %.3f), after %.3f; file against the maps at run time %.3g, against plain removal %.3g", bm.hidden, bm.experts.ids, bm.experts.weights, h.Runs[0].Residual, out.Runs[0].Residual, h.Runs[0].After[0].Residual, dr, apart)
+	if dr > 1e-3 || apart < 10*dr {
+		t.Fatalf("healed file and run-time maps differ by %g relative (plain removal %g)", dr, apart)
 	}
 }
 
