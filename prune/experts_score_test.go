@@ -20,7 +20,9 @@ import (
 // computation from the block's router logits and expert outputs, captured
 // by name in the same decode: softmax over the 8 experts, the top 2,
 // weights renormalised over them (llama's mixture, norm_w), and the L2
-// norm of each chosen expert's output.
+// norm of each chosen expert's output. The argsort of the routing, an I32
+// graph tensor, is watched too (handed over as floats): its first two
+// entries per token are the experts of the two largest logits.
 func TestExpertScoresMatchReference(t *testing.T) {
 	const block = 3
 	lm, err := llamacpp.LoadModel(fixture.Asset(t, "models/moe8-f16.gguf"), llamacpp.ModelParams{})
@@ -37,13 +39,15 @@ func TestExpertScoresMatchReference(t *testing.T) {
 	if err := c.CaptureExperts(acc.Observe); err != nil {
 		t.Fatal(err)
 	}
-	var logits, down []float32
+	var logits, down, argsort []float32
 	var nEmbd int
-	logitsName, downName := fmt.Sprintf("ffn_moe_logits-%d", block), fmt.Sprintf("ffn_moe_down-%d", block)
-	err = c.Watch([]string{logitsName, downName}, func(name string, x []float32, cols, rows int) {
+	logitsName, downName, argsortName := fmt.Sprintf("ffn_moe_logits-%d", block), fmt.Sprintf("ffn_moe_down-%d", block), fmt.Sprintf("ffn_moe_argsort-%d", block)
+	err = c.Watch([]string{logitsName, downName, argsortName}, func(name string, x []float32, cols, rows int) {
 		switch name {
 		case logitsName:
 			logits = slices.Clone(x)
+		case argsortName: // I32, handed over as floats
+			argsort = slices.Clone(x)
 		case downName:
 			down, nEmbd = slices.Clone(x), cols
 		}
@@ -60,8 +64,8 @@ func TestExpertScoresMatchReference(t *testing.T) {
 	}
 	const experts, used = 8, 2
 	n := len(toks)
-	if len(logits) != experts*n || len(down) != nEmbd*used*n {
-		t.Fatalf("captured %d logits and %d outputs for %d tokens", len(logits), len(down), n)
+	if len(logits) != experts*n || len(down) != nEmbd*used*n || len(argsort) != experts*n {
+		t.Fatalf("captured %d logits, %d argsort entries and %d outputs for %d tokens", len(logits), len(argsort), len(down), n)
 	}
 	var count [experts]int
 	var reap, gate, norm [experts]float64
@@ -75,6 +79,9 @@ func TestExpertScoresMatchReference(t *testing.T) {
 		order := []int{0, 1, 2, 3, 4, 5, 6, 7}
 		sort.SliceStable(order, func(i, j int) bool { return p[order[i]] > p[order[j]] })
 		sum := p[order[0]] + p[order[1]]
+		if a := argsort[tok*experts : (tok+1)*experts]; a[0] != float32(order[0]) || a[1] != float32(order[1]) {
+			t.Fatalf("token %d: the argsort watched starts %v, the logits' order %v", tok, a[:used], order[:used])
+		}
 		for k := range used {
 			e := order[k]
 			var ss float64
