@@ -327,9 +327,10 @@ const (
 	Output
 )
 
-// MaxProjectionWidth is the widest FFN (n_ff, or n_expert·n_ff_exp for
-// a mixture of experts) whose down projection Projection refits: its normal equations take p² float64s several times
-// over (0.7 GB at 4096) and a Cholesky factorization of p³/3 per ridge.
+// MaxProjectionWidth is the widest FFN (n_ff, or n_expert·n_ff_exp for a
+// mixture of experts) whose down projection Projection refits: its normal
+// equations take p² float64s several times over (0.7 GB at 4096) and a
+// Cholesky factorization of p³/3 per ridge.
 const MaxProjectionWidth = 4096
 
 // Forms are the forms by name, as the CLI and JSON spell them.
@@ -803,9 +804,9 @@ func (f *Fitter) fitMap(ctx context.Context, h *Healing, skip []int, i, target i
 				}
 			} else {
 				for _, a := range hiddenActivations {
-					n := fmt.Sprintf("%s-%d", a, i)
-					if H := captured[n]; len(H) == len(ch)*p && isProjection(H, M, proj.W, proj.bias, p, d, len(ch)) {
-						hidden = n
+					name := fmt.Sprintf("%s-%d", a, i)
+					if H := captured[name]; len(H) == n*p && isProjection(H, M, proj.W, proj.bias, p, d, n) {
+						hidden = name
 					}
 				}
 			}
