@@ -597,19 +597,12 @@ var (
 // mixture of experts' stacked ones without biases), or none where the
 // block has neither or it is wider than MaxProjectionWidth.
 func (f *Fitter) downProjection(i int) (projection, error) {
-	read := func(t gguf.ModelTensor) ([]float32, error) {
-		raw := make([]byte, t.Size)
-		if _, err := f.m.TensorData(t).ReadAt(raw, 0); err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", f.m.Name(), t.Name, err)
-		}
-		return llamacpp.Dequantize(t.Type, raw, int(t.Elements()))
-	}
 	if t, ok := f.m.Tensor(blocks.Name(i, arch.FFNDownExpert)); ok {
 		// ggml's [p, d, nExpert]: expert e's row j is at (e·d + j)·p.
 		if _, biased := f.m.Tensor(blocks.Name(i, "ffn_down_exps.bias")); biased || len(t.Dims) != 3 || int(t.Dims[1]) != f.d || t.Dims[0]*t.Dims[2] > MaxProjectionWidth {
 			return projection{}, nil
 		}
-		w, err := read(t)
+		w, err := tensorFloats(f.m, t, nil)
 		if err != nil {
 			return projection{}, err
 		}
@@ -626,13 +619,13 @@ func (f *Fitter) downProjection(i int) (projection, error) {
 	if !ok || len(t.Dims) != 2 || int(t.Dims[1]) != f.d || t.Dims[0] > MaxProjectionWidth {
 		return projection{}, nil
 	}
-	W, err := read(t)
+	W, err := tensorFloats(f.m, t, nil)
 	if err != nil {
 		return projection{}, err
 	}
 	var bias []float32
 	if b, ok := f.m.Tensor(blocks.Name(i, arch.FFNDownBias)); ok {
-		if bias, err = read(b); err != nil {
+		if bias, err = tensorFloats(f.m, b, nil); err != nil {
 			return projection{}, err
 		}
 	}
@@ -1030,15 +1023,9 @@ func foldMap(m *gguf.Model, name string, bm *blockMap, im *imatrix.Matrix) ([]by
 // one.
 func rewriteTensor(m *gguf.Model, name string, raw []byte, im *imatrix.Matrix, edit func(w []float32)) ([]byte, error) {
 	t, _ := m.Tensor(name) // a name from Plan or PlanCompensation
-	if raw == nil {
-		raw = make([]byte, t.Size)
-		if _, err := m.TensorData(t).ReadAt(raw, 0); err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
-		}
-	}
-	w, err := llamacpp.Dequantize(t.Type, raw, int(t.Elements()))
+	w, err := tensorFloats(m, t, raw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), name, err)
+		return nil, err
 	}
 	edit(w)
 	cols := int(t.Dims[0]) // ggml's rows are along the first dimension
@@ -1051,6 +1038,22 @@ func rewriteTensor(m *gguf.Model, name string, raw []byte, im *imatrix.Matrix, e
 		}
 	}
 	return llamacpp.QuantizeRows(t.Type, w, cols, weights)
+}
+
+// tensorFloats is tensor t's data (raw, or the model's when raw is nil)
+// dequantized.
+func tensorFloats(m *gguf.Model, t gguf.ModelTensor, raw []byte) ([]float32, error) {
+	if raw == nil {
+		raw = make([]byte, t.Size)
+		if _, err := m.TensorData(t).ReadAt(raw, 0); err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), t.Name, err)
+		}
+	}
+	w, err := llamacpp.Dequantize(t.Type, raw, int(t.Elements()))
+	if err != nil {
+		return nil, fmt.Errorf("%s: tensor %s: %w", m.Name(), t.Name, err)
+	}
+	return w, nil
 }
 
 // float32s64 converts to float64.

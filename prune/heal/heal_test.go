@@ -14,7 +14,6 @@ import (
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
 	"github.com/ggufprune/ggufprune/internal/fixture"
-	"github.com/ggufprune/ggufprune/llamacpp"
 	"github.com/ggufprune/ggufprune/prune/eval"
 	"github.com/ggufprune/ggufprune/prune/runner"
 )
@@ -70,24 +69,8 @@ func TestHeal(t *testing.T) {
 	// The independent solution.
 	chunks := calibrationChunks(t, src, cal, 64, 128)
 	M, R := activations(t, src, chunks, 1, 2)
-	_, d := M.Dims()
-	n, _ := M.Dims()
-	aug := mat.NewDense(n+d, d, nil)
-	rhs := mat.NewDense(n+d, d, nil)
-	aug.Slice(0, n, 0, d).(*mat.Dense).Copy(M)
-	rhs.Slice(0, n, 0, d).(*mat.Dense).Copy(R)
-	sq := math.Sqrt(run.Ridge)
-	for j := 0; j < d; j++ {
-		aug.Set(n+j, j, sq)
-	}
-	var want mat.Dense
-	if err := want.Solve(aug, rhs); err != nil {
-		t.Fatal(err)
-	}
 	got := h.maps[1].T
-	var diff mat.Dense
-	diff.Sub(got, &want)
-	if rel := mat.Norm(&diff, 2) / mat.Norm(&want, 2); rel > 1e-6 {
+	if rel := relDiff(got, ridgeSolution(t, M, R, run.Ridge)); rel > 1e-6 {
 		t.Fatalf("T differs from the least-squares solution by %g relative", rel)
 	}
 
@@ -257,30 +240,21 @@ func TestHealAfter(t *testing.T) {
 	base := capture(t, src, chunks, nil, []string{"l_out-3"}, nil, nil)
 	d := 64
 	n := len(work["ffn_out-3"]) / d
-	aug, rhs := mat.NewDense(n+d, d, nil), mat.NewDense(n+d, d, nil)
+	X, R := mat.NewDense(n, d, nil), mat.NewDense(n, d, nil)
 	for r := 0; r < n; r++ {
 		for j := 0; j < d; j++ {
-			aug.Set(r, j, float64(work["ffn_out-3"][r*d+j]))
-			rhs.Set(r, j, float64(base["l_out-3"][r*d+j])-float64(work["ffn_inp-3"][r*d+j]))
+			X.Set(r, j, float64(work["ffn_out-3"][r*d+j]))
+			R.Set(r, j, float64(base["l_out-3"][r*d+j])-float64(work["ffn_inp-3"][r*d+j]))
 		}
 	}
 	// The ridge the fit chose, as λ = r·tr(MᵀM)/d, is not reported for
 	// the second map: solve at the ridges it may have chosen and take the
 	// closest.
 	best := math.Inf(1)
+	var xx mat.Dense
+	xx.Mul(X.T(), X)
 	for _, r := range Ridges {
-		var mm mat.Dense
-		mm.Mul(aug.Slice(0, n, 0, d).T(), aug.Slice(0, n, 0, d))
-		sq := math.Sqrt(r * mat.Trace(&mm) / float64(d))
-		for j := 0; j < d; j++ {
-			aug.Set(n+j, j, sq)
-		}
-		var want, diff mat.Dense
-		if err := want.Solve(aug, rhs); err != nil {
-			t.Fatal(err)
-		}
-		diff.Sub(h.maps[3].T, &want)
-		best = math.Min(best, mat.Norm(&diff, 2)/mat.Norm(&want, 2))
+		best = math.Min(best, relDiff(h.maps[3].T, ridgeSolution(t, X, R, r*mat.Trace(&xx)/float64(d))))
 	}
 	if best > 1e-5 {
 		t.Fatalf("the second map differs from the least-squares solution by %g relative", best)
@@ -288,10 +262,8 @@ func TestHealAfter(t *testing.T) {
 
 	// The file against both maps applied at run time (the maps in float32,
 	// as the file holds them folded).
-	healed := writeRemoval(t, m, []int{2}, h.Tensors())
-	names, watch := h.Watch()
-	file, runtime := secondHalfLogits(t, healed, nil, nil, nil, chunks[0]), secondHalfLogits(t, src, []int{2}, names, watch, chunks[0])
-	if worst := fixture.MaxRelDiff(runtime, file); worst > 1e-3 {
+	_, file, worst, _ := healedFile(t, m, src, []int{2}, h, chunks[0])
+	if worst > 1e-3 {
 		t.Fatalf("healed file and run-time maps differ by %g relative", worst)
 	}
 	first := map[string][]byte{"blk.1.ffn_down.weight": h.Tensors()["blk.1.ffn_down.weight"]}
@@ -364,23 +336,18 @@ func TestHealExperts(t *testing.T) {
 		t.Fatalf("captured %d ids, %d weights, %d activations for %d tokens", len(ids), len(w), len(act), n)
 	}
 	dt, _ := m.Tensor("blk.1.ffn_down_exps.weight")
-	raw := make([]byte, dt.Size)
-	if _, err := m.TensorData(dt).ReadAt(raw, 0); err != nil {
-		t.Fatal(err)
-	}
-	down, err := llamacpp.Dequantize(dt.Type, raw, int(dt.Elements()))
+	down, err := tensorFloats(m, dt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const P = nExpert * pe
-	aug, rhs := mat.NewDense(n+P, P, nil), mat.NewDense(n+P, d, nil)
+	X, R := mat.NewDense(n, nExpert*pe, nil), mat.NewDense(n, d, nil)
 	var diff2, norm2 float64
 	for r := 0; r < n; r++ {
 		sum := make([]float64, d) // Σ_k w_k · W_{e_k} h_k
 		for k := 0; k < used; k++ {
 			e, wk, hk := int(ids[r*nExpert+k]), float64(w[r*used+k]), act[(r*used+k)*pe:(r*used+k+1)*pe]
 			for c := 0; c < pe; c++ {
-				aug.Set(r, e*pe+c, aug.At(r, e*pe+c)+wk*float64(hk[c]))
+				X.Set(r, e*pe+c, X.At(r, e*pe+c)+wk*float64(hk[c]))
 			}
 			for j := 0; j < d; j++ {
 				var s float64
@@ -394,32 +361,19 @@ func TestHealExperts(t *testing.T) {
 			i := r*d + j
 			diff2 += (sum[j] - float64(M[i])) * (sum[j] - float64(M[i]))
 			norm2 += float64(M[i]) * float64(M[i])
-			rhs.Set(r, j, float64(got["l_out-2"][i])-float64(got["ffn_inp-1"][i])-float64(M[i]))
+			R.Set(r, j, float64(got["l_out-2"][i])-float64(got["ffn_inp-1"][i])-float64(M[i]))
 		}
 	}
 	if diff2 > 1e-4*norm2 {
 		t.Fatalf("the gate-weighted experts' projections of the activations differ from the mixture's output by %g relative", math.Sqrt(diff2/norm2))
 	}
-	for k := 0; k < P; k++ {
-		aug.Set(n+k, k, math.Sqrt(h.Runs[0].Ridge))
-	}
-	var want, diff mat.Dense
-	if err := want.Solve(aug, rhs); err != nil {
-		t.Fatal(err)
-	}
-	diff.Sub(bm.T, &want)
-	if rel := mat.Norm(&diff, 2) / mat.Norm(&want, 2); rel > 1e-6 {
+	if rel := relDiff(bm.T, ridgeSolution(t, X, R, h.Runs[0].Ridge)); rel > 1e-6 {
 		t.Fatalf("the experts' change differs from the least-squares solution by %g relative", rel)
 	}
 
 	// The file against the maps applied at run time, and against plain
 	// removal.
-	healed := writeRemoval(t, m, removed, h.Tensors())
-	watchNames, watch := h.Watch()
-	toks := syntheticTokens(64)
-	file := secondHalfLogits(t, healed, nil, nil, nil, toks)
-	dr := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, watchNames, watch, toks), file)
-	apart := fixture.MaxRelDiff(secondHalfLogits(t, src, removed, nil, nil, toks), file)
+	_, _, dr, apart := healedFile(t, m, src, removed, h, syntheticTokens(64))
 	t.Logf("H: %s spread by %s and %s; residual %.3f (output map %.3f), after %.3f; file against the maps at run time %.3g, against plain removal %.3g", bm.hidden, bm.experts.ids, bm.experts.weights, h.Runs[0].Residual, out.Runs[0].Residual, h.Runs[0].After[0].Residual, dr, apart)
 	if dr > 1e-3 || apart < 10*dr {
 		t.Fatalf("healed file and run-time maps differ by %g relative (plain removal %g)", dr, apart)
@@ -497,36 +451,21 @@ func TestHealProjection(t *testing.T) {
 	if len(got["ffn_swiglu-1"]) != n*p {
 		t.Fatalf("captured %d activations for %d tokens", len(got["ffn_swiglu-1"]), n)
 	}
-	aug, rhs := mat.NewDense(n+p, p, nil), mat.NewDense(n+p, d, nil)
+	H, R := mat.NewDense(n, p, float32s64(got["ffn_swiglu-1"])), mat.NewDense(n, d, nil)
 	for r := 0; r < n; r++ {
-		for k := 0; k < p; k++ {
-			aug.Set(r, k, float64(got["ffn_swiglu-1"][r*p+k]))
-		}
 		for j := 0; j < d; j++ {
 			i := r*d + j
-			rhs.Set(r, j, float64(got["l_out-2"][i])-float64(got["ffn_inp-1"][i])-float64(got["ffn_out-1"][i]))
+			R.Set(r, j, float64(got["l_out-2"][i])-float64(got["ffn_inp-1"][i])-float64(got["ffn_out-1"][i]))
 		}
 	}
-	for k := 0; k < p; k++ {
-		aug.Set(n+k, k, math.Sqrt(run.Ridge))
-	}
-	var want, diff mat.Dense
-	if err := want.Solve(aug, rhs); err != nil {
-		t.Fatal(err)
-	}
-	diff.Sub(h.maps[1].T, &want)
-	if rel := mat.Norm(&diff, 2) / mat.Norm(&want, 2); rel > 1e-6 {
+	if rel := relDiff(h.maps[1].T, ridgeSolution(t, H, R, run.Ridge)); rel > 1e-6 {
 		t.Fatalf("the projection's change differs from the least-squares solution by %g relative", rel)
 	}
 
 	// The file against the change applied at run time, and against plain
 	// removal.
-	healed := writeRemoval(t, m, []int{2}, h.Tensors())
-	names, watch := h.Watch()
-	file := secondHalfLogits(t, healed, nil, nil, nil, chunks[0])
-	runtime := secondHalfLogits(t, src, []int{2}, names, watch, chunks[0])
-	apart := fixture.MaxRelDiff(secondHalfLogits(t, src, []int{2}, nil, nil, chunks[0]), file)
-	if worst := fixture.MaxRelDiff(runtime, file); worst > 1e-3 || apart < 100*worst {
+	healed, _, worst, apart := healedFile(t, m, src, []int{2}, h, chunks[0])
+	if worst > 1e-3 || apart < 100*worst {
 		t.Fatalf("healed file and run-time change differ by %g relative (plain removal %g)", worst, apart)
 	}
 	plain := writeRemoval(t, m, []int{2}, nil)

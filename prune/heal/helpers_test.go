@@ -1,10 +1,13 @@
 package heal
 
 import (
+	"math"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
+
+	"gonum.org/v1/gonum/mat"
 
 	"github.com/ggufprune/ggufprune/gguf"
 	"github.com/ggufprune/ggufprune/gguf/surgery"
@@ -172,4 +175,44 @@ func capture(t *testing.T, path string, chunks [][]int32, skip []int, names, app
 		}
 	}
 	return got
+}
+
+// ridgeSolution is the T that minimises ‖R - X·T‖² + λ‖T‖², solved by QR
+// of [X; √λ I] against [R; 0], not by the normal equations the fits use.
+func ridgeSolution(t *testing.T, X, R *mat.Dense, lambda float64) *mat.Dense {
+	t.Helper()
+	n, p := X.Dims()
+	_, d := R.Dims()
+	aug, rhs := mat.NewDense(n+p, p, nil), mat.NewDense(n+p, d, nil)
+	aug.Slice(0, n, 0, p).(*mat.Dense).Copy(X)
+	rhs.Slice(0, n, 0, d).(*mat.Dense).Copy(R)
+	for k := 0; k < p; k++ {
+		aug.Set(n+k, k, math.Sqrt(lambda))
+	}
+	var T mat.Dense
+	if err := T.Solve(aug, rhs); err != nil {
+		t.Fatal(err)
+	}
+	return &T
+}
+
+// relDiff is ‖a - b‖₂ / ‖b‖₂.
+func relDiff(a, b mat.Matrix) float64 {
+	var diff mat.Dense
+	diff.Sub(a, b)
+	return mat.Norm(&diff, 2) / mat.Norm(b, 2)
+}
+
+// healedFile writes m with the blocks removed and the healing's tensors,
+// and returns it, its logits of the second half of tokens, and their
+// largest relative differences from the maps applied at run time
+// (h.Watch, on src with the blocks skipped) and from plain removal.
+func healedFile(t *testing.T, m *gguf.Model, src string, removed []int, h *Healing, tokens []int32) (path string, file [][]float32, runtime, plain float64) {
+	t.Helper()
+	path = writeRemoval(t, m, removed, h.Tensors())
+	names, watch := h.Watch()
+	file = secondHalfLogits(t, path, nil, nil, nil, tokens)
+	runtime = fixture.MaxRelDiff(secondHalfLogits(t, src, removed, names, watch, tokens), file)
+	plain = fixture.MaxRelDiff(secondHalfLogits(t, src, removed, nil, nil, tokens), file)
+	return path, file, runtime, plain
 }
